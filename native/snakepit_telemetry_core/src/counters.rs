@@ -1,0 +1,93 @@
+//! Per-stream counters: plain atomics written by the stream task and read by a NIF call
+//! without touching the task.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why an event did not reach `:telemetry.execute/3`. Every dropped event has exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The event name is not in the catalog.
+    UnknownEvent,
+    /// A measurement key is outside the allowlist, or a measurement has no value.
+    InvalidMeasurement,
+    /// The bytes are not a `TelemetryEvent`, or a string is not UTF-8.
+    DecodeError,
+    /// The stream's buffer was full: the receiver is slower than the worker.
+    Overflow,
+    /// The receiving process was gone when the batch was sent.
+    Undeliverable,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::UnknownEvent,
+        DropReason::InvalidMeasurement,
+        DropReason::DecodeError,
+        DropReason::Overflow,
+        DropReason::Undeliverable,
+    ];
+
+}
+
+#[derive(Default, Debug)]
+pub struct StreamCounters {
+    received: AtomicU64,
+    emitted: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+}
+
+/// A consistent-enough copy of the counters for reporting.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub received: u64,
+    pub emitted: u64,
+    pub dropped: Vec<(DropReason, u64)>,
+}
+
+impl StreamCounters {
+    /// A message arrived from the worker (counted before any check).
+    pub fn add_received(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events handed to the receiving process.
+    pub fn add_emitted(&self, n: u64) {
+        self.emitted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn add_dropped(&self, reason: DropReason, n: u64) {
+        self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            received: self.received.load(Ordering::Relaxed),
+            emitted: self.emitted.load(Ordering::Relaxed),
+            dropped: DropReason::ALL.iter().map(|r| (*r, self.dropped(*r))).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_reason() {
+        let counters = StreamCounters::default();
+        counters.add_received(5);
+        counters.add_emitted(2);
+        counters.add_dropped(DropReason::Overflow, 2);
+        counters.add_dropped(DropReason::DecodeError, 1);
+        let snap = counters.snapshot();
+        assert_eq!((snap.received, snap.emitted), (5, 2));
+        assert_eq!(counters.dropped(DropReason::Overflow), 2);
+        assert_eq!(counters.dropped(DropReason::UnknownEvent), 0);
+        let total: u64 = snap.dropped.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 3);
+    }
+}

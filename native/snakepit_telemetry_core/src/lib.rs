@@ -1,0 +1,17 @@
+//! The parts of snakepit_telemetry's stream manager that need no BEAM, so `cargo test`
+//! covers them directly:
+//!
+//! - `catalog`: the event catalog (built from the catalog file at build time) plus app events
+//! - `translate`: the bytes of one gRPC message to a checked event, or its drop reason
+//! - `counters`, `registry`: per-stream counters and status that NIF calls read
+//! - `client`, `control`, `proto`: the gRPC client of StreamTelemetry and its messages
+//!
+//! The NIF crate (`snakepit_telemetry_nif`) adds the runtime, the stream tasks and the terms.
+
+pub mod catalog;
+pub mod client;
+pub mod control;
+pub mod counters;
+pub mod proto;
+pub mod registry;
+pub mod translate;

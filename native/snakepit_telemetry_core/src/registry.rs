@@ -1,0 +1,164 @@
+//! What `list_streams` reports: one [`StreamState`] per registered worker, shared between the
+//! stream task (which writes it) and NIF calls (which read it without touching the task).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ahash::AHashMap;
+
+use crate::counters::StreamCounters;
+
+/// Why a stream ended. Every stream ends with exactly one, sent to the owner as its last message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// `unregister_worker/1` was called.
+    Unregistered,
+    /// The worker id was registered again; a new stream took over.
+    Replaced,
+    /// The worker ended the stream (it closed it or exited).
+    WorkerClosed,
+    /// The stream failed with a gRPC status or transport error.
+    StreamError(String),
+    /// The worker could not be reached.
+    ConnectFailed(String),
+    /// A bug in the stream task: caught, counted, reported; the VM and other streams go on.
+    Panicked,
+    /// The runtime is shutting down (the owning resource was dropped).
+    Shutdown,
+    /// The process receiving the batches is gone.
+    ReceiverGone,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamStatus {
+    Connecting,
+    Connected,
+    Closed(CloseReason),
+}
+
+pub struct StreamState {
+    pub worker_id: String,
+    pub endpoint: String,
+    pub generation: u64,
+    pub counters: StreamCounters,
+    status: Mutex<StreamStatus>,
+    capabilities: Mutex<String>,
+    /// Unix milliseconds when the stream opened, 0 before.
+    connected_since_ms: AtomicI64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl StreamState {
+    pub fn new(worker_id: String, endpoint: String, generation: u64) -> StreamState {
+        StreamState {
+            worker_id,
+            endpoint,
+            generation,
+            counters: StreamCounters::default(),
+            status: Mutex::new(StreamStatus::Connecting),
+            capabilities: Mutex::new(String::new()),
+            connected_since_ms: AtomicI64::new(0),
+        }
+    }
+
+    pub fn status(&self) -> StreamStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Marks the stream open. Returns false if it was closed meanwhile.
+    pub fn set_connected(&self, capabilities: &str) -> bool {
+        let mut status = lock(&self.status);
+        if matches!(*status, StreamStatus::Closed(_)) {
+            return false;
+        }
+        *status = StreamStatus::Connected;
+        *lock(&self.capabilities) = capabilities.to_string();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        self.connected_since_ms.store(now, Ordering::Release);
+        true
+    }
+
+    /// Records the end of the stream; the first reason wins.
+    pub fn set_closed(&self, reason: CloseReason) {
+        let mut status = lock(&self.status);
+        if !matches!(*status, StreamStatus::Closed(_)) {
+            *status = StreamStatus::Closed(reason);
+        }
+    }
+
+    pub fn capabilities(&self) -> String {
+        lock(&self.capabilities).clone()
+    }
+
+    pub fn connected_since_ms(&self) -> Option<i64> {
+        match self.connected_since_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(ms),
+        }
+    }
+}
+
+/// The registered workers, by id.
+#[derive(Default)]
+pub struct Registry {
+    streams: Mutex<AHashMap<String, Arc<StreamState>>>,
+}
+
+impl Registry {
+    /// Inserts a worker's state, returning the one it replaces.
+    pub fn insert(&self, state: Arc<StreamState>) -> Option<Arc<StreamState>> {
+        lock(&self.streams).insert(state.worker_id.clone(), state)
+    }
+
+    pub fn remove(&self, worker_id: &str) -> Option<Arc<StreamState>> {
+        lock(&self.streams).remove(worker_id)
+    }
+
+    pub fn get(&self, worker_id: &str) -> Option<Arc<StreamState>> {
+        lock(&self.streams).get(worker_id).cloned()
+    }
+
+    /// A copy of the list, so the lock is held only for the copy.
+    pub fn all(&self) -> Vec<Arc<StreamState>> {
+        let mut all: Vec<_> = lock(&self.streams).values().cloned().collect();
+        all.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lifecycle() {
+        let state = StreamState::new("w".into(), "127.0.0.1:1".into(), 1);
+        assert_eq!(state.status(), StreamStatus::Connecting);
+        assert!(state.connected_since_ms().is_none());
+        assert!(state.set_connected("sampling-patterns"));
+        assert_eq!(state.status(), StreamStatus::Connected);
+        assert!(state.connected_since_ms().is_some());
+        assert_eq!(state.capabilities(), "sampling-patterns");
+        state.set_closed(CloseReason::WorkerClosed);
+        state.set_closed(CloseReason::Unregistered);
+        assert_eq!(state.status(), StreamStatus::Closed(CloseReason::WorkerClosed));
+        assert!(!state.set_connected(""));
+    }
+
+    #[test]
+    fn registry_replaces_by_id() {
+        let registry = Registry::default();
+        assert!(registry.insert(Arc::new(StreamState::new("a".into(), "e".into(), 1))).is_none());
+        let old = registry.insert(Arc::new(StreamState::new("a".into(), "e2".into(), 2)));
+        assert_eq!(old.map(|s| s.generation), Some(1));
+        registry.insert(Arc::new(StreamState::new("b".into(), "e".into(), 3)));
+        let ids: Vec<_> = registry.all().iter().map(|s| s.worker_id.clone()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(registry.remove("a").map(|s| s.generation), Some(2));
+        assert!(registry.get("a").is_none());
+    }
+}

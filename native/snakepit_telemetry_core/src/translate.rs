@@ -1,0 +1,235 @@
+//! From the bytes of one gRPC message to an [`EventRecord`] the catalog accepts, or the
+//! reason it is dropped. Pure Rust (no NIF types), so every rule here is unit-tested.
+//!
+//! Each message is decoded here rather than by the gRPC codec, so one bad message is a
+//! counted `decode_error` and the stream goes on.
+
+use prost::Message;
+
+use crate::catalog::{Catalog, EventIndex, NameId};
+use crate::counters::DropReason;
+use crate::proto::{telemetry_value, TelemetryEvent};
+
+/// A measurement value, as the worker sent it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+/// A metadata key: an allowlisted key becomes an atom, any other stays a binary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaKey {
+    Known(NameId),
+    Other(String),
+}
+
+/// An event that passed the catalog check, ready to be turned into terms.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    pub event: EventIndex,
+    pub measurements: Vec<(NameId, Value)>,
+    pub metadata: Vec<(MetaKey, String)>,
+    pub timestamp_ns: i64,
+    pub correlation_id: String,
+}
+
+/// How many `:native` time units make a second on this VM; the worker sends nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct NativeTime {
+    per_second: u64,
+}
+
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
+
+impl NativeTime {
+    pub fn new(per_second: u64) -> NativeTime {
+        NativeTime { per_second: per_second.max(1) }
+    }
+
+    pub fn from_nanos(self, value: Value) -> Value {
+        if self.per_second == NANOS_PER_SECOND {
+            return value;
+        }
+        match value {
+            Value::Int(ns) => {
+                let native = i128::from(ns) * i128::from(self.per_second) / i128::from(NANOS_PER_SECOND);
+                Value::Int(native.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
+            }
+            Value::Float(ns) => Value::Float(ns * self.per_second as f64 / NANOS_PER_SECOND as f64),
+            other => other,
+        }
+    }
+}
+
+/// Decodes one message and checks it against the catalog. `name` is a scratch buffer reused
+/// across calls to join the event name without allocating per event.
+pub fn translate(
+    catalog: &Catalog,
+    native_time: NativeTime,
+    bytes: &[u8],
+    name: &mut String,
+) -> Result<EventRecord, DropReason> {
+    let decoded = TelemetryEvent::decode(bytes).map_err(|_| DropReason::DecodeError)?;
+
+    name.clear();
+    for (i, part) in decoded.event_parts.iter().enumerate() {
+        if part.is_empty() || part.contains('.') {
+            return Err(DropReason::UnknownEvent);
+        }
+        if i > 0 {
+            name.push('.');
+        }
+        name.push_str(part);
+    }
+    let event = catalog.event_index(name).ok_or(DropReason::UnknownEvent)?;
+    let spec = catalog.event(event);
+
+    let mut measurements = Vec::with_capacity(decoded.measurements.len());
+    for (key, value) in decoded.measurements {
+        let key = catalog.measurement_key(spec, &key).ok_or(DropReason::InvalidMeasurement)?;
+        let value = match value.value {
+            Some(telemetry_value::Value::IntValue(v)) => Value::Int(v),
+            Some(telemetry_value::Value::FloatValue(v)) => Value::Float(v),
+            Some(telemetry_value::Value::StringValue(v)) => Value::Str(v),
+            None => return Err(DropReason::InvalidMeasurement),
+        };
+        let value = if key.native_time { native_time.from_nanos(value) } else { value };
+        measurements.push((key.id, value));
+    }
+
+    let metadata = decoded
+        .metadata
+        .into_iter()
+        .map(|(key, value)| match catalog.metadata_key(&key) {
+            Some(id) => (MetaKey::Known(id), value),
+            None => (MetaKey::Other(key), value),
+        })
+        .collect();
+
+    Ok(EventRecord {
+        event,
+        measurements,
+        metadata,
+        timestamp_ns: decoded.timestamp_ns,
+        correlation_id: decoded.correlation_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::TelemetryValue;
+    use std::collections::HashMap;
+
+    fn event(name: &str, measurements: &[(&str, telemetry_value::Value)], metadata: &[(&str, &str)]) -> Vec<u8> {
+        TelemetryEvent {
+            event_parts: name.split('.').map(String::from).collect(),
+            measurements: measurements
+                .iter()
+                .map(|(k, v)| (k.to_string(), TelemetryValue { value: Some(v.clone()) }))
+                .collect::<HashMap<_, _>>(),
+            metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            timestamp_ns: 1_700_000_000_000_000_000,
+            correlation_id: "abc-123".into(),
+        }
+        .encode_to_vec()
+    }
+
+    fn run(catalog: &Catalog, bytes: &[u8]) -> Result<EventRecord, DropReason> {
+        translate(catalog, NativeTime::new(NANOS_PER_SECOND), bytes, &mut String::new())
+    }
+
+    #[test]
+    fn a_catalog_event_becomes_a_record() {
+        let catalog = Catalog::builtin();
+        let bytes = event(
+            "tool.execution.stop",
+            &[("duration", telemetry_value::Value::IntValue(1500))],
+            &[("tool", "predict"), ("user_key", "x")],
+        );
+        let record = run(&catalog, &bytes).expect("accepted");
+        assert_eq!(catalog.event(record.event).worker_name.as_ref(), "tool.execution.stop");
+        let duration = catalog.names().get("duration").expect("interned");
+        assert_eq!(record.measurements, vec![(duration, Value::Int(1500))]);
+        let tool = catalog.metadata_key("tool").expect("allowlisted");
+        assert!(record.metadata.contains(&(MetaKey::Known(tool), "predict".into())));
+        assert!(record.metadata.contains(&(MetaKey::Other("user_key".into()), "x".into())));
+        assert_eq!(record.correlation_id, "abc-123");
+        assert_eq!(record.timestamp_ns, 1_700_000_000_000_000_000);
+    }
+
+    #[test]
+    fn values_keep_their_type() {
+        let catalog = Catalog::builtin();
+        let bytes = event(
+            "python.cpu.sampled",
+            &[("cpu_percent", telemetry_value::Value::FloatValue(12.5))],
+            &[],
+        );
+        let record = run(&catalog, &bytes).expect("accepted");
+        assert_eq!(record.measurements[0].1, Value::Float(12.5));
+        let bytes = event("tool.result_size", &[("bytes", telemetry_value::Value::StringValue("12kb".into()))], &[]);
+        assert_eq!(run(&catalog, &bytes).expect("accepted").measurements[0].1, Value::Str("12kb".into()));
+    }
+
+    #[test]
+    fn unknown_names_are_rejected() {
+        let catalog = Catalog::builtin();
+        for name in ["tool.execution.nope", "pool.initialized", "", "tool..stop"] {
+            assert_eq!(run(&catalog, &event(name, &[], &[])), Err(DropReason::UnknownEvent), "{name:?}");
+        }
+        let split_wrong = TelemetryEvent {
+            event_parts: vec!["tool.execution".into(), "stop".into()],
+            ..Default::default()
+        };
+        assert_eq!(run(&catalog, &split_wrong.encode_to_vec()), Err(DropReason::UnknownEvent));
+    }
+
+    #[test]
+    fn measurement_keys_outside_the_allowlist_are_rejected() {
+        let catalog = Catalog::builtin();
+        let bytes = event("tool.execution.stop", &[("evil_key", telemetry_value::Value::IntValue(1))], &[]);
+        assert_eq!(run(&catalog, &bytes), Err(DropReason::InvalidMeasurement));
+        let empty_value = TelemetryEvent {
+            event_parts: vec!["tool".into(), "execution".into(), "stop".into()],
+            measurements: [("duration".to_string(), TelemetryValue { value: None })].into_iter().collect(),
+            ..Default::default()
+        };
+        assert_eq!(run(&catalog, &empty_value.encode_to_vec()), Err(DropReason::InvalidMeasurement));
+    }
+
+    #[test]
+    fn garbage_and_invalid_utf8_are_decode_errors() {
+        let catalog = Catalog::builtin();
+        assert_eq!(run(&catalog, &[0xff, 0xff, 0xff, 0x01]), Err(DropReason::DecodeError));
+        // Field 1 (event_parts), length 2, bytes that are not UTF-8.
+        assert_eq!(run(&catalog, &[0x0a, 0x02, 0xc3, 0x28]), Err(DropReason::DecodeError));
+        // A valid event whose metadata value (field 3 map entry, value field 2) is not UTF-8.
+        let mut bytes = event("tool.execution.stop", &[], &[]);
+        bytes.extend_from_slice(&[0x1a, 0x07, 0x0a, 0x01, b'k', 0x12, 0x02, 0xff, 0xfe]);
+        assert_eq!(run(&catalog, &bytes), Err(DropReason::DecodeError));
+    }
+
+    #[test]
+    fn nanoseconds_become_native_units() {
+        let micro = NativeTime::new(1_000_000);
+        assert_eq!(micro.from_nanos(Value::Int(1_500_000)), Value::Int(1_500));
+        assert_eq!(micro.from_nanos(Value::Float(2_000.0)), Value::Float(2.0));
+        assert_eq!(NativeTime::new(NANOS_PER_SECOND).from_nanos(Value::Int(7)), Value::Int(7));
+        assert_eq!(NativeTime::new(u64::MAX).from_nanos(Value::Int(i64::MAX)), Value::Int(i64::MAX));
+
+        let catalog = Catalog::builtin();
+        let bytes = event(
+            "tool.execution.stop",
+            &[("duration", telemetry_value::Value::IntValue(3_000)), ("count", telemetry_value::Value::IntValue(3_000))],
+            &[],
+        );
+        let record = translate(&catalog, micro, &bytes, &mut String::new()).expect("accepted");
+        let count = catalog.names().get("count").expect("count");
+        let duration = catalog.names().get("duration").expect("duration");
+        assert!(record.measurements.contains(&(duration, Value::Int(3))));
+        assert!(record.measurements.contains(&(count, Value::Int(3_000))), "only time keys convert");
+    }
+}

@@ -1,0 +1,224 @@
+//! One task per registered worker: connect, open the stream, then for every message check it
+//! against the catalog, keep it in a bounded buffer, and send it on in batches as flow
+//! control allows. Ends with exactly one terminal message to the owner.
+//!
+//! Batches form by themselves: after a wake-up the task takes every message that is already
+//! there (up to a batch) before sending, and while the receiver holds `max_in_flight` batches
+//! the buffer fills. Nothing waits on a timer, so an idle receiver gets each event at once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use rustler::{Encoder, LocalPid, OwnedEnv, ResourceArc};
+use tokio::sync::{mpsc, oneshot};
+use tonic::codec::Streaming;
+use tonic::Status;
+
+use crate::atoms;
+use snakepit_telemetry_core::client::{open_stream, WorkerAddress};
+use snakepit_telemetry_core::control;
+use snakepit_telemetry_core::counters::DropReason;
+use crate::encode::{TermEncoder, WorkerMeta};
+use crate::flow::FlowCredit;
+use snakepit_telemetry_core::registry::{CloseReason, StreamState};
+use snakepit_telemetry_core::translate::{translate, EventRecord, NativeTime};
+
+/// Buffer and batch sizes of one stream.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    pub max_buffer: usize,
+    pub max_batch: usize,
+    pub native_time: NativeTime,
+}
+
+/// Everything one stream task needs; built by the `register_worker` NIF.
+pub struct StreamTask {
+    pub state: Arc<StreamState>,
+    pub address: WorkerAddress,
+    pub worker: WorkerMeta,
+    pub encoder: Arc<TermEncoder>,
+    pub limits: StreamLimits,
+    pub credit: ResourceArc<FlowCredit>,
+    /// Receives the batches (the owner today; a dispatcher process later).
+    pub dispatch: LocalPid,
+    /// Receives status and terminal messages.
+    pub owner: LocalPid,
+}
+
+enum Wake {
+    Message(Result<Option<Bytes>, Status>),
+    Credit,
+    Stop(CloseReason),
+}
+
+impl StreamTask {
+    /// Runs the stream until it ends, then reports why. Panics inside are caught here.
+    pub async fn run(self, stop: oneshot::Receiver<CloseReason>) {
+        let state = self.state.clone();
+        let owner = self.owner;
+        let worker_id = self.worker.worker_id.clone();
+        let generation = self.worker.generation;
+        let outcome = std::panic::AssertUnwindSafe(self.stream(stop)).catch_unwind().await;
+        let reason = outcome.unwrap_or(CloseReason::Panicked);
+        state.set_closed(reason.clone());
+        send_status(owner, &worker_id, generation, StatusMessage::Closed(reason));
+    }
+
+    async fn stream(self, mut stop: oneshot::Receiver<CloseReason>) -> CloseReason {
+        let (controls_tx, controls_rx) = mpsc::channel(16);
+        for message in control::on_open() {
+            // The channel is new and larger than what is queued here.
+            let _ = controls_tx.try_send(message);
+        }
+        let opened = tokio::select! {
+            reason = &mut stop => return reason.unwrap_or(CloseReason::Shutdown),
+            opened = self.open(controls_rx) => opened,
+        };
+        let mut events = match opened {
+            Ok(events) => events,
+            Err(reason) => return reason,
+        };
+        send_status(self.owner, &self.worker.worker_id, self.worker.generation, StatusMessage::Connected);
+
+        let mut pending: VecDeque<EventRecord> = VecDeque::with_capacity(self.limits.max_buffer.min(4096));
+        let mut name = String::new();
+        let mut env = OwnedEnv::new();
+        loop {
+            let wake = tokio::select! {
+                biased;
+                reason = &mut stop => Wake::Stop(reason.unwrap_or(CloseReason::Shutdown)),
+                _ = self.credit.freed(), if !pending.is_empty() => Wake::Credit,
+                message = events.message() => Wake::Message(message),
+            };
+            match wake {
+                Wake::Stop(reason) => return reason,
+                Wake::Credit => {}
+                Wake::Message(Ok(Some(bytes))) => {
+                    self.accept(&bytes, &mut pending, &mut name);
+                    // Take what has already arrived, so that a busy stream sends full batches.
+                    for _ in 1..self.limits.max_batch {
+                        match events.message().now_or_never() {
+                            Some(Ok(Some(bytes))) => self.accept(&bytes, &mut pending, &mut name),
+                            Some(Ok(None)) => return self.drain(&mut pending, &mut env, &mut stop, CloseReason::WorkerClosed).await,
+                            Some(Err(status)) => {
+                                let reason = CloseReason::StreamError(status_text(&status));
+                                return self.drain(&mut pending, &mut env, &mut stop, reason).await;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                Wake::Message(Ok(None)) => {
+                    return self.drain(&mut pending, &mut env, &mut stop, CloseReason::WorkerClosed).await;
+                }
+                Wake::Message(Err(status)) => {
+                    let reason = CloseReason::StreamError(status_text(&status));
+                    return self.drain(&mut pending, &mut env, &mut stop, reason).await;
+                }
+            }
+            if let Err(reason) = self.flush(&mut pending, &mut env) {
+                return reason;
+            }
+        }
+    }
+
+    async fn open(&self, controls: mpsc::Receiver<snakepit_telemetry_core::proto::TelemetryControl>) -> Result<Streaming<Bytes>, CloseReason> {
+        let channel = self.address.connect().await.map_err(CloseReason::ConnectFailed)?;
+        let opened = open_stream(channel, controls).await.map_err(|s| CloseReason::ConnectFailed(status_text(&s)))?;
+        if !self.state.set_connected(&opened.capabilities) {
+            return Err(CloseReason::Unregistered);
+        }
+        Ok(opened.events)
+    }
+
+    /// Checks one message and buffers it, or counts why not.
+    fn accept(&self, bytes: &[u8], pending: &mut VecDeque<EventRecord>, name: &mut String) {
+        let counters = &self.state.counters;
+        counters.add_received(1);
+        match translate(&self.encoder.catalog, self.limits.native_time, bytes, name) {
+            Ok(_) if pending.len() >= self.limits.max_buffer => counters.add_dropped(DropReason::Overflow, 1),
+            Ok(record) => pending.push_back(record),
+            Err(reason) => counters.add_dropped(reason, 1),
+        }
+    }
+
+    /// Sends batches while flow control allows.
+    fn flush(&self, pending: &mut VecDeque<EventRecord>, env: &mut OwnedEnv) -> Result<(), CloseReason> {
+        while !pending.is_empty() && self.credit.try_acquire() {
+            let take = pending.len().min(self.limits.max_batch);
+            let batch: Vec<EventRecord> = pending.drain(..take).collect();
+            let sent = env.send_and_clear(&self.dispatch, |env| {
+                self.encoder.encode_batch(env, &self.credit, &self.worker, &batch)
+            });
+            let counters = &self.state.counters;
+            if sent.is_err() {
+                self.credit.release();
+                counters.add_dropped(DropReason::Undeliverable, (batch.len() + pending.len()) as u64);
+                pending.clear();
+                return Err(CloseReason::ReceiverGone);
+            }
+            counters.add_emitted(batch.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// After the worker ended the stream: deliver what is buffered, then report `reason`.
+    async fn drain(
+        &self,
+        pending: &mut VecDeque<EventRecord>,
+        env: &mut OwnedEnv,
+        stop: &mut oneshot::Receiver<CloseReason>,
+        reason: CloseReason,
+    ) -> CloseReason {
+        loop {
+            if let Err(gone) = self.flush(pending, env) {
+                return gone;
+            }
+            if pending.is_empty() {
+                return reason;
+            }
+            tokio::select! {
+                biased;
+                stopped = &mut *stop => return stopped.unwrap_or(CloseReason::Shutdown),
+                _ = self.credit.freed() => {}
+            }
+        }
+    }
+}
+
+fn status_text(status: &Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+enum StatusMessage {
+    Connected,
+    Closed(CloseReason),
+}
+
+/// `{:snakepit_telemetry_stream, worker_id, generation, :connected | {:closed, reason}}`.
+fn send_status(owner: LocalPid, worker_id: &str, generation: u64, message: StatusMessage) {
+    let mut env = OwnedEnv::new();
+    let _ = env.send_and_clear(&owner, |env| {
+        let status = match &message {
+            StatusMessage::Connected => atoms::connected().encode(env),
+            StatusMessage::Closed(reason) => (atoms::closed(), close_reason_term(env, reason)).encode(env),
+        };
+        (atoms::snakepit_telemetry_stream(), worker_id, generation, status).encode(env)
+    });
+}
+
+/// The term for a close reason: an atom, or `{atom, message}`.
+pub fn close_reason_term<'a>(env: rustler::Env<'a>, reason: &CloseReason) -> rustler::Term<'a> {
+    match reason {
+        CloseReason::Unregistered => atoms::unregistered().encode(env),
+        CloseReason::Replaced => atoms::replaced().encode(env),
+        CloseReason::WorkerClosed => atoms::worker_closed().encode(env),
+        CloseReason::StreamError(m) => (atoms::stream_error(), m.as_str()).encode(env),
+        CloseReason::ConnectFailed(m) => (atoms::connect_failed(), m.as_str()).encode(env),
+        CloseReason::Panicked => atoms::panicked().encode(env),
+        CloseReason::Shutdown => atoms::shutdown().encode(env),
+        CloseReason::ReceiverGone => atoms::receiver_gone().encode(env),
+    }
+}
