@@ -1,0 +1,303 @@
+defmodule Snakepit.Telemetry.Config do
+  @moduledoc """
+  The validated configuration of `:snakepit_telemetry`.
+
+  Set it in your `config/*.exs`:
+
+      config :snakepit_telemetry,
+        sampling_rate: 0.5,
+        excluded_events: ["python.gc.*"],
+        events: [
+          [name: "myapp.model.loaded", event: [:myapp, :model, :loaded], measurements: [:duration]]
+        ]
+
+  `load!/0` reads it when the application starts; an invalid value makes the
+  start fail with an `ArgumentError` that names the key, the value given and
+  what is expected. Unknown keys are errors too.
+
+  ## Keys
+
+    * `:enabled` (boolean, default `true`) - whether workers send telemetry at
+      all (for the workers, a `Snakepit.Telemetry.Control.toggle/1` message).
+    * `:sampling_rate` (number from `0.0` to `1.0`, default `1.0`) - fraction of
+      worker events kept (a `Snakepit.Telemetry.Control.sampling/1` message);
+      integers `0` and `1` are accepted and stored as floats.
+    * `:max_buffer_size` (positive integer, default `1024`) - most events the
+      NIF buffers per worker stream while `Snakepit.Telemetry.GrpcStream` is
+      behind; beyond it new events are dropped and counted.
+    * `:excluded_events` (list of event patterns, default `[]`) - worker events
+      never to be sent: dotted worker names or glob patterns as in
+      `Snakepit.Telemetry.Control`, e.g. `"python.gc.*"` (a deny
+      `Snakepit.Telemetry.Control.filter/1`).
+    * `:grpc_stream` (boolean, default `true`) - whether the application starts
+      `Snakepit.Telemetry.GrpcStream`, the process that receives worker events
+      through the NIF. With `false`, nothing from the workers is received.
+    * `:events` (list, default `[]`) - app-defined worker events, beyond the
+      catalog's. Each is a keyword list or map with:
+        * `:name` - the dotted name a worker sends, lowercase segments of
+          `[a-z0-9_]`, e.g. `"myapp.model.loaded"` (at most 256 bytes); it may
+          neither be a catalog worker name nor repeat;
+        * `:event` - the `:telemetry` event name, a non-empty list of atoms,
+          not a catalog event;
+        * `:measurements` - the measurement keys it carries, a list of atoms
+          (default `[]`).
+
+      The atoms come from your own configuration, so accepting these events
+      creates no atoms at run time. They are normalized to
+      `%{name: binary, event: [atom], measurements: [atom]}`.
+    * `:max_batch_size` (positive integer, default `256`) - most events per
+      batch sent from the NIF to `Snakepit.Telemetry.GrpcStream`.
+    * `:max_in_flight_batches` (positive integer, default `4`) - most batches
+      per stream sent to `Snakepit.Telemetry.GrpcStream` and not yet
+      acknowledged; while that many are pending, the stream's buffer fills.
+  """
+
+  alias Snakepit.Telemetry.{Catalog, Control}
+
+  @typedoc "An app-defined worker event, normalized."
+  @type app_event :: %{name: String.t(), event: [atom(), ...], measurements: [atom()]}
+
+  @type t :: %__MODULE__{
+          enabled: boolean(),
+          sampling_rate: float(),
+          max_buffer_size: pos_integer(),
+          excluded_events: [Control.pattern()],
+          grpc_stream: boolean(),
+          events: [app_event()],
+          max_batch_size: pos_integer(),
+          max_in_flight_batches: pos_integer()
+        }
+
+  defstruct enabled: true,
+            sampling_rate: 1.0,
+            max_buffer_size: 1024,
+            excluded_events: [],
+            grpc_stream: true,
+            events: [],
+            max_batch_size: 256,
+            max_in_flight_batches: 4
+
+  @keys [
+    :enabled,
+    :sampling_rate,
+    :max_buffer_size,
+    :excluded_events,
+    :grpc_stream,
+    :events,
+    :max_batch_size,
+    :max_in_flight_batches
+  ]
+  @worker_names MapSet.new(Catalog.worker_events(), & &1.worker_name)
+  @catalog_events MapSet.new(Catalog.events(), & &1.event)
+  @event_name ~r/^[a-z0-9_]+(\.[a-z0-9_]+)*$/
+  @event_keys [:name, :event, :measurements]
+
+  @doc """
+  Loads and validates the application environment of `:snakepit_telemetry`.
+
+  Raises `ArgumentError` on an invalid configuration.
+  """
+  @spec load!() :: t()
+  def load! do
+    load!(Application.get_all_env(:snakepit_telemetry))
+  end
+
+  @doc """
+  Validates `opts` (a keyword list) over the defaults and returns the config.
+
+  Raises `ArgumentError` naming the key, the value given and what is
+  expected.
+
+      iex> config = Snakepit.Telemetry.Config.load!(sampling_rate: 1)
+      iex> {config.sampling_rate, config.max_batch_size}
+      {1.0, 256}
+      iex> Snakepit.Telemetry.Config.load!(sampling_rate: 2)
+      ** (ArgumentError) invalid :sampling_rate in the :snakepit_telemetry config: expected a number from 0.0 to 1.0, got: 2
+  """
+  @spec load!(keyword()) :: t()
+  def load!(opts) when is_list(opts) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError,
+            "expected the :snakepit_telemetry config to be a keyword list, got: #{inspect(opts)}"
+    end
+
+    check_unknown_keys!(opts)
+
+    fields =
+      Enum.map(@keys, fn key ->
+        default = Map.fetch!(%__MODULE__{}, key)
+        {key, validate!(key, Keyword.get(opts, key, default))}
+      end)
+
+    struct!(__MODULE__, fields)
+  end
+
+  def load!(other) do
+    raise ArgumentError,
+          "expected the :snakepit_telemetry config to be a keyword list, got: #{inspect(other)}"
+  end
+
+  @doc """
+  The configuration keys, with their defaults.
+
+      iex> Snakepit.Telemetry.Config.defaults()[:max_in_flight_batches]
+      4
+  """
+  @spec defaults() :: keyword()
+  def defaults, do: Enum.map(@keys, &{&1, Map.fetch!(%__MODULE__{}, &1)})
+
+  defp check_unknown_keys!(opts) do
+    case opts |> Keyword.keys() |> Enum.uniq() |> Enum.reject(&(&1 in @keys)) do
+      [] ->
+        :ok
+
+      unknown ->
+        hints =
+          for key <- unknown,
+              suggestion = suggest(key),
+              do: "#{inspect(key)} (did you mean #{inspect(suggestion)}?)"
+
+        raise ArgumentError,
+              "unknown key(s) in the :snakepit_telemetry config: #{inspect(unknown)}" <>
+                if(hints == [], do: "", else: "; " <> Enum.join(hints, ", ")) <>
+                ". Valid keys: " <> Enum.map_join(@keys, ", ", &inspect/1)
+    end
+  end
+
+  defp suggest(key) do
+    given = if is_atom(key), do: Atom.to_string(key), else: inspect(key)
+
+    {score, best} =
+      @keys
+      |> Enum.map(&{String.jaro_distance(Atom.to_string(&1), given), &1})
+      |> Enum.max()
+
+    if score >= 0.8, do: best
+  end
+
+  defp validate!(key, value) when key in [:enabled, :grpc_stream] do
+    if is_boolean(value), do: value, else: invalid!(key, value, "a boolean")
+  end
+
+  defp validate!(:sampling_rate, value) do
+    if is_number(value) and value >= 0 and value <= 1,
+      do: value / 1,
+      else: invalid!(:sampling_rate, value, "a number from 0.0 to 1.0")
+  end
+
+  defp validate!(key, value)
+       when key in [:max_buffer_size, :max_batch_size, :max_in_flight_batches] do
+    if is_integer(value) and value > 0,
+      do: value,
+      else: invalid!(key, value, "a positive integer")
+  end
+
+  defp validate!(:excluded_events, value) do
+    expected =
+      "a list of event patterns (non-empty strings of at most 256 bytes of " <>
+        "A-Z a-z 0-9 _ . * ? -, e.g. \"python.gc.*\")"
+
+    cond do
+      not is_list(value) ->
+        invalid!(:excluded_events, value, expected)
+
+      bad = Enum.find(value, &(not Control.valid_pattern?(&1))) ->
+        invalid!(:excluded_events, value, expected <> "; invalid pattern: #{inspect(bad)}")
+
+      true ->
+        value
+    end
+  end
+
+  defp validate!(:events, value) do
+    unless is_list(value) do
+      invalid!(:events, value, "a list of event definitions (keyword lists or maps)")
+    end
+
+    value
+    |> Enum.map(&validate_event!/1)
+    |> Enum.reduce([], fn event, seen ->
+      if Enum.any?(seen, &(&1.name == event.name)) do
+        invalid!(
+          :events,
+          value,
+          "unique :name values, but #{inspect(event.name)} appears more than once"
+        )
+      end
+
+      [event | seen]
+    end)
+    |> Enum.reverse()
+  end
+
+  defp validate_event!(entry) do
+    fields =
+      cond do
+        is_map(entry) and not is_struct(entry) ->
+          Map.to_list(entry)
+
+        is_list(entry) and entry != [] and Keyword.keyword?(entry) ->
+          entry
+
+        true ->
+          event_invalid!(entry, "a keyword list or map with :name, :event and :measurements")
+      end
+
+    case Enum.reject(Keyword.keys(fields), &(&1 in @event_keys)) do
+      [] ->
+        :ok
+
+      unknown ->
+        event_invalid!(
+          entry,
+          "only the keys :name, :event and :measurements, got unknown #{inspect(unknown)}"
+        )
+    end
+
+    name = Keyword.get(fields, :name)
+    event = Keyword.get(fields, :event)
+    measurements = Keyword.get(fields, :measurements, [])
+
+    cond do
+      not (is_binary(name) and byte_size(name) <= 256 and Regex.match?(@event_name, name)) ->
+        event_invalid!(
+          entry,
+          ":name to be a dotted name of lowercase [a-z0-9_] segments such as \"myapp.model.loaded\" (at most 256 bytes), got: #{inspect(name)}"
+        )
+
+      name in @worker_names ->
+        event_invalid!(
+          entry,
+          ":name not to be a catalog worker event, but #{inspect(name)} is one"
+        )
+
+      not (is_list(event) and event != [] and Enum.all?(event, &is_atom/1)) ->
+        event_invalid!(
+          entry,
+          ":event to be a non-empty list of atoms such as [:myapp, :model, :loaded], got: #{inspect(event)}"
+        )
+
+      event in @catalog_events ->
+        event_invalid!(entry, ":event not to be a catalog event, but #{inspect(event)} is one")
+
+      not (is_list(measurements) and Enum.all?(measurements, &is_atom/1)) ->
+        event_invalid!(
+          entry,
+          ":measurements to be a list of atoms, got: #{inspect(measurements)}"
+        )
+
+      true ->
+        %{name: name, event: event, measurements: measurements}
+    end
+  end
+
+  defp event_invalid!(entry, expected) do
+    raise ArgumentError,
+          "invalid entry in :events of the :snakepit_telemetry config: expected #{expected}; entry: #{inspect(entry)}"
+  end
+
+  defp invalid!(key, value, expected) do
+    raise ArgumentError,
+          "invalid #{inspect(key)} in the :snakepit_telemetry config: expected #{expected}, got: #{inspect(value)}"
+  end
+end

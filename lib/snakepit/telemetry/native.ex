@@ -1,0 +1,64 @@
+defmodule Snakepit.Telemetry.Native do
+  @moduledoc """
+  The NIF boundary: stubs of the functions in the Rust crate `native/snakepit_telemetry_nif`.
+
+  Nothing here is public API; `Snakepit.Telemetry.GrpcStream` is. Every function returns
+  in microseconds: the NIF does no I/O and never waits on its runtime (a tokio runtime on
+  its own threads, one per `start/2`).
+
+  Messages the runtime sends:
+
+    * to the dispatch process of a worker (today the owner):
+      `{:snakepit_telemetry_batch, credit, worker_id, generation, [{event, measurements, metadata}]}`;
+      the receiver calls `ack(credit)` once it has run the handlers of the batch.
+    * to the owner: `{:snakepit_telemetry_stream, worker_id, generation, status, emitted}` with
+      `status` `:connected` or `{:closed, reason}` (the last message of every stream) and
+      `emitted` the number of events delivered on that stream so far.
+
+  If the library cannot be loaded, `load_error/0` says why, and `Snakepit.Telemetry.GrpcStream`
+  refuses to start with that reason rather than failing later with `:nif_not_loaded`.
+  """
+
+  @on_load :load_nif
+
+  @doc false
+  def load_nif do
+    path =
+      :filename.join(:code.priv_dir(:snakepit_telemetry), ~c"native/libsnakepit_telemetry_nif")
+
+    case :erlang.load_nif(path, 0) do
+      :ok ->
+        :persistent_term.erase({__MODULE__, :load_error})
+        :ok
+
+      {:error, {reason, text}} ->
+        # Returning :ok keeps the module (and its clear error) available instead of
+        # leaving callers with an undefined module.
+        :persistent_term.put({__MODULE__, :load_error}, {reason, List.to_string(text)})
+        :ok
+    end
+  end
+
+  @doc "Why the NIF library did not load, or `nil` when it did."
+  @spec load_error() :: nil | {atom(), String.t()}
+  def load_error, do: :persistent_term.get({__MODULE__, :load_error}, nil)
+
+  @doc false
+  def start(_owner, _options), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def register_worker(_runtime, _worker_id, _endpoint, _metadata, _dispatch),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def unregister_worker(_runtime, _worker_id), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def ack(_credit), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def stream_info(_runtime), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def catalog_info, do: :erlang.nif_error(:nif_not_loaded)
+end

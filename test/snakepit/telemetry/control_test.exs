@@ -1,0 +1,141 @@
+defmodule Snakepit.Telemetry.ControlTest do
+  use ExUnit.Case, async: true
+
+  alias Snakepit.Telemetry.Control
+
+  doctest Control
+
+  test "toggle/1" do
+    assert Control.toggle(true) == {:ok, {:toggle, true}}
+    assert Control.toggle(false) == {:ok, {:toggle, false}}
+    assert Control.toggle(nil) == {:error, {:invalid_option, nil}}
+    assert Control.toggle(1) == {:error, {:invalid_option, 1}}
+  end
+
+  describe "sampling" do
+    test "rates from 0 to 1 become floats" do
+      assert Control.sampling(0) == {:ok, {:sampling, 0.0, []}}
+      assert Control.sampling(1) == {:ok, {:sampling, 1.0, []}}
+      assert Control.sampling(0.0) == {:ok, {:sampling, 0.0, []}}
+      assert Control.sampling(0.125, ["*"]) == {:ok, {:sampling, 0.125, ["*"]}}
+    end
+
+    test "invalid rates" do
+      for rate <- [-0.1, 1.0001, 2, -1, "0.5", nil, :half, [0.5]] do
+        assert Control.sampling(rate) == {:error, {:invalid_rate, rate}}
+        assert Control.sampling(rate, ["*"]) == {:error, {:invalid_rate, rate}}
+      end
+    end
+
+    test "invalid patterns" do
+      assert Control.sampling(0.5, [""]) == {:error, {:invalid_pattern, ""}}
+      assert Control.sampling(0.5, ["ok.*", :atom]) == {:error, {:invalid_pattern, :atom}}
+      assert Control.sampling(0.5, "python.*") == {:error, {:invalid_pattern, "python.*"}}
+    end
+  end
+
+  describe "filter/1" do
+    test "allow and deny, defaults empty" do
+      assert Control.filter([]) == {:ok, {:filter, [], []}}
+      assert Control.filter(allow: ["a.*"]) == {:ok, {:filter, ["a.*"], []}}
+      assert Control.filter(deny: ["b"], allow: ["a"]) == {:ok, {:filter, ["a"], ["b"]}}
+    end
+
+    test "errors" do
+      assert Control.filter(allow: ["a"], other: 1) == {:error, {:invalid_option, :other}}
+      assert Control.filter([:allow]) == {:error, {:invalid_option, :allow}}
+      assert Control.filter(%{allow: []}) == {:error, {:invalid_option, %{allow: []}}}
+      assert Control.filter(allow: ["bad pattern"]) == {:error, {:invalid_pattern, "bad pattern"}}
+      assert Control.filter(deny: "x") == {:error, {:invalid_pattern, "x"}}
+    end
+  end
+
+  describe "valid_pattern?/1" do
+    test "the allowed alphabet and length" do
+      assert Control.valid_pattern?("A-Za-z0-9_.*?-")
+      assert Control.valid_pattern?(String.duplicate("a", 256))
+      refute Control.valid_pattern?(String.duplicate("a", 257))
+      refute Control.valid_pattern?("")
+
+      for bad <- [" ", "a/b", "a|b", "é", "a\n", "[ab]", "a+", "a\\b", "{a}"] do
+        refute Control.valid_pattern?(bad), "expected #{inspect(bad)} to be invalid"
+      end
+
+      refute Control.valid_pattern?(nil)
+      refute Control.valid_pattern?(~c"abc")
+    end
+  end
+
+  describe "matches?/2" do
+    @cases [
+      {"*", "", true},
+      {"*", "python.call.start", true},
+      {"python.call.start", "python.call.start", true},
+      {"python.call.start", "python.call.stop", false},
+      {"python.*", "python.call.start", true},
+      {"python.*", "python", false},
+      {"python*", "python", true},
+      {"*.start", "tool.execution.start", true},
+      {"*.start", "start", false},
+      {"*call*", "python.call.exception", true},
+      {"?", "a", true},
+      {"?", "", false},
+      {"?", "ab", false},
+      {"python.???.*", "python.cpu.sampled", true},
+      {"python.???.*", "python.call.start", false},
+      {"a*b*c", "aXbYc", true},
+      {"a*b*c", "abcabc", true},
+      {"a*b*c", "acb", false},
+      {"**", "x", true},
+      {"*?", "", false},
+      {"*?*", "x", true},
+      {"tool.*.stop", "tool.execution.stop", true},
+      {"tool.*.stop", "tool.stop", false},
+      {"Python.*", "python.call.start", false}
+    ]
+
+    for {pattern, name, expected} <- @cases do
+      test "#{inspect(pattern)} on #{inspect(name)} is #{expected}" do
+        assert Control.matches?(unquote(pattern), unquote(name)) == unquote(expected)
+      end
+    end
+
+    test "? matches one character of a non-ASCII name" do
+      assert Control.matches?("a?b", "aéb")
+    end
+
+    test "an invalid pattern raises" do
+      assert_raise ArgumentError, ~r/invalid event pattern/, fn ->
+        Control.matches?("a b", "a b")
+      end
+    end
+
+    test "agrees with an independent regex translation" do
+      names = [
+        "python.call.start",
+        "tool.execution.stop",
+        "a.b",
+        "",
+        "abc",
+        "python.gc.completed"
+      ]
+
+      patterns = ["*", "?", "python.*", "*.*.*", "a?c", "*o*", "?ython.*", "tool.*.st?p", "a.b*"]
+
+      for pattern <- patterns, name <- names do
+        regex =
+          pattern
+          |> String.graphemes()
+          |> Enum.map_join(fn
+            "*" -> ".*"
+            "?" -> "."
+            c -> Regex.escape(c)
+          end)
+          |> then(&Regex.compile!("\\A" <> &1 <> "\\z", "s"))
+
+        assert Control.matches?(pattern, name) == Regex.match?(regex, name),
+               "#{inspect(pattern)} on #{inspect(name)}"
+      end
+    end
+  end
+end

@@ -1,0 +1,464 @@
+defmodule Snakepit.Telemetry.GrpcStreamTest do
+  # Real Python workers (test/support/python/scripted_worker.py) over real gRPC on
+  # loopback, the real NIF, and the application's own GrpcStream process.
+  use ExUnit.Case, async: false
+
+  alias Snakepit.Telemetry.{Catalog, GrpcStream, Native}
+  alias Snakepit.Telemetry.Test.{Forwarder, PythonWorker}
+
+  @tool [:snakepit, :python, :tool, :execution]
+  @timeout 10_000
+
+  setup do
+    worker = PythonWorker.start()
+    id = "worker-#{System.unique_integer([:positive])}"
+
+    on_exit(fn ->
+      GrpcStream.unregister_worker(id)
+      PythonWorker.stop(worker)
+    end)
+
+    %{worker: worker, id: id}
+  end
+
+  defp register!(id, worker, opts \\ []) do
+    assert :ok = GrpcStream.register_worker(id, worker.endpoint, opts)
+    wait_until(fn -> stream(id)[:status] == :connected end)
+  end
+
+  defp stream(id), do: Enum.find(GrpcStream.list_streams(), &(&1.worker_id == id))
+
+  defp wait_until(fun, timeout \\ @timeout) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+
+    Stream.repeatedly(fn -> fun.() end)
+    |> Enum.find(fn
+      true ->
+        true
+
+      _ ->
+        if System.monotonic_time(:millisecond) > deadline,
+          do: flunk("condition not met in #{timeout} ms")
+
+        Process.sleep(5)
+        false
+    end)
+  end
+
+  describe "a span in the worker" do
+    test "reaches :telemetry handlers as start and stop with exact names, measurements and metadata",
+         %{worker: worker, id: id} do
+      Forwarder.attach([@tool ++ [:start], @tool ++ [:stop]])
+      register!(id, worker, pool_name: :default, python_pid: worker.os_pid)
+
+      before_ns = System.os_time(:nanosecond)
+
+      PythonWorker.run(worker, %{
+        "op" => "span",
+        "operation" => "tool.execution",
+        "metadata" => %{"tool" => "predict"},
+        "correlation_id" => "abc-123",
+        "sleep_ms" => 20
+      })
+
+      assert_receive {:telemetry, [:snakepit, :python, :tool, :execution, :start], start,
+                      start_meta},
+                     @timeout
+
+      assert_receive {:telemetry, [:snakepit, :python, :tool, :execution, :stop], stop, meta},
+                     @timeout
+
+      assert Map.keys(start) == [:system_time]
+
+      assert_in_delta start.system_time,
+                      System.convert_time_unit(before_ns, :nanosecond, :native),
+                      System.convert_time_unit(5, :second, :native)
+
+      assert Map.keys(stop) == [:duration]
+      assert stop.duration >= System.convert_time_unit(20, :millisecond, :native)
+      assert stop.duration < System.convert_time_unit(5, :second, :native)
+
+      for m <- [start_meta, meta] do
+        assert %{
+                 tool: "predict",
+                 worker_id: ^id,
+                 pool_name: :default,
+                 node: node,
+                 correlation_id: "abc-123",
+                 timestamp_ns: ts
+               } = m
+
+        assert m.python_pid == worker.os_pid
+        assert node == node()
+        assert ts >= before_ns and ts < before_ns + 5_000_000_000
+      end
+    end
+
+    test "that raises emits exception with duration, error_type and error_message",
+         %{worker: worker, id: id} do
+      Forwarder.attach([@tool ++ [:exception]])
+      register!(id, worker)
+
+      PythonWorker.run(worker, %{
+        "op" => "span",
+        "operation" => "tool.execution",
+        "metadata" => %{"tool" => "predict"},
+        "raise" => true
+      })
+
+      assert_receive {:telemetry, [:snakepit, :python, :tool, :execution, :exception],
+                      %{duration: d}, meta},
+                     @timeout
+
+      assert is_integer(d) and d >= 0
+
+      assert %{error_type: "RuntimeError", error_message: "boom", tool: "predict", worker_id: ^id} =
+               meta
+    end
+  end
+
+  test "bad input is dropped and counted by reason, and the stream goes on", %{
+    worker: worker,
+    id: id
+  } do
+    Forwarder.attach([@tool ++ [:stop]])
+    register!(id, worker)
+
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.nope.stop",
+      "measurements" => %{"duration" => 1}
+    })
+
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"evil_key" => 1}
+    })
+
+    # Field 1 (event_parts) claims 5 bytes but the message ends after 1.
+    PythonWorker.run(worker, %{"op" => "raw_hex", "hex" => "0a05ab"})
+    PythonWorker.run(worker, %{"op" => "bad_utf8", "event" => "tool.execution.stop"})
+
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 7},
+      "metadata" => %{"tool" => "after-bad-input"}
+    })
+
+    assert_receive {:telemetry, _, %{duration: _}, %{tool: "after-bad-input"}}, @timeout
+    refute_received {:telemetry, _, _, _}
+
+    # Counters are atomics updated right after the hand-off: wait for them to settle.
+    wait_until(fn -> stream(id).received == 5 and stream(id).emitted == 1 end)
+    info = stream(id)
+    assert info.status == :connected
+
+    assert info.dropped == %{
+             unknown_event: 1,
+             invalid_measurement: 1,
+             decode_error: 2,
+             overflow: 0,
+             undeliverable: 0
+           }
+  end
+
+  test "nothing a worker sends creates an atom" do
+    # A buffer large enough that the worker itself drops nothing of the flood.
+    worker = PythonWorker.start(["--max-buffer", "100000"])
+    id = "atoms-#{System.unique_integer([:positive])}"
+
+    on_exit(fn ->
+      GrpcStream.unregister_worker(id)
+      PythonWorker.stop(worker)
+    end)
+
+    Forwarder.attach([@tool ++ [:stop]])
+    register!(id, worker)
+
+    flood = fn count ->
+      PythonWorker.run(worker, %{"op" => "random", "count" => count, "seed" => count})
+
+      for i <- 1..10 do
+        keys =
+          for j <- 1..5,
+              into: %{},
+              do: {"meta_#{count}_#{i}_#{j}_#{:rand.uniform(1_000_000)}", "v"}
+
+        PythonWorker.run(worker, %{
+          "op" => "emit",
+          "event" => "tool.execution.stop",
+          "measurements" => %{"duration" => i},
+          "metadata" => keys
+        })
+      end
+    end
+
+    # Warm up every code path once (module loading makes atoms of its own).
+    flood.(100)
+    wait_until(fn -> stream(id).received == 110 end)
+    for _ <- 1..10, do: assert_receive({:telemetry, _, _, _}, @timeout)
+
+    before = :erlang.system_info(:atom_count)
+    flood.(10_000)
+    wait_until(fn -> stream(id).received == 110 + 10_010 end, 60_000)
+
+    for _ <- 1..10 do
+      assert_receive {:telemetry, _, _, meta}, @timeout
+      assert Enum.count(Map.keys(meta), &is_binary/1) == 5
+    end
+
+    assert :erlang.system_info(:atom_count) == before
+    info = stream(id)
+    assert info.emitted == 20
+    assert info.dropped.unknown_event + info.dropped.invalid_measurement == 10_100
+  end
+
+  test "a handler slower than the worker: the mailbox stays bounded and overflow is counted" do
+    worker = PythonWorker.start(["--max-buffer", "100000"])
+    id = "slow-#{System.unique_integer([:positive])}"
+
+    on_exit(fn ->
+      GrpcStream.unregister_worker(id)
+      PythonWorker.stop(worker)
+    end)
+
+    Forwarder.attach([@tool ++ [:stop]], %{sleep_ms: 1})
+    register!(id, worker)
+    manager = Process.whereis(GrpcStream)
+    sampler = Task.async(fn -> sample_mailbox(manager, id, 0) end)
+
+    for _ <- 1..6 do
+      PythonWorker.run(worker, %{
+        "op" => "emit",
+        "event" => "tool.execution.stop",
+        "measurements" => %{"duration" => 1},
+        "count" => 1000
+      })
+    end
+
+    wait_until(fn -> stream(id).received == 6000 end, 60_000)
+    wait_until(fn -> stream(id).emitted + stream(id).dropped.overflow == 6000 end, 60_000)
+    max_mailbox = Task.await(sampler, 60_000)
+
+    info = stream(id)
+    assert info.dropped.overflow > 0
+    assert info.emitted > 0
+    config = Snakepit.Telemetry.Config.load!()
+    # Unacknowledged batches of this worker, plus a status message or two.
+    assert max_mailbox <= config.max_in_flight_batches + 2
+  end
+
+  defp sample_mailbox(pid, id, max) do
+    {:message_queue_len, len} = Process.info(pid, :message_queue_len)
+    info = stream(id)
+
+    if info.received == 6000 and info.emitted + info.dropped.overflow == 6000 do
+      max(max, len)
+    else
+      Process.sleep(2)
+      sample_mailbox(pid, id, max(max, len))
+    end
+  end
+
+  test "unregister stops delivery", %{worker: worker, id: id} do
+    Forwarder.attach([@tool ++ [:stop], [:snakepit, :grpc, :stream, :closed]])
+    register!(id, worker)
+
+    stop = %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 1}
+    }
+
+    PythonWorker.run(worker, stop)
+
+    assert_receive {:telemetry, [:snakepit, :python, :tool, :execution, :stop], _,
+                    %{worker_id: ^id}},
+                   @timeout
+
+    assert :ok = GrpcStream.unregister_worker(id)
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :closed], %{message_count: 1},
+                    %{worker_id: ^id, reason: :unregistered}},
+                   @timeout
+
+    PythonWorker.run(worker, stop)
+    refute_receive {:telemetry, [:snakepit, :python, :tool, :execution, :stop], _, _}, 300
+    assert stream(id) == nil
+    assert {:error, :unknown_worker} = GrpcStream.unregister_worker(id)
+  end
+
+  test "a worker that exits mid-stream leaves the VM and the other streams unaffected",
+       %{worker: survivor, id: survivor_id} do
+    doomed = PythonWorker.start()
+    doomed_id = "doomed-#{System.unique_integer([:positive])}"
+    on_exit(fn -> GrpcStream.unregister_worker(doomed_id) end)
+
+    Forwarder.attach([@tool ++ [:stop], [:snakepit, :grpc, :stream, :closed]])
+    register!(survivor_id, survivor)
+    register!(doomed_id, doomed)
+    manager = Process.whereis(GrpcStream)
+
+    emit = %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 1},
+      "count" => 50
+    }
+
+    PythonWorker.run(doomed, emit)
+    PythonWorker.send_command(doomed, %{"op" => "exit", "code" => 3})
+    assert PythonWorker.await_exit(doomed) == 3
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :closed], _,
+                    %{worker_id: ^doomed_id, reason: reason}},
+                   @timeout
+
+    assert reason == :worker_closed or match?({:stream_error, _}, reason)
+    assert {:closed, ^reason} = stream(doomed_id).status
+
+    PythonWorker.run(survivor, Map.put(emit, "metadata", %{"tool" => "survivor"}))
+
+    for _ <- 1..50 do
+      assert_receive {:telemetry, _, _, %{worker_id: ^survivor_id, tool: "survivor"}}, @timeout
+    end
+
+    assert Process.whereis(GrpcStream) == manager
+    assert stream(survivor_id).status == :connected
+  end
+
+  @tag :capture_log
+  test "a handler that raises is telemetry's business, not the manager's", %{
+    worker: worker,
+    id: id
+  } do
+    :ok = :telemetry.attach("raising", @tool ++ [:stop], &Forwarder.raise_always/4, nil)
+    on_exit(fn -> :telemetry.detach("raising") end)
+    Forwarder.attach([@tool ++ [:stop]])
+    register!(id, worker)
+    manager = Process.whereis(GrpcStream)
+
+    emit = %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 1},
+      "count" => 3
+    }
+
+    PythonWorker.run(worker, emit)
+    for _ <- 1..3, do: assert_receive({:telemetry, _, _, _}, @timeout)
+
+    assert Process.whereis(GrpcStream) == manager
+    assert :telemetry.list_handlers(@tool ++ [:stop]) |> Enum.all?(&(&1.id != "raising"))
+  end
+
+  test "registering an id again replaces its stream", %{worker: worker, id: id} do
+    Forwarder.attach([@tool ++ [:stop], [:snakepit, :grpc, :stream, :closed]])
+    register!(id, worker)
+    other = PythonWorker.start()
+    on_exit(fn -> PythonWorker.stop(other) end)
+
+    assert :ok = GrpcStream.register_worker(id, other.endpoint, pool_name: :second)
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :closed], _,
+                    %{worker_id: ^id, reason: :replaced}},
+                   @timeout
+
+    wait_until(fn ->
+      stream(id)[:status] == :connected and stream(id).endpoint == other.endpoint
+    end)
+
+    PythonWorker.run(other, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 2}
+    })
+
+    assert_receive {:telemetry, _, %{duration: _}, %{worker_id: ^id, pool_name: :second}},
+                   @timeout
+  end
+
+  test "app-defined events from config are delivered with their own measurement keys",
+       %{worker: worker, id: id} do
+    Forwarder.attach([[:myapp, :model, :loaded]])
+    register!(id, worker)
+
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "myapp.model.loaded",
+      "measurements" => %{"weights_loaded" => 3, "duration" => 5}
+    })
+
+    assert_receive {:telemetry, [:myapp, :model, :loaded], %{weights_loaded: 3, duration: _},
+                    %{worker_id: ^id}},
+                   @timeout
+  end
+
+  describe "bad arguments" do
+    test "get clear errors and leave the manager running" do
+      manager = Process.whereis(GrpcStream)
+      assert {:error, {:invalid_endpoint, _}} = GrpcStream.register_worker("w", "no-port-here")
+      assert {:error, {:invalid_endpoint, _}} = GrpcStream.register_worker("w", "https://h:1")
+      assert {:error, {:invalid_endpoint, 42}} = GrpcStream.register_worker("w", 42)
+      assert {:error, {:invalid_worker_id, :w}} = GrpcStream.register_worker(:w, "127.0.0.1:1")
+
+      assert {:error, {:invalid_worker_id, <<0xFF>>}} =
+               GrpcStream.register_worker(<<0xFF>>, "127.0.0.1:1")
+
+      assert {:error, {:invalid_option, :worker_id}} =
+               GrpcStream.register_worker("w", "127.0.0.1:1", worker_id: "x")
+
+      assert {:error, {:invalid_metadata, :pool_name}} =
+               GrpcStream.register_worker("w", "127.0.0.1:1", pool_name: {1})
+
+      assert {:error, {:invalid_option, "x"}} =
+               GrpcStream.register_worker("w", "127.0.0.1:1", ["x"])
+
+      assert Process.whereis(GrpcStream) == manager
+      assert stream("w") == nil
+    end
+
+    test "an unreachable worker ends its stream with connect_failed" do
+      Forwarder.attach([[:snakepit, :grpc, :stream, :closed]])
+      id = "unreachable-#{System.unique_integer([:positive])}"
+      on_exit(fn -> GrpcStream.unregister_worker(id) end)
+      # Nothing listens on port 1.
+      assert :ok = GrpcStream.register_worker(id, "127.0.0.1:1")
+
+      assert_receive {:telemetry, [:snakepit, :grpc, :stream, :closed], %{message_count: 0},
+                      %{worker_id: ^id, reason: {:connect_failed, _}}},
+                     @timeout
+
+      assert {:closed, {:connect_failed, _}} = stream(id).status
+    end
+  end
+
+  test "Rust, Elixir and Python read the same catalog" do
+    rust = Native.catalog_info()
+    elixir = Catalog.describe()
+
+    {json, 0} =
+      System.cmd(PythonWorker.python(), ["-m", "snakepit_bridge.telemetry.catalog", "--json"],
+        env: [{"PYTHONPATH", Path.expand("../../../priv/python", __DIR__)}]
+      )
+
+    normalize = fn catalog ->
+      catalog = Map.new(catalog, fn {k, v} -> {to_string(k), v} end)
+
+      events =
+        Enum.map(catalog["events"], fn e ->
+          e = Map.new(e, fn {k, v} -> {to_string(k), v} end)
+          Map.update!(e, "worker_name", &(&1 && to_string(&1)))
+        end)
+
+      Map.put(catalog, "events", events)
+    end
+
+    assert normalize.(rust) == normalize.(elixir)
+    # The Python side prints JSON; compare its keys and lists through the Elixir view.
+    python_describe = Snakepit.Telemetry.Test.Json.decode!(json)
+    assert normalize.(python_describe) == normalize.(elixir)
+  end
+end

@@ -1,0 +1,147 @@
+defmodule Snakepit.Telemetry.NamingTest do
+  # async: false: the atom-count checks must not see atoms from other tests.
+  use ExUnit.Case, async: false
+
+  alias Snakepit.Telemetry.{Catalog, Naming}
+
+  doctest Naming
+
+  test "from_parts/1 resolves every worker event of the catalog" do
+    for event <- Catalog.worker_events() do
+      assert Naming.from_parts(String.split(event.worker_name, ".")) == {:ok, event.event}
+    end
+  end
+
+  test "from_parts/1 rejects anything else without creating atoms" do
+    before = :erlang.system_info(:atom_count)
+
+    for parts <- [
+          [],
+          ["python"],
+          ["python", "call"],
+          ["python", "call", "start", "extra"],
+          ["pool", "initialized"],
+          ["snakepit", "python", "call", "start"],
+          ["never_seen_#{System.unique_integer([:positive])}", "x"],
+          [:python, :call, :start],
+          "python.call.start",
+          nil
+        ] do
+      assert Naming.from_parts(parts) == {:error, :unknown_event}
+    end
+
+    assert :erlang.system_info(:atom_count) == before
+  end
+
+  test "from_parts/2 also knows app-defined events, catalog first" do
+    app = [
+      %{name: "myapp.model.loaded", event: [:myapp, :model, :loaded], measurements: [:duration]}
+    ]
+
+    assert Naming.from_parts(["myapp", "model", "loaded"], app) ==
+             {:ok, [:myapp, :model, :loaded]}
+
+    assert Naming.from_parts(["python", "call", "stop"], app) ==
+             {:ok, [:snakepit, :python, :call, :stop]}
+
+    assert Naming.from_parts(["myapp", "other"], app) == {:error, :unknown_event}
+    assert Naming.from_parts([1, 2], app) == {:error, :unknown_event}
+  end
+
+  test "measurement_key/1" do
+    for key <- Catalog.measurement_keys() do
+      assert Naming.measurement_key(key) == {:ok, key}
+      assert Naming.measurement_key(Atom.to_string(key)) == {:ok, key}
+    end
+
+    before = :erlang.system_info(:atom_count)
+
+    assert Naming.measurement_key("no_such_key_#{System.unique_integer()}") ==
+             {:error, :unknown_measurement_key}
+
+    assert Naming.measurement_key(:node) == {:error, :unknown_measurement_key}
+    assert Naming.measurement_key(nil) == {:error, :unknown_measurement_key}
+    assert Naming.measurement_key(42) == {:error, :unknown_measurement_key}
+    assert :erlang.system_info(:atom_count) == before
+  end
+
+  test "python_event_catalog/0 lists the worker events" do
+    catalog = Naming.python_event_catalog()
+    assert length(catalog) == length(Catalog.worker_events())
+
+    for {entry, event} <- Enum.zip(catalog, Catalog.worker_events()) do
+      assert entry == %{
+               name: event.worker_name,
+               event: event.event,
+               measurements: event.measurements
+             }
+    end
+  end
+
+  test "pool_event/1 names every pool event" do
+    expected = %{
+      initialized: [:snakepit, :pool, :initialized],
+      init_started: [:snakepit, :pool, :init_started],
+      init_complete: [:snakepit, :pool, :init_complete],
+      status: [:snakepit, :pool, :status],
+      queue_enqueued: [:snakepit, :pool, :queue, :enqueued],
+      queue_dequeued: [:snakepit, :pool, :queue, :dequeued],
+      queue_timeout: [:snakepit, :pool, :queue, :timeout],
+      worker_spawn_started: [:snakepit, :pool, :worker, :spawn_started],
+      worker_spawned: [:snakepit, :pool, :worker, :spawned],
+      worker_ready: [:snakepit, :pool, :worker, :worker_ready],
+      worker_spawn_failed: [:snakepit, :pool, :worker, :spawn_failed],
+      worker_terminated: [:snakepit, :pool, :worker, :terminated],
+      worker_restarted: [:snakepit, :pool, :worker, :restarted]
+    }
+
+    for {name, event} <- expected, do: assert(Naming.pool_event(name) == event)
+
+    pool_events = for %{event: [:snakepit, :pool | _] = e} <- Catalog.events(), do: e
+    assert Enum.sort(Map.values(expected)) == Enum.sort(pool_events)
+  end
+
+  test "session_event/1" do
+    assert Naming.session_event(:created) == [:snakepit, :session, :created]
+    assert Naming.session_event(:destroyed) == [:snakepit, :session, :destroyed]
+    assert Naming.session_event(:affinity_assigned) == [:snakepit, :session, :affinity, :assigned]
+    assert Naming.session_event(:affinity_broken) == [:snakepit, :session, :affinity, :broken]
+  end
+
+  test "python_event/1 names every python event" do
+    for %{event: [:snakepit, :python | rest] = event} <- Catalog.events() do
+      assert Naming.python_event(rest |> Enum.join("_") |> String.to_existing_atom()) == event
+    end
+
+    assert Naming.python_event(:tool_result_size) == [:snakepit, :python, :tool, :result_size]
+    assert Naming.python_event(:gc_completed) == [:snakepit, :python, :gc, :completed]
+  end
+
+  test "grpc_event/2 names every gRPC event" do
+    for %{event: [:snakepit, :grpc, kind, name] = event} <- Catalog.events() do
+      assert Naming.grpc_event(kind, name) == event
+    end
+
+    assert Naming.grpc_event(:stream, :opened) == [:snakepit, :grpc, :stream, :opened]
+  end
+
+  test "builders raise ArgumentError listing the valid names" do
+    error = assert_raise ArgumentError, fn -> Naming.pool_event(:worker_worker_ready) end
+    assert error.message =~ ":worker_ready"
+    assert error.message =~ ":queue_timeout"
+
+    error = assert_raise ArgumentError, fn -> Naming.session_event("created") end
+    assert error.message =~ ":affinity_broken"
+
+    error = assert_raise ArgumentError, fn -> Naming.python_event(:call_begin) end
+    assert error.message =~ ":call_start"
+
+    error = assert_raise ArgumentError, fn -> Naming.grpc_event(:call, :lost) end
+    assert error.message =~ "{:connection, :lost}"
+  end
+
+  test "key lists come from the catalog" do
+    assert Naming.measurement_keys() == Catalog.measurement_keys()
+    assert Naming.metadata_keys() == Catalog.metadata_keys()
+  end
+end
