@@ -63,7 +63,7 @@ impl StreamTask {
         let outcome = std::panic::AssertUnwindSafe(self.stream(stop)).catch_unwind().await;
         let reason = outcome.unwrap_or(CloseReason::Panicked);
         state.set_closed(reason.clone());
-        send_status(owner, &worker_id, generation, StatusMessage::Closed(reason));
+        send_status(&state, owner, &worker_id, generation, StatusMessage::Closed(reason));
     }
 
     async fn stream(self, mut stop: oneshot::Receiver<CloseReason>) -> CloseReason {
@@ -80,7 +80,7 @@ impl StreamTask {
             Ok(events) => events,
             Err(reason) => return reason,
         };
-        send_status(self.owner, &self.worker.worker_id, self.worker.generation, StatusMessage::Connected);
+        send_status(&self.state, self.owner, &self.worker.worker_id, self.worker.generation, StatusMessage::Connected);
 
         let mut pending: VecDeque<EventRecord> = VecDeque::with_capacity(self.limits.max_buffer.min(4096));
         let mut name = String::new();
@@ -197,15 +197,17 @@ enum StatusMessage {
     Closed(CloseReason),
 }
 
-/// `{:snakepit_telemetry_stream, worker_id, generation, :connected | {:closed, reason}}`.
-fn send_status(owner: LocalPid, worker_id: &str, generation: u64, message: StatusMessage) {
+/// `{:snakepit_telemetry_stream, worker_id, generation, :connected | {:closed, reason}, emitted}`
+/// where `emitted` counts the events delivered on this stream so far.
+fn send_status(state: &StreamState, owner: LocalPid, worker_id: &str, generation: u64, message: StatusMessage) {
+    let emitted = state.counters.snapshot().emitted;
     let mut env = OwnedEnv::new();
     let _ = env.send_and_clear(&owner, |env| {
         let status = match &message {
             StatusMessage::Connected => atoms::connected().encode(env),
             StatusMessage::Closed(reason) => (atoms::closed(), close_reason_term(env, reason)).encode(env),
         };
-        (atoms::snakepit_telemetry_stream(), worker_id, generation, status).encode(env)
+        (atoms::snakepit_telemetry_stream(), worker_id, generation, status, emitted).encode(env)
     });
 }
 
