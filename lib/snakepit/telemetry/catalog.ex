@@ -376,4 +376,32 @@ defmodule Snakepit.Telemetry.Catalog do
   """
   @spec to_json() :: String.t()
   def to_json, do: @json
+
+  @doc """
+  The catalog as the Markdown table of the README: one row per event with its worker
+  name, measurements and metadata. A test keeps the README equal to it.
+
+      iex> table = Snakepit.Telemetry.Catalog.markdown_table()
+      iex> String.starts_with?(table, "| Event | Sent by a worker as | Measurements | Metadata |")
+      true
+  """
+  @spec markdown_table() :: String.t()
+  def markdown_table do
+    header = [
+      "| Event | Sent by a worker as | Measurements | Metadata |",
+      "|---|---|---|---|"
+    ]
+
+    rows =
+      for e <- events() do
+        worker = if e.worker_name, do: "`#{e.worker_name}`", else: "-"
+        name = "`" <> inspect(e.event) <> "`"
+        "| #{name} | #{worker} | #{keys(e.measurements)} | #{keys(e.metadata)} |"
+      end
+
+    Enum.join(header ++ rows, "\n") <> "\n"
+  end
+
+  defp keys([]), do: "-"
+  defp keys(keys), do: Enum.map_join(keys, ", ", &inspect/1)
 end

@@ -18,7 +18,10 @@ defmodule Snakepit.Telemetry.ApplicationTest do
 
   test "the application is running with the test config" do
     assert Process.whereis(Snakepit.Telemetry.Supervisor)
-    assert Supervisor.which_children(Snakepit.Telemetry.Supervisor) == []
+    assert [{Snakepit.Telemetry.GrpcStream, pid, :worker, _}] =
+             Supervisor.which_children(Snakepit.Telemetry.Supervisor)
+
+    assert is_pid(pid)
   end
 
   test "an invalid config makes the start fail with the explanation" do

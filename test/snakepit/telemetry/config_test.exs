@@ -46,8 +46,8 @@ defmodule Snakepit.Telemetry.ConfigTest do
   end
 
   test "load!/0 reads the application environment" do
-    # config/test.exs sets grpc_stream: false
-    assert %Config{grpc_stream: false} = Config.load!()
+    # config/test.exs adds one app-defined event
+    assert %Config{grpc_stream: true, events: [%{name: "myapp.model.loaded"}]} = Config.load!()
   end
 
   test "booleans" do

@@ -1,0 +1,209 @@
+"""The worker's gRPC server: ``snakepit.bridge.BridgeService/StreamTelemetry``.
+
+The Python worker is the server; the client (the NIF) opens one bidirectional call, sends
+``TelemetryControl`` messages and receives ``TelemetryEvent`` messages. The handler
+
+* sends its response headers first, before any event, including the capability header
+  ``x-snakepit-telemetry-capabilities: sampling-patterns`` when it honours control
+  messages (and so pattern-scoped sampling);
+* reads control messages on a separate thread and applies them to the
+  :class:`~snakepit_bridge.telemetry.stream.TelemetryStream`;
+* streams the buffered events; a newer call replaces the current one, whose response
+  stream then ends with status OK.
+
+The response serializer accepts a ``TelemetryEvent`` or bytes that are already a
+serialized message, so tests can put arbitrary bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final
+
+import grpc
+
+from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
+from snakepit_bridge.telemetry.counters import Counter
+from snakepit_bridge.telemetry.stream import OutgoingMessage, StreamConsumer, TelemetryStream
+
+__all__ = [
+    "CAPABILITIES_HEADER",
+    "CAPABILITY_SAMPLING_PATTERNS",
+    "DEFAULT_HOST",
+    "SERVICE_NAME",
+    "STREAM_TELEMETRY_METHOD",
+    "STREAM_TELEMETRY_PATH",
+    "BridgeServer",
+    "ServerStartError",
+    "TelemetryService",
+    "serialize_outgoing",
+]
+
+SERVICE_NAME: Final = "snakepit.bridge.BridgeService"
+STREAM_TELEMETRY_METHOD: Final = "StreamTelemetry"
+STREAM_TELEMETRY_PATH: Final = f"/{SERVICE_NAME}/{STREAM_TELEMETRY_METHOD}"
+
+CAPABILITIES_HEADER: Final = "x-snakepit-telemetry-capabilities"
+CAPABILITY_SAMPLING_PATTERNS: Final = "sampling-patterns"
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_MAX_WORKERS: Final = 8
+"""Server threads: one per live call (the current one plus replaced calls winding down)."""
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+class ServerStartError(RuntimeError):
+    """The gRPC server could not bind its address."""
+
+
+def serialize_outgoing(message: OutgoingMessage) -> bytes:
+    """Serialize a response message; bytes pass through unchanged."""
+    if type(message) is bytes:
+        return message
+    return message.SerializeToString()  # type: ignore[union-attr]
+
+
+class TelemetryService:
+    """The ``StreamTelemetry`` handler over one :class:`TelemetryStream`."""
+
+    def __init__(self, stream: TelemetryStream, *, honour_control: bool = True) -> None:
+        """Serve ``stream``.
+
+        Args:
+            stream: the buffer ``emit`` writes to.
+            honour_control: apply client control messages and advertise the capability
+                header. False reads and discards them (simulates a worker that ignores
+                control messages) and sends no capability header.
+        """
+        self._stream = stream
+        self._honour_control = honour_control
+        self._controls_received = Counter()
+        self._controls_applied = Counter()
+
+    @property
+    def stream(self) -> TelemetryStream:
+        """The stream being served."""
+        return self._stream
+
+    @property
+    def controls_received(self) -> int:
+        """Control messages read from clients (applied or not)."""
+        return self._controls_received.value
+
+    @property
+    def controls_applied(self) -> int:
+        """Control messages applied to the stream."""
+        return self._controls_applied.value
+
+    def initial_metadata(self) -> Metadata:
+        """Response headers sent when a call opens."""
+        if self._honour_control:
+            return ((CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS),)
+        return ()
+
+    def stream_telemetry(
+        self,
+        controls: Iterator[pb.TelemetryControl],
+        context: grpc.ServicerContext,
+    ) -> Iterator[OutgoingMessage]:
+        """Handle one call: headers first, then buffered events until replaced or closed."""
+        context.send_initial_metadata(self.initial_metadata())
+        consumer = self._stream.attach()
+        if not context.add_callback(consumer.detach):
+            consumer.detach()  # the call already ended
+        reader = threading.Thread(
+            target=self._read_controls,
+            args=(controls, consumer),
+            name="snakepit-telemetry-control",
+            daemon=True,
+        )
+        reader.start()
+        yield from consumer.events()
+
+    def _read_controls(
+        self, controls: Iterator[pb.TelemetryControl], consumer: StreamConsumer
+    ) -> None:
+        count_received = self._controls_received.increment
+        try:
+            for control in controls:
+                if self._honour_control and self._stream.apply_control(control, consumer):
+                    self._controls_applied.increment()
+                count_received()
+        except Exception:
+            # The call ended (cancelled or closed); nothing more to read.
+            return
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        """Return the generic handler that routes ``StreamTelemetry`` to this service."""
+        method = grpc.stream_stream_rpc_method_handler(
+            self.stream_telemetry,
+            request_deserializer=pb.TelemetryControl.FromString,
+            response_serializer=serialize_outgoing,
+        )
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {STREAM_TELEMETRY_METHOD: method})
+
+
+class BridgeServer:
+    """A sync gRPC server bound to one address, serving :class:`TelemetryService`."""
+
+    def __init__(
+        self,
+        stream: TelemetryStream,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        honour_control: bool = True,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+    ) -> None:
+        """Prepare a server for ``stream`` on ``host:port`` (port 0 picks a free one)."""
+        self._stream = stream
+        self._address = f"{host}:{port}"
+        self._service = TelemetryService(stream, honour_control=honour_control)
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="snakepit-grpc"
+        )
+        # SO_REUSEPORT off: two workers must never share a port by accident.
+        self._server = grpc.server(self._executor, options=[("grpc.so_reuseport", 0)])
+        self._server.add_generic_rpc_handlers((self._service.rpc_handler(),))
+        self._port: int | None = None
+
+    @property
+    def service(self) -> TelemetryService:
+        """The ``StreamTelemetry`` handler."""
+        return self._service
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`)."""
+        if self._port is None:
+            raise RuntimeError("server not started")
+        return self._port
+
+    def start(self) -> int:
+        """Bind and start serving; return the bound port.
+
+        Raises:
+            ServerStartError: if the address cannot be bound.
+        """
+        try:
+            port = self._server.add_insecure_port(self._address)
+        except RuntimeError as exc:
+            raise ServerStartError(f"cannot bind {self._address}: {exc}") from exc
+        if port == 0:
+            raise ServerStartError(f"cannot bind {self._address}")
+        self._server.start()
+        self._port = port
+        return port
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Close the stream (the call drains and ends), then stop within ``grace`` seconds."""
+        self._stream.close()
+        self._server.stop(grace).wait()
+        self._executor.shutdown(wait=False)
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stops or ``timeout`` passes; True if it stopped."""
+        return self._server.wait_for_termination(timeout)

@@ -1,0 +1,175 @@
+"""Worker entry point: ``python -m snakepit_bridge.worker --port 0``.
+
+Starts the ``StreamTelemetry`` gRPC server, installs a :class:`GrpcBackend` as the
+telemetry backend, prints exactly one ``GRPC_READY:<port>`` line on stdout once serving,
+and runs until SIGTERM or SIGINT (or stdin closes, with ``--exit-on-stdin-eof``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Final
+
+from snakepit_bridge import telemetry
+from snakepit_bridge.server import DEFAULT_HOST, BridgeServer, ServerStartError
+from snakepit_bridge.telemetry.stream import DEFAULT_MAX_BUFFER, TelemetryStream
+
+__all__ = [
+    "READY_PREFIX",
+    "RunningWorker",
+    "ShutdownRequest",
+    "announce_ready",
+    "build_arg_parser",
+    "main",
+    "start_worker",
+]
+
+READY_PREFIX: Final = "GRPC_READY:"
+STOP_GRACE_SECONDS: Final = 2.0
+EXIT_START_FAILED: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RunningWorker:
+    """A started worker: its stream, server and bound port."""
+
+    stream: TelemetryStream
+    server: BridgeServer
+    port: int
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Close the stream, stop the server and remove the telemetry backend."""
+        self.server.stop(grace)
+        telemetry.set_backend(None)
+
+
+def start_worker(
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = 0,
+    max_buffer: int = DEFAULT_MAX_BUFFER,
+    honour_control: bool = True,
+) -> RunningWorker:
+    """Create the stream, install it as the telemetry backend and start the server.
+
+    Raises:
+        ServerStartError: if the address cannot be bound.
+    """
+    stream = TelemetryStream(max_buffer=max_buffer)
+    server = BridgeServer(stream, host=host, port=port, honour_control=honour_control)
+    bound_port = server.start()
+    telemetry.set_backend(telemetry.GrpcBackend(stream))
+    return RunningWorker(stream=stream, server=server, port=bound_port)
+
+
+def announce_ready(port: int) -> None:
+    """Print the one readiness line the Elixir side waits for."""
+    sys.stdout.write(f"{READY_PREFIX}{port}\n")
+    sys.stdout.flush()
+
+
+def build_arg_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Return the command-line parser shared by the worker and test-support scripts."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--port", type=int, default=0, help="port to bind (0: pick a free one)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind ({DEFAULT_HOST})")
+    parser.add_argument(
+        "--max-buffer",
+        type=int,
+        default=DEFAULT_MAX_BUFFER,
+        help="events buffered before new ones are dropped",
+    )
+    return parser
+
+
+class ShutdownRequest:
+    """A one-shot 'please stop' that signals and threads can both raise.
+
+    A pipe: :meth:`request` writes a byte and :meth:`wait` blocks reading one. A Python
+    signal handler must not take locks (it may interrupt the main thread while that
+    thread holds one), and it only runs once the main thread wakes up, while the kernel
+    may deliver the signal to any thread (gRPC has several). So :meth:`install_signals`
+    also makes the pipe CPython's signal wake-up fd: the C-level handler writes to it
+    from whichever thread receives the signal, which wakes :meth:`wait`.
+    """
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self._signals_installed = False
+
+    def install_signals(self, *signals: signal.Signals) -> None:
+        """Make each of ``signals`` request shutdown (call from the main thread)."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.request()
+
+        for signum in signals:
+            signal.signal(signum, on_signal)
+        signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._signals_installed = True
+
+    def request(self) -> None:
+        """Ask the waiting thread to stop (safe from signal handlers and any thread)."""
+        with contextlib.suppress(OSError):  # pipe full: a request is already pending
+            os.write(self._write_fd, b"x")
+
+    def wait(self) -> None:
+        """Block until :meth:`request` has been called."""
+        os.read(self._read_fd, 1)
+
+    def close(self) -> None:
+        """Close the pipe (and stop using it as the signal wake-up fd)."""
+        if self._signals_installed:
+            signal.set_wakeup_fd(-1)
+            self._signals_installed = False
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+
+def _watch_stdin_eof(shutdown: ShutdownRequest) -> None:
+    stdin_fd = sys.stdin.fileno()
+    while os.read(stdin_fd, 65536):
+        pass
+    shutdown.request()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker until it is told to stop; return the exit code."""
+    parser = build_arg_parser(prog="python -m snakepit_bridge.worker")
+    parser.add_argument(
+        "--exit-on-stdin-eof", action="store_true", help="exit when stdin is closed"
+    )
+    args = parser.parse_args(argv)
+
+    shutdown = ShutdownRequest()
+    shutdown.install_signals(signal.SIGTERM, signal.SIGINT)
+
+    try:
+        worker = start_worker(host=args.host, port=args.port, max_buffer=args.max_buffer)
+    except ServerStartError as exc:
+        print(f"snakepit_bridge.worker: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
+    announce_ready(worker.port)
+
+    if args.exit_on_stdin_eof:
+        threading.Thread(
+            target=_watch_stdin_eof, args=(shutdown,), name="stdin-eof", daemon=True
+        ).start()
+
+    shutdown.wait()
+    worker.stop()
+    shutdown.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""``python -m snakepit_bridge.worker`` as a real subprocess."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from stream_client import StreamClient
+from worker_process import WorkerProcess
+
+from snakepit_bridge.server import CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def start_worker() -> Iterator[StartWorker]:
+    processes: list[WorkerProcess] = []
+
+    def start(*extra: str) -> WorkerProcess:
+        process = WorkerProcess(
+            [sys.executable, "-m", "snakepit_bridge.worker", "--port", "0", *extra]
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.kill()
+
+
+def test_prints_one_ready_line_and_serves(start_worker: StartWorker) -> None:
+    worker = start_worker("--max-buffer", "8")
+    assert worker.port > 0
+    client = StreamClient(worker.port)
+    try:
+        headers = client.wait_headers()
+        assert (CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS) in headers
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_exits_cleanly_on_signal_and_ends_the_call(
+    start_worker: StartWorker, signum: signal.Signals
+) -> None:
+    worker = start_worker()
+    client = StreamClient(worker.port)
+    try:
+        client.wait_headers()
+        worker.process.send_signal(signum)
+        assert worker.wait() == 0
+        assert client.wait_end() == grpc.StatusCode.OK
+        assert worker.remaining_lines() == []  # nothing after the one readiness line
+    finally:
+        client.close()
+
+
+def test_exits_when_stdin_closes_if_asked(start_worker: StartWorker) -> None:
+    worker = start_worker("--exit-on-stdin-eof")
+    worker.close_stdin()
+    assert worker.wait() == 0
+
+
+def test_port_in_use_exits_nonzero_without_ready_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "snakepit_bridge.worker", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert "cannot bind" in result.stderr
+    assert "GRPC_READY" not in result.stdout
