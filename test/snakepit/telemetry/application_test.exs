@@ -18,6 +18,7 @@ defmodule Snakepit.Telemetry.ApplicationTest do
 
   test "the application is running with the test config" do
     assert Process.whereis(Snakepit.Telemetry.Supervisor)
+
     assert [{Snakepit.Telemetry.GrpcStream, pid, :worker, _}] =
              Supervisor.which_children(Snakepit.Telemetry.Supervisor)
 

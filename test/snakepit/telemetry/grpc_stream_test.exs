@@ -6,6 +6,8 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
   alias Snakepit.Telemetry.{Catalog, GrpcStream, Native}
   alias Snakepit.Telemetry.Test.{Forwarder, PythonWorker}
 
+  doctest GrpcStream
+
   @tool [:snakepit, :python, :tool, :execution]
   @timeout 10_000
 
