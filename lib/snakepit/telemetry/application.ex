@@ -5,8 +5,8 @@ defmodule Snakepit.Telemetry.Application do
   At start it validates the configuration with
   `Snakepit.Telemetry.Config.load!/0`: an invalid configuration makes the
   start fail with the `ArgumentError` that explains it. It then starts a
-  supervisor whose child is `{Snakepit.Telemetry.GrpcStream, config}`, unless
-  the config has `grpc_stream: false` (then it supervises nothing).
+  supervisor whose child is `{Snakepit.Telemetry.GrpcStream, config}` (with
+  `grpc_stream: false` it registers workers without opening their streams).
   """
 
   use Application
@@ -25,6 +25,5 @@ defmodule Snakepit.Telemetry.Application do
 
   @doc false
   @spec children(Config.t()) :: [Supervisor.child_spec() | {module(), term()}]
-  def children(%Config{grpc_stream: true} = config), do: [{Snakepit.Telemetry.GrpcStream, config}]
-  def children(%Config{grpc_stream: false}), do: []
+  def children(%Config{} = config), do: [{Snakepit.Telemetry.GrpcStream, config}]
 end

@@ -17,21 +17,22 @@ defmodule Snakepit.Telemetry.Config do
 
   ## Keys
 
-    * `:enabled` (boolean, default `true`) - whether workers send telemetry at
-      all (for the workers, a `Snakepit.Telemetry.Control.toggle/1` message).
+    * `:enabled` (boolean, default `true`) - whether a newly registered worker
+      sends telemetry (change it live with `Snakepit.Telemetry.GrpcStream.toggle/2`).
     * `:sampling_rate` (number from `0.0` to `1.0`, default `1.0`) - fraction of
-      worker events kept (a `Snakepit.Telemetry.Control.sampling/1` message);
-      integers `0` and `1` are accepted and stored as floats.
+      a newly registered worker's events kept (change it live with
+      `Snakepit.Telemetry.GrpcStream.update_sampling/2`); integers `0` and `1` are
+      accepted and stored as floats.
     * `:max_buffer_size` (positive integer, default `1024`) - most events the
       NIF buffers per worker stream while `Snakepit.Telemetry.GrpcStream` is
       behind; beyond it new events are dropped and counted.
     * `:excluded_events` (list of event patterns, default `[]`) - worker events
-      never to be sent: dotted worker names or glob patterns as in
-      `Snakepit.Telemetry.Control`, e.g. `"python.gc.*"` (a deny
-      `Snakepit.Telemetry.Control.filter/1`).
-    * `:grpc_stream` (boolean, default `true`) - whether the application starts
-      `Snakepit.Telemetry.GrpcStream`, the process that receives worker events
-      through the NIF. With `false`, nothing from the workers is received.
+      denied for every worker, whatever its filter: dotted worker names or glob
+      patterns as in `Snakepit.Telemetry.Control`, e.g. `"python.gc.*"`.
+    * `:grpc_stream` (boolean, default `true`) - whether registering a worker
+      opens its telemetry stream. With `false`, `Snakepit.Telemetry.GrpcStream`
+      still records workers and their settings (`list_streams/0` shows them with
+      status `:not_streaming`) but receives nothing from them.
     * `:events` (list, default `[]`) - app-defined worker events, beyond the
       catalog's. Each is a keyword list or map with:
         * `:name` - the dotted name a worker sends, lowercase segments of

@@ -8,7 +8,7 @@ defmodule Snakepit.Telemetry.Native do
 
   Messages the runtime sends:
 
-    * to the dispatch process of a worker (today the owner):
+    * to the dispatch process of a worker (`Snakepit.Telemetry.Dispatcher`):
       `{:snakepit_telemetry_batch, credit, worker_id, generation, [{event, measurements, metadata}]}`;
       the receiver calls `ack(credit)` once it has run the handlers of the batch.
     * to the owner: `{:snakepit_telemetry_stream, worker_id, generation, status, emitted}` with
@@ -47,8 +47,11 @@ defmodule Snakepit.Telemetry.Native do
   def start(_owner, _options), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def register_worker(_runtime, _worker_id, _endpoint, _metadata, _dispatch),
+  def register_worker(_runtime, _worker_id, _endpoint, _metadata, _settings, _dispatch),
     do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def update_settings(_runtime, _worker_id, _settings), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
   def unregister_worker(_runtime, _worker_id), do: :erlang.nif_error(:nif_not_loaded)

@@ -8,8 +8,7 @@ use bytes::{Buf, Bytes};
 use hyper_util::rt::TokioIo;
 use prost::Message;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures_util::Stream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -97,13 +96,16 @@ pub struct OpenStream {
     pub capabilities: String,
 }
 
-/// Opens StreamTelemetry; `controls` carries every control message for the stream's lifetime.
-/// No deadline is set: the stream lives until either side ends it.
-pub async fn open_stream(channel: Channel, controls: mpsc::Receiver<TelemetryControl>) -> Result<OpenStream, Status> {
+/// Opens StreamTelemetry; `controls` is the request stream (every control message for the
+/// stream's lifetime). No deadline is set: the stream lives until either side ends it.
+pub async fn open_stream(
+    channel: Channel,
+    controls: impl Stream<Item = TelemetryControl> + Send + 'static,
+) -> Result<OpenStream, Status> {
     let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     grpc.ready().await.map_err(|e| Status::unavailable(error_chain(&e)))?;
     let path = PathAndQuery::from_static(STREAM_TELEMETRY);
-    let response = grpc.streaming(Request::new(ReceiverStream::new(controls)), path, RawEventCodec).await?;
+    let response = grpc.streaming(Request::new(controls), path, RawEventCodec).await?;
     let capabilities = response
         .metadata()
         .get(CAPABILITIES_HEADER)

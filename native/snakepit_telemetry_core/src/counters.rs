@@ -16,15 +16,24 @@ pub enum DropReason {
     Overflow,
     /// The receiving process was gone when the batch was sent.
     Undeliverable,
+    /// Telemetry is toggled off for the worker.
+    Disabled,
+    /// The allow/deny filter removed it.
+    FilteredOut,
+    /// Sampling removed it.
+    SampledOut,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::UnknownEvent,
         DropReason::InvalidMeasurement,
         DropReason::DecodeError,
         DropReason::Overflow,
         DropReason::Undeliverable,
+        DropReason::Disabled,
+        DropReason::FilteredOut,
+        DropReason::SampledOut,
     ];
 
 }

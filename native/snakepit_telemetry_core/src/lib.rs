@@ -4,6 +4,7 @@
 //! - `catalog`: the event catalog (built from the catalog file at build time) plus app events
 //! - `translate`: the bytes of one gRPC message to a checked event, or its drop reason
 //! - `counters`, `registry`: per-stream counters and status that NIF calls read
+//! - `settings`: a worker's toggle, sampling and filters, and the per-event policy they give
 //! - `client`, `control`, `proto`: the gRPC client of StreamTelemetry and its messages
 //!
 //! The NIF crate (`snakepit_telemetry_nif`) adds the runtime, the stream tasks and the terms.
@@ -14,4 +15,5 @@ pub mod control;
 pub mod counters;
 pub mod proto;
 pub mod registry;
+pub mod settings;
 pub mod translate;

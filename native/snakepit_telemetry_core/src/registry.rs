@@ -6,8 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
+use tokio::sync::watch;
 
 use crate::counters::StreamCounters;
+use crate::settings::Settings;
 
 /// Why a stream ended. Every stream ends with exactly one, sent to the owner as its last message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub struct StreamState {
     pub endpoint: String,
     pub generation: u64,
     pub counters: StreamCounters,
+    /// The worker's desired settings; the stream task watches it.
+    pub settings: watch::Sender<Arc<Settings>>,
     status: Mutex<StreamStatus>,
     capabilities: Mutex<String>,
     /// Unix milliseconds when the stream opened, 0 before.
@@ -53,12 +57,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl StreamState {
-    pub fn new(worker_id: String, endpoint: String, generation: u64) -> StreamState {
+    pub fn new(worker_id: String, endpoint: String, generation: u64, settings: Settings) -> StreamState {
         StreamState {
             worker_id,
             endpoint,
             generation,
             counters: StreamCounters::default(),
+            settings: watch::Sender::new(Arc::new(settings)),
             status: Mutex::new(StreamStatus::Connecting),
             capabilities: Mutex::new(String::new()),
             connected_since_ms: AtomicI64::new(0),
@@ -92,6 +97,11 @@ impl StreamState {
 
     pub fn capabilities(&self) -> String {
         lock(&self.capabilities).clone()
+    }
+
+    /// Replaces the settings; the stream task applies them and tells the worker. Never waits.
+    pub fn set_settings(&self, settings: Settings) {
+        self.settings.send_replace(Arc::new(settings));
     }
 
     pub fn connected_since_ms(&self) -> Option<i64> {
@@ -136,7 +146,7 @@ mod tests {
 
     #[test]
     fn status_lifecycle() {
-        let state = StreamState::new("w".into(), "127.0.0.1:1".into(), 1);
+        let state = StreamState::new("w".into(), "127.0.0.1:1".into(), 1, Settings::default());
         assert_eq!(state.status(), StreamStatus::Connecting);
         assert!(state.connected_since_ms().is_none());
         assert!(state.set_connected("sampling-patterns"));
@@ -150,12 +160,22 @@ mod tests {
     }
 
     #[test]
+    fn settings_changes_are_seen_by_watchers() {
+        let state = StreamState::new("w".into(), "e".into(), 1, Settings::default());
+        let mut watcher = state.settings.subscribe();
+        assert!(watcher.borrow_and_update().enabled);
+        state.set_settings(Settings { enabled: false, ..Settings::default() });
+        assert!(watcher.has_changed().expect("sender alive"));
+        assert!(!watcher.borrow_and_update().enabled);
+    }
+
+    #[test]
     fn registry_replaces_by_id() {
         let registry = Registry::default();
-        assert!(registry.insert(Arc::new(StreamState::new("a".into(), "e".into(), 1))).is_none());
-        let old = registry.insert(Arc::new(StreamState::new("a".into(), "e2".into(), 2)));
+        assert!(registry.insert(Arc::new(StreamState::new("a".into(), "e".into(), 1, Settings::default()))).is_none());
+        let old = registry.insert(Arc::new(StreamState::new("a".into(), "e2".into(), 2, Settings::default())));
         assert_eq!(old.map(|s| s.generation), Some(1));
-        registry.insert(Arc::new(StreamState::new("b".into(), "e".into(), 3)));
+        registry.insert(Arc::new(StreamState::new("b".into(), "e".into(), 3, Settings::default())));
         let ids: Vec<_> = registry.all().iter().map(|s| s.worker_id.clone()).collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(registry.remove("a").map(|s| s.generation), Some(2));

@@ -64,12 +64,14 @@ impl NativeTime {
 }
 
 /// Decodes one message and checks it against the catalog. `name` is a scratch buffer reused
-/// across calls to join the event name without allocating per event.
+/// across calls to join the event name without allocating per event. `gate` decides, from
+/// the event alone, whether the worker's settings keep it (before its fields are converted).
 pub fn translate(
     catalog: &Catalog,
     native_time: NativeTime,
     bytes: &[u8],
     name: &mut String,
+    gate: impl FnOnce(EventIndex) -> Result<(), DropReason>,
 ) -> Result<EventRecord, DropReason> {
     let decoded = TelemetryEvent::decode(bytes).map_err(|_| DropReason::DecodeError)?;
 
@@ -84,6 +86,7 @@ pub fn translate(
         name.push_str(part);
     }
     let event = catalog.event_index(name).ok_or(DropReason::UnknownEvent)?;
+    gate(event)?;
     let spec = catalog.event(event);
 
     let mut measurements = Vec::with_capacity(decoded.measurements.len());
@@ -138,7 +141,7 @@ mod tests {
     }
 
     fn run(catalog: &Catalog, bytes: &[u8]) -> Result<EventRecord, DropReason> {
-        translate(catalog, NativeTime::new(NANOS_PER_SECOND), bytes, &mut String::new())
+        translate(catalog, NativeTime::new(NANOS_PER_SECOND), bytes, &mut String::new(), |_| Ok(()))
     }
 
     #[test]
@@ -213,6 +216,26 @@ mod tests {
     }
 
     #[test]
+    fn the_gate_sees_catalog_events_only_and_can_drop_them() {
+        let catalog = Catalog::builtin();
+        let stop = event("tool.execution.stop", &[("duration", telemetry_value::Value::IntValue(1))], &[]);
+        let mut seen = None;
+        let gate = |index| {
+            seen = Some(index);
+            Err(DropReason::FilteredOut)
+        };
+        let result = translate(&catalog, NativeTime::new(NANOS_PER_SECOND), &stop, &mut String::new(), gate);
+        assert_eq!(result, Err(DropReason::FilteredOut));
+        assert_eq!(seen, catalog.event_index("tool.execution.stop"));
+        // Unknown names never reach the gate.
+        let unknown = event("nope", &[], &[]);
+        let result = translate(&catalog, NativeTime::new(NANOS_PER_SECOND), &unknown, &mut String::new(), |_| {
+            panic!("gate called for an unknown event")
+        });
+        assert_eq!(result, Err(DropReason::UnknownEvent));
+    }
+
+    #[test]
     fn nanoseconds_become_native_units() {
         let micro = NativeTime::new(1_000_000);
         assert_eq!(micro.from_nanos(Value::Int(1_500_000)), Value::Int(1_500));
@@ -226,7 +249,7 @@ mod tests {
             &[("duration", telemetry_value::Value::IntValue(3_000)), ("count", telemetry_value::Value::IntValue(3_000))],
             &[],
         );
-        let record = translate(&catalog, micro, &bytes, &mut String::new()).expect("accepted");
+        let record = translate(&catalog, micro, &bytes, &mut String::new(), |_| Ok(())).expect("accepted");
         let count = catalog.names().get("count").expect("count");
         let duration = catalog.names().get("duration").expect("duration");
         assert!(record.measurements.contains(&(duration, Value::Int(3))));

@@ -58,6 +58,19 @@ rustler::atoms! {
     decode_error,
     overflow,
     undeliverable,
+    disabled,
+    filtered_out,
+    sampled_out,
+    // Settings.
+    enabled,
+    sampling_rate,
+    rules,
+    allow,
+    deny,
+    invalid_rate,
+    invalid_pattern,
+    invalid_settings,
+    unknown_worker,
     // Catalog description.
     event,
     worker_name,
@@ -119,5 +132,8 @@ pub fn drop_reason(reason: snakepit_telemetry_core::counters::DropReason) -> Ato
         DecodeError => decode_error(),
         Overflow => overflow(),
         Undeliverable => undeliverable(),
+        Disabled => disabled(),
+        FilteredOut => filtered_out(),
+        SampledOut => sampled_out(),
     }
 }

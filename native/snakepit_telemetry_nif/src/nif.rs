@@ -16,6 +16,7 @@ use crate::encode::{StaticValue, TermEncoder, WorkerMeta};
 use crate::flow::FlowCredit;
 use crate::manager::{Command, SendError};
 use snakepit_telemetry_core::registry::{StreamState, StreamStatus};
+use snakepit_telemetry_core::settings::{SamplingRule, Settings, SettingsError};
 use crate::runtime::{RuntimeOptions, TelemetryRuntime};
 use crate::stream_task::{close_reason_term, StreamLimits, StreamTask};
 use snakepit_telemetry_core::translate::NativeTime;
@@ -28,6 +29,9 @@ pub enum ApiError {
     InvalidMetadata(Atom),
     InvalidOption(Atom),
     InvalidAppEvent(String),
+    InvalidSettings,
+    InvalidRate(f64),
+    InvalidPattern(String),
     RuntimeFailed(String),
 }
 
@@ -35,9 +39,10 @@ impl Encoder for ApiError {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         match self {
             ApiError::Busy => atoms::busy().encode(env),
-            ApiError::UnknownWorker => rustler::types::atom::Atom::from_str(env, "unknown_worker")
-                .map(|a| a.encode(env))
-                .unwrap_or_else(|_| atoms::error().encode(env)),
+            ApiError::UnknownWorker => atoms::unknown_worker().encode(env),
+            ApiError::InvalidSettings => atoms::invalid_settings().encode(env),
+            ApiError::InvalidRate(rate) => (atoms::invalid_rate(), *rate).encode(env),
+            ApiError::InvalidPattern(p) => (atoms::invalid_pattern(), p.as_str()).encode(env),
             ApiError::InvalidEndpoint(m) => (atoms::invalid_endpoint(), m.as_str()).encode(env),
             ApiError::InvalidMetadata(key) => (atoms::invalid_metadata(), *key).encode(env),
             ApiError::InvalidOption(key) => (atoms::invalid_option(), *key).encode(env),
@@ -61,6 +66,34 @@ fn option<'a, T: rustler::Decoder<'a>>(options: Term<'a>, key: Atom, default: T)
         Ok(value) => value.decode().map_err(|_| ApiError::InvalidOption(key)),
         Err(_) => Ok(default),
     }
+}
+
+/// Decodes `%{enabled:, sampling_rate:, rules: [{[pattern], rate}], allow:, deny:}`.
+fn decode_settings(term: Term) -> Result<Settings, ApiError> {
+    let field = |key: Atom| term.map_get(key).map_err(|_| ApiError::InvalidSettings);
+    let enabled: bool = field(atoms::enabled())?.decode().map_err(|_| ApiError::InvalidSettings)?;
+    let sampling_rate: f64 = field(atoms::sampling_rate())?.decode().map_err(|_| ApiError::InvalidSettings)?;
+    let rules: Vec<(Vec<String>, f64)> = field(atoms::rules())?.decode().map_err(|_| ApiError::InvalidSettings)?;
+    let allow: Vec<String> = field(atoms::allow())?.decode().map_err(|_| ApiError::InvalidSettings)?;
+    let deny: Vec<String> = field(atoms::deny())?.decode().map_err(|_| ApiError::InvalidSettings)?;
+    let settings = Settings {
+        enabled,
+        sampling_rate,
+        rules: rules.into_iter().map(|(patterns, rate)| SamplingRule { patterns, rate }).collect(),
+        allow,
+        deny,
+    };
+    settings.validate().map_err(|e| match e {
+        SettingsError::InvalidRate => {
+            let bad = std::iter::once(settings.sampling_rate)
+                .chain(settings.rules.iter().map(|r| r.rate))
+                .find(|r| !(0.0..=1.0).contains(r))
+                .unwrap_or(f64::NAN);
+            ApiError::InvalidRate(bad)
+        }
+        SettingsError::InvalidPattern(p) => ApiError::InvalidPattern(p),
+    })?;
+    Ok(settings)
 }
 
 fn atom_name(env: Env, atom: Atom) -> Result<String, ApiError> {
@@ -123,8 +156,9 @@ fn start(env: Env, owner: LocalPid, options: Term) -> Result<ResourceArc<Telemet
     Ok(ResourceArc::new(runtime))
 }
 
-/// `register_worker(runtime, worker_id, endpoint, metadata, dispatch)`: starts (or replaces)
-/// the worker's stream. Returns `{:ok, generation}`; the stream's messages carry it.
+/// `register_worker(runtime, worker_id, endpoint, metadata, settings, dispatch)`: starts (or
+/// replaces) the worker's stream with these settings in force from its first event.
+/// Returns `{:ok, generation}`; the stream's messages carry it.
 #[rustler::nif]
 fn register_worker(
     env: Env,
@@ -132,8 +166,10 @@ fn register_worker(
     worker_id: String,
     endpoint: String,
     metadata: Vec<(Atom, Term)>,
+    settings: Term,
     dispatch: LocalPid,
 ) -> Result<u64, ApiError> {
+    let settings = decode_settings(settings)?;
     let address = WorkerAddress::parse(&endpoint).map_err(|e| ApiError::InvalidEndpoint(format!("{endpoint}: {e}")))?;
     let mut static_metadata = Vec::with_capacity(metadata.len());
     let mut static_keys = Vec::with_capacity(metadata.len());
@@ -156,7 +192,7 @@ fn register_worker(
     let reserved = runtime.encoder.reserved_ids(&keys);
 
     let generation = runtime.next_generation();
-    let state = Arc::new(StreamState::new(worker_id.clone(), endpoint, generation));
+    let state = Arc::new(StreamState::new(worker_id.clone(), endpoint, generation, settings));
     let task = StreamTask {
         state: state.clone(),
         address,
@@ -178,6 +214,16 @@ fn unregister_worker(runtime: ResourceArc<TelemetryRuntime>, worker_id: String) 
     let state = runtime.registry.get(&worker_id).ok_or(ApiError::UnknownWorker)?;
     runtime.manager.send(Command::Stop { worker_id: worker_id.clone(), generation: state.generation })?;
     runtime.registry.remove(&worker_id);
+    Ok(state.generation)
+}
+
+/// `update_settings(runtime, worker_id, settings)`: the worker's new settings. The stream
+/// applies them to what arrives from now on and sends them to the worker; nothing waits.
+#[rustler::nif]
+fn update_settings(runtime: ResourceArc<TelemetryRuntime>, worker_id: String, settings: Term) -> Result<u64, ApiError> {
+    let settings = decode_settings(settings)?;
+    let state = runtime.registry.get(&worker_id).ok_or(ApiError::UnknownWorker)?;
+    state.set_settings(settings);
     Ok(state.generation)
 }
 

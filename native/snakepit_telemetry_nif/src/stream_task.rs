@@ -12,18 +12,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use rustler::{Encoder, LocalPid, OwnedEnv, ResourceArc};
-use tokio::sync::{mpsc, oneshot};
+use snakepit_telemetry_core::client::{open_stream, WorkerAddress};
+use snakepit_telemetry_core::control::control_stream;
+use snakepit_telemetry_core::counters::DropReason;
+use snakepit_telemetry_core::registry::{CloseReason, StreamState};
+use snakepit_telemetry_core::settings::{samples_patterns, Decision, Policy, Removal, Sampler};
+use snakepit_telemetry_core::translate::{translate, EventRecord, NativeTime};
+use tokio::sync::oneshot;
 use tonic::codec::Streaming;
 use tonic::Status;
 
 use crate::atoms;
-use snakepit_telemetry_core::client::{open_stream, WorkerAddress};
-use snakepit_telemetry_core::control;
-use snakepit_telemetry_core::counters::DropReason;
 use crate::encode::{TermEncoder, WorkerMeta};
 use crate::flow::FlowCredit;
-use snakepit_telemetry_core::registry::{CloseReason, StreamState};
-use snakepit_telemetry_core::translate::{translate, EventRecord, NativeTime};
 
 /// Buffer and batch sizes of one stream.
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +51,32 @@ pub struct StreamTask {
 enum Wake {
     Message(Result<Option<Bytes>, Status>),
     Credit,
+    Settings,
     Stop(CloseReason),
+}
+
+/// What the worker's settings decide on arrival: the policy (one decision per catalog
+/// event) and the random source for sampling.
+struct Gate {
+    policy: Policy,
+    sampler: Sampler,
+}
+
+impl Gate {
+    fn check(&mut self, event: snakepit_telemetry_core::catalog::EventIndex) -> Result<(), DropReason> {
+        match self.policy.decision(event) {
+            Decision::Remove(removal) => Err(removal_reason(removal)),
+            Decision::Keep(rate) if self.sampler.keep(rate) => Ok(()),
+            Decision::Keep(_) => Err(DropReason::SampledOut),
+        }
+    }
+}
+
+fn removal_reason(removal: Removal) -> DropReason {
+    match removal {
+        Removal::Disabled => DropReason::Disabled,
+        Removal::FilteredOut => DropReason::FilteredOut,
+    }
 }
 
 impl StreamTask {
@@ -67,21 +93,22 @@ impl StreamTask {
     }
 
     async fn stream(self, mut stop: oneshot::Receiver<CloseReason>) -> CloseReason {
-        let (controls_tx, controls_rx) = mpsc::channel(16);
-        for message in control::on_open() {
-            // The channel is new and larger than what is queued here.
-            let _ = controls_tx.try_send(message);
-        }
+        let mut settings = self.state.settings.subscribe();
         let opened = tokio::select! {
             reason = &mut stop => return reason.unwrap_or(CloseReason::Shutdown),
-            opened = self.open(controls_rx) => opened,
+            opened = self.open() => opened,
         };
-        let mut events = match opened {
-            Ok(events) => events,
+        let (mut events, worker_samples_patterns) = match opened {
+            Ok(opened) => opened,
             Err(reason) => return reason,
         };
         send_status(&self.state, self.owner, &self.worker.worker_id, self.worker.generation, StatusMessage::Connected);
 
+        let catalog = &self.encoder.catalog;
+        let mut gate = Gate {
+            policy: Policy::new(&settings.borrow_and_update(), catalog, worker_samples_patterns),
+            sampler: Sampler::new(sampler_seed(self.worker.generation)),
+        };
         let mut pending: VecDeque<EventRecord> = VecDeque::with_capacity(self.limits.max_buffer.min(4096));
         let mut name = String::new();
         let mut env = OwnedEnv::new();
@@ -89,34 +116,25 @@ impl StreamTask {
             let wake = tokio::select! {
                 biased;
                 reason = &mut stop => Wake::Stop(reason.unwrap_or(CloseReason::Shutdown)),
+                changed = settings.changed() => match changed {
+                    Ok(()) => Wake::Settings,
+                    Err(_) => Wake::Stop(CloseReason::Shutdown),
+                },
                 _ = self.credit.freed(), if !pending.is_empty() => Wake::Credit,
                 message = events.message() => Wake::Message(message),
             };
-            match wake {
+            let ended = match wake {
                 Wake::Stop(reason) => return reason,
-                Wake::Credit => {}
-                Wake::Message(Ok(Some(bytes))) => {
-                    self.accept(&bytes, &mut pending, &mut name);
-                    // Take what has already arrived, so that a busy stream sends full batches.
-                    for _ in 1..self.limits.max_batch {
-                        match events.message().now_or_never() {
-                            Some(Ok(Some(bytes))) => self.accept(&bytes, &mut pending, &mut name),
-                            Some(Ok(None)) => return self.drain(&mut pending, &mut env, &mut stop, CloseReason::WorkerClosed).await,
-                            Some(Err(status)) => {
-                                let reason = CloseReason::StreamError(status_text(&status));
-                                return self.drain(&mut pending, &mut env, &mut stop, reason).await;
-                            }
-                            None => break,
-                        }
-                    }
+                Wake::Credit => None,
+                Wake::Settings => {
+                    gate.policy = Policy::new(&settings.borrow_and_update(), catalog, worker_samples_patterns);
+                    self.refilter(&gate.policy, &mut pending);
+                    None
                 }
-                Wake::Message(Ok(None)) => {
-                    return self.drain(&mut pending, &mut env, &mut stop, CloseReason::WorkerClosed).await;
-                }
-                Wake::Message(Err(status)) => {
-                    let reason = CloseReason::StreamError(status_text(&status));
-                    return self.drain(&mut pending, &mut env, &mut stop, reason).await;
-                }
+                Wake::Message(message) => self.receive(message, &mut events, &mut gate, &mut pending, &mut name),
+            };
+            if let Some(reason) = ended {
+                return self.drain(&mut pending, &mut env, &mut stop, reason).await;
             }
             if let Err(reason) = self.flush(&mut pending, &mut env) {
                 return reason;
@@ -124,20 +142,63 @@ impl StreamTask {
         }
     }
 
-    async fn open(&self, controls: mpsc::Receiver<snakepit_telemetry_core::proto::TelemetryControl>) -> Result<Streaming<Bytes>, CloseReason> {
+    /// Takes one message, then every message that has already arrived (up to a batch), so a
+    /// busy stream sends full batches. Returns why the stream ended, if it did.
+    fn receive(
+        &self,
+        first: Result<Option<Bytes>, Status>,
+        events: &mut Streaming<Bytes>,
+        gate: &mut Gate,
+        pending: &mut VecDeque<EventRecord>,
+        name: &mut String,
+    ) -> Option<CloseReason> {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(message) = next {
+            match message {
+                Ok(Some(bytes)) => self.accept(&bytes, gate, pending, name),
+                Ok(None) => return Some(CloseReason::WorkerClosed),
+                Err(status) => return Some(CloseReason::StreamError(status_text(&status))),
+            }
+            taken += 1;
+            next = if taken < self.limits.max_batch { events.message().now_or_never() } else { None };
+        }
+        None
+    }
+
+    /// Opens the stream; its request stream sends the worker its settings once the response
+    /// headers say what the worker honours. Returns the events and that capability.
+    async fn open(&self) -> Result<(Streaming<Bytes>, bool), CloseReason> {
         let channel = self.address.connect().await.map_err(CloseReason::ConnectFailed)?;
+        let (capability_tx, capability_rx) = oneshot::channel();
+        let controls = control_stream(capability_rx, self.state.settings.subscribe());
         let opened = open_stream(channel, controls).await.map_err(|s| CloseReason::ConnectFailed(status_text(&s)))?;
+        let worker_samples_patterns = samples_patterns(&opened.capabilities);
+        let _ = capability_tx.send(worker_samples_patterns);
         if !self.state.set_connected(&opened.capabilities) {
             return Err(CloseReason::Unregistered);
         }
-        Ok(opened.events)
+        Ok((opened.events, worker_samples_patterns))
+    }
+
+    /// New settings also apply to what is buffered but not yet sent (toggle and filters;
+    /// buffered events were already sampled).
+    fn refilter(&self, policy: &Policy, pending: &mut VecDeque<EventRecord>) {
+        let counters = &self.state.counters;
+        pending.retain(|record| match policy.decision(record.event) {
+            Decision::Remove(removal) => {
+                counters.add_dropped(removal_reason(removal), 1);
+                false
+            }
+            Decision::Keep(_) => true,
+        });
     }
 
     /// Checks one message and buffers it, or counts why not.
-    fn accept(&self, bytes: &[u8], pending: &mut VecDeque<EventRecord>, name: &mut String) {
+    fn accept(&self, bytes: &[u8], gate: &mut Gate, pending: &mut VecDeque<EventRecord>, name: &mut String) {
         let counters = &self.state.counters;
         counters.add_received(1);
-        match translate(&self.encoder.catalog, self.limits.native_time, bytes, name) {
+        match translate(&self.encoder.catalog, self.limits.native_time, bytes, name, |event| gate.check(event)) {
             Ok(_) if pending.len() >= self.limits.max_buffer => counters.add_dropped(DropReason::Overflow, 1),
             Ok(record) => pending.push_back(record),
             Err(reason) => counters.add_dropped(reason, 1),
@@ -186,6 +247,15 @@ impl StreamTask {
             }
         }
     }
+}
+
+/// A different seed per stream and per run.
+fn sampler_seed(generation: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ generation.rotate_left(32)
 }
 
 fn status_text(status: &Status) -> String {

@@ -6,14 +6,15 @@ defmodule Snakepit.Telemetry.ApplicationTest do
 
   alias Snakepit.Telemetry.Config
 
-  test "the supervisor runs GrpcStream with the config unless grpc_stream: false" do
+  test "the supervisor runs GrpcStream with the config" do
     config = Config.load!([])
 
     assert Snakepit.Telemetry.Application.children(config) == [
              {Snakepit.Telemetry.GrpcStream, config}
            ]
 
-    assert Snakepit.Telemetry.Application.children(%{config | grpc_stream: false}) == []
+    off = %{config | grpc_stream: false}
+    assert Snakepit.Telemetry.Application.children(off) == [{Snakepit.Telemetry.GrpcStream, off}]
   end
 
   test "the application is running with the test config" do
