@@ -67,6 +67,28 @@ defmodule Snakepit.Telemetry.Test.PythonWorker do
     await_prefix(port, "STATS ")
   end
 
+  @doc "The worker's own counters and the settings it applies, decoded."
+  def stats(worker), do: worker |> stats_line() |> Snakepit.Telemetry.Test.Json.decode!()
+
+  @doc "Waits until the worker's applied settings (`policy` in its stats) satisfy `fun`."
+  def await_policy(worker, fun, timeout \\ 10_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+
+    Stream.repeatedly(fn -> stats(worker)["policy"] end)
+    |> Enum.find(fn policy ->
+      cond do
+        fun.(policy) ->
+          true
+
+        System.monotonic_time(:millisecond) > deadline ->
+          raise "worker policy: #{inspect(policy)}"
+
+        true ->
+          Process.sleep(5) && false
+      end
+    end)
+  end
+
   @doc "Stops the worker (it exits when its stdin closes) and waits for it."
   def stop(%__MODULE__{port: port}) do
     if Port.info(port) do
