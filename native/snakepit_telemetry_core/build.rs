@@ -127,8 +127,8 @@ fn parse_catalog(source: &str) -> Result<Catalog, String> {
 }
 
 fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let ok =
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
@@ -144,9 +144,5 @@ fn key_list(field: &str) -> Result<Vec<String>, String> {
     if field == "-" {
         return Ok(Vec::new());
     }
-    field
-        .split(',')
-        .map(str::trim)
-        .map(|key| check_name(key).map(|_| key.to_string()))
-        .collect()
+    field.split(',').map(str::trim).map(|key| check_name(key).map(|_| key.to_string())).collect()
 }

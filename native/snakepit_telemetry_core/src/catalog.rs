@@ -98,7 +98,7 @@ impl Names {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.names.len()
     }
 
@@ -304,10 +304,10 @@ mod tests {
             measurements: vec!["duration".into(), "weights".into()],
         }])
         .expect("valid app event");
-                for (id, name) in a.names().iter().enumerate() {
+        for (id, name) in a.names().iter().enumerate() {
             assert_eq!(b.names().name(id as NameId), name);
         }
-        assert!(b.names().len() > a.names().len());
+        assert!(b.names().count() > a.names().count());
     }
 
     #[test]

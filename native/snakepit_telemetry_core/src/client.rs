@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use futures_util::Stream;
 use hyper_util::rt::TokioIo;
 use prost::Message;
 use tokio::net::UnixStream;
-use futures_util::Stream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -106,12 +106,8 @@ pub async fn open_stream(
     grpc.ready().await.map_err(|e| Status::unavailable(error_chain(&e)))?;
     let path = PathAndQuery::from_static(STREAM_TELEMETRY);
     let response = grpc.streaming(Request::new(controls), path, RawEventCodec).await?;
-    let capabilities = response
-        .metadata()
-        .get(CAPABILITIES_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let capabilities =
+        response.metadata().get(CAPABILITIES_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     Ok(OpenStream { events: response.into_inner(), capabilities })
 }
 
@@ -158,8 +154,14 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(WorkerAddress::parse("127.0.0.1:50051"), Ok(WorkerAddress::Tcp("http://127.0.0.1:50051".into())));
-        assert_eq!(WorkerAddress::parse("http://localhost:1"), Ok(WorkerAddress::Tcp("http://localhost:1".into())));
+        assert_eq!(
+            WorkerAddress::parse("127.0.0.1:50051"),
+            Ok(WorkerAddress::Tcp("http://127.0.0.1:50051".into()))
+        );
+        assert_eq!(
+            WorkerAddress::parse("http://localhost:1"),
+            Ok(WorkerAddress::Tcp("http://localhost:1".into()))
+        );
         assert_eq!(WorkerAddress::parse("[::1]:9"), Ok(WorkerAddress::Tcp("http://[::1]:9".into())));
         assert_eq!(WorkerAddress::parse("unix:/tmp/w.sock"), Ok(WorkerAddress::Unix("/tmp/w.sock".into())));
         for bad in ["", "localhost", "host:notaport", "https://h:1", "unix:", "h:1/path", ":80", "h:70000"] {

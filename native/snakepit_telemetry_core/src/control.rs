@@ -26,7 +26,9 @@ pub fn sampling(sampling_rate: f64, event_patterns: Vec<String>) -> TelemetryCon
 
 /// `filter(allow, deny)`.
 pub fn filter(allow: Vec<String>, deny: Vec<String>) -> TelemetryControl {
-    TelemetryControl { control: Some(telemetry_control::Control::Filter(TelemetryEventFilter { allow, deny })) }
+    TelemetryControl {
+        control: Some(telemetry_control::Control::Filter(TelemetryEventFilter { allow, deny })),
+    }
 }
 
 /// The messages that put a worker in `settings`. A worker that applies sampling patterns
@@ -58,7 +60,8 @@ pub fn control_stream(
         settings: watch::Receiver<Arc<Settings>>,
         queued: VecDeque<TelemetryControl>,
     }
-    let state = State { samples_patterns: Some(samples_patterns), capable: false, settings, queued: VecDeque::new() };
+    let state =
+        State { samples_patterns: Some(samples_patterns), capable: false, settings, queued: VecDeque::new() };
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(message) = state.queued.pop_front() {
@@ -98,7 +101,10 @@ mod tests {
         let (capable_tx, capable_rx) = oneshot::channel();
         let (settings_tx, settings_rx) = watch::channel(Arc::new(Settings::default()));
         let mut stream = Box::pin(control_stream(capable_rx, settings_rx));
-        assert!(futures_util::FutureExt::now_or_never(stream.next()).is_none(), "nothing before capabilities");
+        assert!(
+            futures_util::FutureExt::now_or_never(stream.next()).is_none(),
+            "nothing before capabilities"
+        );
         // Changed before the stream opened: the first set already has it.
         settings_tx.send_replace(Arc::new(Settings { enabled: false, ..Settings::default() }));
         capable_tx.send(true).expect("receiver alive");
@@ -120,7 +126,10 @@ mod tests {
         assert_eq!(sent[0], telemetry_control::Control::Toggle(TelemetryToggle { enabled: true }));
         assert_eq!(
             sent[1],
-            telemetry_control::Control::Sampling(TelemetrySamplingUpdate { sampling_rate: 1.0, event_patterns: vec![] })
+            telemetry_control::Control::Sampling(TelemetrySamplingUpdate {
+                sampling_rate: 1.0,
+                event_patterns: vec![]
+            })
         );
         assert_eq!(sent[2], telemetry_control::Control::Filter(TelemetryEventFilter::default()));
     }
@@ -146,11 +155,17 @@ mod tests {
         assert_eq!(plain.len(), 3);
         assert_eq!(
             plain[1],
-            telemetry_control::Control::Sampling(TelemetrySamplingUpdate { sampling_rate: 0.9, event_patterns: vec![] })
+            telemetry_control::Control::Sampling(TelemetrySamplingUpdate {
+                sampling_rate: 0.9,
+                event_patterns: vec![]
+            })
         );
         assert_eq!(
             plain[2],
-            telemetry_control::Control::Filter(TelemetryEventFilter { allow: vec![], deny: vec!["python.gc.*".into()] })
+            telemetry_control::Control::Filter(TelemetryEventFilter {
+                allow: vec![],
+                deny: vec!["python.gc.*".into()]
+            })
         );
     }
 }

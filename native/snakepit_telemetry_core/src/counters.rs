@@ -35,7 +35,6 @@ impl DropReason {
         DropReason::FilteredOut,
         DropReason::SampledOut,
     ];
-
 }
 
 #[derive(Default, Debug)]

@@ -172,8 +172,11 @@ mod tests {
     #[test]
     fn registry_replaces_by_id() {
         let registry = Registry::default();
-        assert!(registry.insert(Arc::new(StreamState::new("a".into(), "e".into(), 1, Settings::default()))).is_none());
-        let old = registry.insert(Arc::new(StreamState::new("a".into(), "e2".into(), 2, Settings::default())));
+        assert!(registry
+            .insert(Arc::new(StreamState::new("a".into(), "e".into(), 1, Settings::default())))
+            .is_none());
+        let old =
+            registry.insert(Arc::new(StreamState::new("a".into(), "e2".into(), 2, Settings::default())));
         assert_eq!(old.map(|s| s.generation), Some(1));
         registry.insert(Arc::new(StreamState::new("b".into(), "e".into(), 3, Settings::default())));
         let ids: Vec<_> = registry.all().iter().map(|s| s.worker_id.clone()).collect();

@@ -126,7 +126,11 @@ mod tests {
     use crate::proto::TelemetryValue;
     use std::collections::HashMap;
 
-    fn event(name: &str, measurements: &[(&str, telemetry_value::Value)], metadata: &[(&str, &str)]) -> Vec<u8> {
+    fn event(
+        name: &str,
+        measurements: &[(&str, telemetry_value::Value)],
+        metadata: &[(&str, &str)],
+    ) -> Vec<u8> {
         TelemetryEvent {
             event_parts: name.split('.').map(String::from).collect(),
             measurements: measurements
@@ -166,14 +170,12 @@ mod tests {
     #[test]
     fn values_keep_their_type() {
         let catalog = Catalog::builtin();
-        let bytes = event(
-            "python.cpu.sampled",
-            &[("cpu_percent", telemetry_value::Value::FloatValue(12.5))],
-            &[],
-        );
+        let bytes =
+            event("python.cpu.sampled", &[("cpu_percent", telemetry_value::Value::FloatValue(12.5))], &[]);
         let record = run(&catalog, &bytes).expect("accepted");
         assert_eq!(record.measurements[0].1, Value::Float(12.5));
-        let bytes = event("tool.result_size", &[("bytes", telemetry_value::Value::StringValue("12kb".into()))], &[]);
+        let bytes =
+            event("tool.result_size", &[("bytes", telemetry_value::Value::StringValue("12kb".into()))], &[]);
         assert_eq!(run(&catalog, &bytes).expect("accepted").measurements[0].1, Value::Str("12kb".into()));
     }
 
@@ -229,9 +231,10 @@ mod tests {
         assert_eq!(seen, catalog.event_index("tool.execution.stop"));
         // Unknown names never reach the gate.
         let unknown = event("nope", &[], &[]);
-        let result = translate(&catalog, NativeTime::new(NANOS_PER_SECOND), &unknown, &mut String::new(), |_| {
-            panic!("gate called for an unknown event")
-        });
+        let result =
+            translate(&catalog, NativeTime::new(NANOS_PER_SECOND), &unknown, &mut String::new(), |_| {
+                panic!("gate called for an unknown event")
+            });
         assert_eq!(result, Err(DropReason::UnknownEvent));
     }
 
@@ -246,7 +249,10 @@ mod tests {
         let catalog = Catalog::builtin();
         let bytes = event(
             "tool.execution.stop",
-            &[("duration", telemetry_value::Value::IntValue(3_000)), ("count", telemetry_value::Value::IntValue(3_000))],
+            &[
+                ("duration", telemetry_value::Value::IntValue(3_000)),
+                ("count", telemetry_value::Value::IntValue(3_000)),
+            ],
             &[],
         );
         let record = translate(&catalog, micro, &bytes, &mut String::new(), |_| Ok(())).expect("accepted");

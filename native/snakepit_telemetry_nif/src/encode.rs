@@ -14,8 +14,8 @@ use std::sync::Arc;
 use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 
 use crate::atoms::{self, AtomTable};
-use snakepit_telemetry_core::catalog::{Catalog, NameId};
 use crate::flow::FlowCredit;
+use snakepit_telemetry_core::catalog::{Catalog, NameId};
 use snakepit_telemetry_core::translate::{EventRecord, MetaKey, Value};
 
 /// A registration metadata value (from `register_worker/3` opts).
@@ -106,7 +106,8 @@ impl TermEncoder {
                 (name, measurements, metadata).encode(env)
             })
             .collect();
-        (atoms::snakepit_telemetry_batch(), credit.clone(), shared.worker_id, worker.generation, list).encode(env)
+        (atoms::snakepit_telemetry_batch(), credit.clone(), shared.worker_id, worker.generation, list)
+            .encode(env)
     }
 
     fn event_name<'a>(&self, env: Env<'a>, record: &EventRecord) -> Term<'a> {
@@ -116,7 +117,8 @@ impl TermEncoder {
     }
 
     fn measurements<'a>(&self, env: Env<'a>, record: &EventRecord) -> Term<'a> {
-        let keys: Vec<Term<'a>> = record.measurements.iter().map(|(k, _)| self.atoms.get(*k).encode(env)).collect();
+        let keys: Vec<Term<'a>> =
+            record.measurements.iter().map(|(k, _)| self.atoms.get(*k).encode(env)).collect();
         let values: Vec<Term<'a>> = record.measurements.iter().map(|(_, v)| value_term(env, v)).collect();
         map_of(env, &keys, &values)
     }

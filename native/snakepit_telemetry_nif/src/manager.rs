@@ -5,8 +5,8 @@ use ahash::AHashMap;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use snakepit_telemetry_core::registry::CloseReason;
 use crate::stream_task::StreamTask;
+use snakepit_telemetry_core::registry::CloseReason;
 
 /// How many commands may wait for the manager before callers get `:busy`.
 pub const COMMAND_QUEUE: usize = 1024;

@@ -10,15 +10,15 @@ use ahash::AHashMap;
 use rustler::{Atom, Encoder, Env, LocalPid, ResourceArc, Term};
 
 use crate::atoms::{self, AtomTable};
-use snakepit_telemetry_core::catalog::{builtin, AppEvent, Catalog};
-use snakepit_telemetry_core::client::WorkerAddress;
 use crate::encode::{StaticValue, TermEncoder, WorkerMeta};
 use crate::flow::FlowCredit;
 use crate::manager::{Command, SendError};
-use snakepit_telemetry_core::registry::{StreamState, StreamStatus};
-use snakepit_telemetry_core::settings::{SamplingRule, Settings, SettingsError};
 use crate::runtime::{RuntimeOptions, TelemetryRuntime};
 use crate::stream_task::{close_reason_term, StreamLimits, StreamTask};
+use snakepit_telemetry_core::catalog::{builtin, AppEvent, Catalog};
+use snakepit_telemetry_core::client::WorkerAddress;
+use snakepit_telemetry_core::registry::{StreamState, StreamStatus};
+use snakepit_telemetry_core::settings::{SamplingRule, Settings, SettingsError};
 use snakepit_telemetry_core::translate::NativeTime;
 
 /// Errors at the NIF boundary, encoded as the `reason` of `{:error, reason}`.
@@ -72,8 +72,10 @@ fn option<'a, T: rustler::Decoder<'a>>(options: Term<'a>, key: Atom, default: T)
 fn decode_settings(term: Term) -> Result<Settings, ApiError> {
     let field = |key: Atom| term.map_get(key).map_err(|_| ApiError::InvalidSettings);
     let enabled: bool = field(atoms::enabled())?.decode().map_err(|_| ApiError::InvalidSettings)?;
-    let sampling_rate: f64 = field(atoms::sampling_rate())?.decode().map_err(|_| ApiError::InvalidSettings)?;
-    let rules: Vec<(Vec<String>, f64)> = field(atoms::rules())?.decode().map_err(|_| ApiError::InvalidSettings)?;
+    let sampling_rate: f64 =
+        field(atoms::sampling_rate())?.decode().map_err(|_| ApiError::InvalidSettings)?;
+    let rules: Vec<(Vec<String>, f64)> =
+        field(atoms::rules())?.decode().map_err(|_| ApiError::InvalidSettings)?;
     let allow: Vec<String> = field(atoms::allow())?.decode().map_err(|_| ApiError::InvalidSettings)?;
     let deny: Vec<String> = field(atoms::deny())?.decode().map_err(|_| ApiError::InvalidSettings)?;
     let settings = Settings {
@@ -125,9 +127,7 @@ fn start(env: Env, owner: LocalPid, options: Term) -> Result<ResourceArc<Telemet
         app_events.push(AppEvent { worker_name, event, measurements });
     }
     let mut catalog = Catalog::builtin();
-    catalog
-        .add_app_events(&app_events)
-        .map_err(|e| ApiError::InvalidAppEvent(format!("{e:?}")))?;
+    catalog.add_app_events(&app_events).map_err(|e| ApiError::InvalidAppEvent(format!("{e:?}")))?;
     let atom_table = AtomTable::for_catalog(&catalog, &app_atoms)
         .ok_or_else(|| ApiError::RuntimeFailed("catalog atoms were not made at load".into()))?;
 
@@ -170,7 +170,8 @@ fn register_worker(
     dispatch: LocalPid,
 ) -> Result<u64, ApiError> {
     let settings = decode_settings(settings)?;
-    let address = WorkerAddress::parse(&endpoint).map_err(|e| ApiError::InvalidEndpoint(format!("{endpoint}: {e}")))?;
+    let address =
+        WorkerAddress::parse(&endpoint).map_err(|e| ApiError::InvalidEndpoint(format!("{endpoint}: {e}")))?;
     let mut static_metadata = Vec::with_capacity(metadata.len());
     let mut static_keys = Vec::with_capacity(metadata.len());
     for (key, value) in metadata {
@@ -220,7 +221,11 @@ fn unregister_worker(runtime: ResourceArc<TelemetryRuntime>, worker_id: String) 
 /// `update_settings(runtime, worker_id, settings)`: the worker's new settings. The stream
 /// applies them to what arrives from now on and sends them to the worker; nothing waits.
 #[rustler::nif]
-fn update_settings(runtime: ResourceArc<TelemetryRuntime>, worker_id: String, settings: Term) -> Result<u64, ApiError> {
+fn update_settings(
+    runtime: ResourceArc<TelemetryRuntime>,
+    worker_id: String,
+    settings: Term,
+) -> Result<u64, ApiError> {
     let settings = decode_settings(settings)?;
     let state = runtime.registry.get(&worker_id).ok_or(ApiError::UnknownWorker)?;
     state.set_settings(settings);
@@ -243,13 +248,17 @@ fn stream_info<'a>(env: Env<'a>, runtime: ResourceArc<TelemetryRuntime>) -> Term
         .iter()
         .map(|state| {
             let counters = state.counters.snapshot();
-            let dropped_keys: Vec<Atom> = counters.dropped.iter().map(|(r, _)| atoms::drop_reason(*r)).collect();
+            let dropped_keys: Vec<Atom> =
+                counters.dropped.iter().map(|(r, _)| atoms::drop_reason(*r)).collect();
             let dropped_values: Vec<u64> = counters.dropped.iter().map(|(_, n)| *n).collect();
-            let dropped = Term::map_from_arrays(env, &dropped_keys, &dropped_values).unwrap_or_else(|_| Term::map_new(env));
+            let dropped = Term::map_from_arrays(env, &dropped_keys, &dropped_values)
+                .unwrap_or_else(|_| Term::map_new(env));
             let status = match state.status() {
                 StreamStatus::Connecting => atoms::connecting().encode(env),
                 StreamStatus::Connected => atoms::connected().encode(env),
-                StreamStatus::Closed(reason) => (atoms::closed(), close_reason_term(env, &reason)).encode(env),
+                StreamStatus::Closed(reason) => {
+                    (atoms::closed(), close_reason_term(env, &reason)).encode(env)
+                }
             };
             let connected_since = match state.connected_since_ms() {
                 Some(ms) => ms.encode(env),
@@ -295,13 +304,20 @@ fn catalog_info<'a>(env: Env<'a>) -> Term<'a> {
                 None => atoms::nil().encode(env),
             };
             let keys = [atoms::event(), atoms::worker_name(), atoms::measurements(), atoms::metadata()];
-            let values = [e.event.join(".").encode(env), worker_name, e.measurements.encode(env), e.metadata.encode(env)];
+            let values = [
+                e.event.join(".").encode(env),
+                worker_name,
+                e.measurements.encode(env),
+                e.metadata.encode(env),
+            ];
             Term::map_from_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
         })
         .collect();
     let measurement_keys: Vec<&str> = builtin::MEASUREMENT_KEYS.iter().map(|k| k.name).collect();
-    let native_time_keys: Vec<&str> = builtin::MEASUREMENT_KEYS.iter().filter(|k| k.native_time).map(|k| k.name).collect();
-    let keys = [atoms::measurement_keys(), atoms::native_time_keys(), atoms::metadata_keys(), atoms::events()];
+    let native_time_keys: Vec<&str> =
+        builtin::MEASUREMENT_KEYS.iter().filter(|k| k.native_time).map(|k| k.name).collect();
+    let keys =
+        [atoms::measurement_keys(), atoms::native_time_keys(), atoms::metadata_keys(), atoms::events()];
     let values = [
         measurement_keys.encode(env),
         native_time_keys.encode(env),

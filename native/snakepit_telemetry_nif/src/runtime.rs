@@ -11,8 +11,8 @@ use tokio::runtime::{Builder, Runtime};
 
 use crate::encode::TermEncoder;
 use crate::manager::StreamManager;
-use snakepit_telemetry_core::registry::Registry;
 use crate::stream_task::StreamLimits;
+use snakepit_telemetry_core::registry::Registry;
 
 /// Tuning of a runtime, from the application config.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +36,11 @@ pub struct TelemetryRuntime {
 impl rustler::Resource for TelemetryRuntime {}
 
 impl TelemetryRuntime {
-    pub fn start(owner: LocalPid, encoder: TermEncoder, options: RuntimeOptions) -> std::io::Result<TelemetryRuntime> {
+    pub fn start(
+        owner: LocalPid,
+        encoder: TermEncoder,
+        options: RuntimeOptions,
+    ) -> std::io::Result<TelemetryRuntime> {
         let runtime = Builder::new_multi_thread()
             .worker_threads(options.threads.max(1))
             .thread_name("snakepit-telemetry")

@@ -102,7 +102,13 @@ impl StreamTask {
             Ok(opened) => opened,
             Err(reason) => return reason,
         };
-        send_status(&self.state, self.owner, &self.worker.worker_id, self.worker.generation, StatusMessage::Connected);
+        send_status(
+            &self.state,
+            self.owner,
+            &self.worker.worker_id,
+            self.worker.generation,
+            StatusMessage::Connected,
+        );
 
         let catalog = &self.encoder.catalog;
         let mut gate = Gate {
@@ -127,11 +133,14 @@ impl StreamTask {
                 Wake::Stop(reason) => return reason,
                 Wake::Credit => None,
                 Wake::Settings => {
-                    gate.policy = Policy::new(&settings.borrow_and_update(), catalog, worker_samples_patterns);
+                    gate.policy =
+                        Policy::new(&settings.borrow_and_update(), catalog, worker_samples_patterns);
                     self.refilter(&gate.policy, &mut pending);
                     None
                 }
-                Wake::Message(message) => self.receive(message, &mut events, &mut gate, &mut pending, &mut name),
+                Wake::Message(message) => {
+                    self.receive(message, &mut events, &mut gate, &mut pending, &mut name)
+                }
             };
             if let Some(reason) = ended {
                 return self.drain(&mut pending, &mut env, &mut stop, reason).await;
@@ -172,7 +181,8 @@ impl StreamTask {
         let channel = self.address.connect().await.map_err(CloseReason::ConnectFailed)?;
         let (capability_tx, capability_rx) = oneshot::channel();
         let controls = control_stream(capability_rx, self.state.settings.subscribe());
-        let opened = open_stream(channel, controls).await.map_err(|s| CloseReason::ConnectFailed(status_text(&s)))?;
+        let opened =
+            open_stream(channel, controls).await.map_err(|s| CloseReason::ConnectFailed(status_text(&s)))?;
         let worker_samples_patterns = samples_patterns(&opened.capabilities);
         let _ = capability_tx.send(worker_samples_patterns);
         if !self.state.set_connected(&opened.capabilities) {
@@ -198,7 +208,9 @@ impl StreamTask {
     fn accept(&self, bytes: &[u8], gate: &mut Gate, pending: &mut VecDeque<EventRecord>, name: &mut String) {
         let counters = &self.state.counters;
         counters.add_received(1);
-        match translate(&self.encoder.catalog, self.limits.native_time, bytes, name, |event| gate.check(event)) {
+        match translate(&self.encoder.catalog, self.limits.native_time, bytes, name, |event| {
+            gate.check(event)
+        }) {
             Ok(_) if pending.len() >= self.limits.max_buffer => counters.add_dropped(DropReason::Overflow, 1),
             Ok(record) => pending.push_back(record),
             Err(reason) => counters.add_dropped(reason, 1),
@@ -269,7 +281,13 @@ enum StatusMessage {
 
 /// `{:snakepit_telemetry_stream, worker_id, generation, :connected | {:closed, reason}, emitted}`
 /// where `emitted` counts the events delivered on this stream so far.
-fn send_status(state: &StreamState, owner: LocalPid, worker_id: &str, generation: u64, message: StatusMessage) {
+fn send_status(
+    state: &StreamState,
+    owner: LocalPid,
+    worker_id: &str,
+    generation: u64,
+    message: StatusMessage,
+) {
     let emitted = state.counters.snapshot().emitted;
     let mut env = OwnedEnv::new();
     let _ = env.send_and_clear(&owner, |env| {

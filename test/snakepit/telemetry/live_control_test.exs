@@ -334,6 +334,7 @@ defmodule Snakepit.Telemetry.LiveControlTest do
     {:ok, _} = Application.ensure_all_started(:snakepit_telemetry)
   end
 
+  @tag :capture_log
   test "config: defaults for new workers, excluded_events denied everywhere, grpc_stream: false" do
     original = Application.get_all_env(:snakepit_telemetry)
 
