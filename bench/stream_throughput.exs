@@ -1,0 +1,422 @@
+# Stream throughput: how fast events get from a Python worker's gRPC stream to a
+# `:telemetry` handler, against a bare Rust client draining the same kind of worker.
+#
+#     bench/run_stream_throughput.sh [--events 100000] [--runs 5] [--workers 4]
+#                                    [--nif-buffer N] [--timeout-s 120]
+#
+# which builds `count_stream` and then runs, from the repository root,
+#
+#     MIX_ENV=test ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
+#       mix run bench/stream_throughput.exs [options]
+#
+# MIX_ENV=test: the worker driver `Snakepit.Telemetry.Test.PythonWorker` (test/support) is
+# compiled only there, and config/test.exs starts `GrpcStream`. `+sbwt none` etc.: idle
+# schedulers sleep instead of spinning, so the BEAM's CPU time counts work only.
+# `--nif-buffer N` restarts the application with `max_buffer_size: N` (default: the config's).
+#
+# Every run starts fresh workers (`test/support/python/scripted_worker.py --max-buffer
+# 1000000`, on 127.0.0.1) and has each emit its share of `--events` `tool.execution.stop`
+# events (`duration`, metadata `tool` and `operation`) *before* anything connects, so a run
+# drains full buffers as fast as gRPC allows. Then one of:
+#
+#   * bare: `count_stream` (native/snakepit_telemetry_core/examples) opens StreamTelemetry
+#     on every worker and counts messages; its own elapsed time is the result.
+#   * full: `GrpcStream.register_worker/3` for every worker; timed from just before the
+#     first registration until a `:telemetry` handler (a `:counters` increment) has seen
+#     every event, or, if the NIF dropped some, until seen + dropped reaches the total.
+#
+# Cases run interleaved (bare 1, full 1, bare W, full W, and again) after one small warm-up
+# round; the table shows medians over `--runs`. CPU figures are divided by the run's events:
+#
+#   * python: utime+stime of the worker processes (/proc/PID/stat);
+#   * client: `count_stream`'s threads, or the NIF runtime's threads ("snakepit-teleme",
+#     /proc/self/task/*/schedstat): receiving gRPC, checking each event, building terms,
+#     sending batches;
+#   * schedulers: the BEAM's normal scheduler threads (same source): the Dispatcher taking
+#     batches, `:telemetry.execute/3`, the handler, acks, and waking up for all that;
+#   * busy: all schedulers' busy time (`:scheduler_wall_time`) over wall time, in
+#     schedulers (the Dispatcher is one process: at most 1.0), and, in brackets, the
+#     Dispatcher's share of all reductions in the run (how much of that busy time is its).
+#
+# A run whose stream fails (`count_stream` exits non-zero, or a NIF stream closes early) is
+# printed as FAILED and left out of the medians. Every run is bounded by `--timeout-s` (the
+# script raises then), so the script always stops by itself.
+
+defmodule Bench.StreamThroughput do
+  @moduledoc false
+
+  alias Snakepit.Telemetry.{Dispatcher, GrpcStream}
+  alias Snakepit.Telemetry.Test.PythonWorker
+
+  @event [:snakepit, :python, :tool, :execution, :stop]
+  @emit %{
+    "op" => "emit",
+    "event" => "tool.execution.stop",
+    "measurements" => %{"duration" => 123_456},
+    "metadata" => %{"tool" => "resize", "operation" => "run"}
+  }
+  @defaults [events: 100_000, runs: 5, workers: 4, timeout_s: 120, warmup_events: 5_000]
+  @switches [
+    events: :integer,
+    runs: :integer,
+    workers: :integer,
+    timeout_s: :integer,
+    warmup_events: :integer,
+    nif_buffer: :integer,
+    count_stream: :string
+  ]
+  # Thread names are cut to 15 bytes: "snakepit-telemetry" shows as this.
+  @nif_thread "snakepit-teleme"
+
+  def main(argv) do
+    {opts, []} = OptionParser.parse!(argv, strict: @switches)
+    opts = Keyword.merge(@defaults, opts)
+    opts = Keyword.put_new_lazy(opts, :count_stream, &default_count_stream/0)
+
+    unless File.regular?(opts[:count_stream]) do
+      raise "#{opts[:count_stream]} not found: run " <>
+              "`cargo build --release --example count_stream -p snakepit_telemetry_core`"
+    end
+
+    if buffer = opts[:nif_buffer], do: restart_app(max_buffer_size: buffer)
+    :erlang.system_flag(:scheduler_wall_time, true)
+    clk_tck = clock_ticks_per_second()
+    cases = [{:bare, 1}, {:full, 1}, {:bare, opts[:workers]}, {:full, opts[:workers]}]
+
+    IO.puts(
+      "#{System.schedulers_online()} schedulers, #{:erlang.system_info(:logical_processors)} " <>
+        "logical CPUs; #{opts[:events]} events per run, #{opts[:runs]} runs; NIF " <>
+        "max_buffer_size #{Application.get_env(:snakepit_telemetry, :max_buffer_size, 1024)}"
+    )
+
+    for c <- [{:bare, 1}, {:full, 1}], do: run_case(c, opts[:warmup_events], opts, clk_tck)
+
+    results =
+      for run <- 1..opts[:runs], c <- cases do
+        result = run_case(c, opts[:events], opts, clk_tck)
+        IO.puts("run #{run} #{label(c)}: #{format_result(result)}")
+        {c, result}
+      end
+
+    print_table(cases, results)
+  end
+
+  # Restarts the application with `config` added to its environment.
+  defp restart_app(config) do
+    :ok = Application.stop(:snakepit_telemetry)
+    for {key, value} <- config, do: Application.put_env(:snakepit_telemetry, key, value)
+    {:ok, _} = Application.ensure_all_started(:snakepit_telemetry)
+  end
+
+  ## One run of one case
+
+  defp run_case({kind, workers}, events, opts, clk_tck) do
+    per_worker = div(events, workers)
+    pool = for i <- 1..workers, do: start_preloaded(i, per_worker)
+
+    result =
+      try do
+        measure(kind, pool, per_worker * workers, opts)
+      after
+        Enum.each(pool, &stop_worker/1)
+      end
+
+    case result do
+      {:ok, r} -> Map.put(r, :python_cpu_ns, div(r.python_ticks * 1_000_000_000, clk_tck))
+      {:failed, _reason} = failed -> failed
+    end
+  end
+
+  defp start_preloaded(i, events) do
+    worker = PythonWorker.start(["--max-buffer", "1000000"])
+    PythonWorker.run(worker, Map.put(@emit, "count", events))
+    stats = PythonWorker.stats(worker)
+
+    unless stats["buffered"] == events and stats["dropped_total"] == 0 do
+      raise "worker did not buffer #{events} events: #{inspect(stats)}"
+    end
+
+    %{
+      id: "bench_#{System.unique_integer([:positive])}_#{i}",
+      worker: worker,
+      os_pid: worker.os_pid
+    }
+  end
+
+  defp measure(:bare, pool, events, opts) do
+    args =
+      ["--count", Integer.to_string(div(events, length(pool)))] ++
+        ["--timeout-ms", Integer.to_string(opts[:timeout_s] * 1000)] ++
+        Enum.map(pool, & &1.worker.endpoint)
+
+    python_before = python_ticks(pool)
+
+    case System.cmd(opts[:count_stream], args, stderr_to_stdout: true) do
+      {"count_stream " <> _ = line, 0} ->
+        fields = parse_fields(line)
+
+        {:ok,
+         %{
+           events: events,
+           wall_ns: fields["elapsed_ns"],
+           client_cpu_ns: fields["cpu_ns"],
+           python_ticks: python_ticks(pool) - python_before
+         }}
+
+      # A stream that fails is a result too (the run is left out of the medians).
+      {output, status} ->
+        {:failed, "count_stream exit #{status}: #{String.trim(output)}"}
+    end
+  end
+
+  defp measure(:full, pool, events, opts) do
+    counter = :counters.new(1, [])
+    handler_id = {__MODULE__, make_ref()}
+    config = {counter, events, self()}
+    :ok = :telemetry.attach(handler_id, @event, &__MODULE__.handle_event/4, config)
+
+    try do
+      before = snapshot(pool)
+
+      for w <- pool do
+        metadata = [pool_name: :bench, python_pid: w.os_pid]
+        :ok = GrpcStream.register_worker(w.id, w.worker.endpoint, metadata)
+      end
+
+      deadline = System.monotonic_time(:millisecond) + opts[:timeout_s] * 1000
+
+      with {:ok, dropped} <- await_all(pool, counter, events, deadline) do
+        {:ok, Map.put(diff(before, snapshot(pool), events), :nif_dropped, dropped)}
+      end
+    after
+      :telemetry.detach(handler_id)
+      Enum.each(pool, &GrpcStream.unregister_worker(&1.id))
+    end
+  end
+
+  @doc false
+  # The counting handler; runs in the Dispatcher.
+  def handle_event(_event, _measurements, _metadata, {counter, target, pid}) do
+    :counters.add(counter, 1, 1)
+    if :counters.get(counter, 1) == target, do: send(pid, :all_seen)
+  end
+
+  # Returns `{:ok, dropped}` once the handler has seen every event (exactly, by message), or
+  # once every event is either seen or counted as dropped by the NIF (checked every 20 ms);
+  # `{:failed, reason}` if a stream closed before that.
+  defp await_all(pool, counter, events, deadline) do
+    receive do
+      :all_seen -> {:ok, 0}
+    after
+      20 ->
+        streams = our_streams(pool)
+        dropped = for s <- streams, {_reason, n} <- s.dropped, reduce: 0, do: (sum -> sum + n)
+        closed = for %{status: {:closed, reason}} = s <- streams, do: {s.worker_id, reason}
+        seen = :counters.get(counter, 1)
+
+        cond do
+          dropped > 0 and seen + dropped == events ->
+            {:ok, dropped}
+
+          closed != [] ->
+            {:failed, "stream closed after #{seen} events: #{inspect(closed)}"}
+
+          System.monotonic_time(:millisecond) > deadline ->
+            raise "timeout: #{seen} of #{events} events seen, #{dropped} dropped; " <>
+                    inspect(GrpcStream.list_streams())
+
+          true ->
+            await_all(pool, counter, events, deadline)
+        end
+    end
+  end
+
+  defp our_streams(pool) do
+    ids = MapSet.new(pool, & &1.id)
+    Enum.filter(GrpcStream.list_streams(), &(&1.worker_id in ids))
+  end
+
+  defp stop_worker(%{worker: worker, os_pid: os_pid}) do
+    PythonWorker.stop(worker)
+    await_exit(os_pid, 1000)
+  end
+
+  # Waits (at most 10 s) until the worker has exited, so it takes no CPU from the next run.
+  defp await_exit(os_pid, tries) do
+    if tries > 0 and File.exists?("/proc/#{os_pid}") do
+      Process.sleep(10)
+      await_exit(os_pid, tries - 1)
+    end
+  end
+
+  ## Measurements
+
+  defp snapshot(pool) do
+    {:reductions, dispatcher} = Process.info(Process.whereis(Dispatcher), :reductions)
+    {total, _} = :erlang.statistics(:reductions)
+
+    %{
+      t: System.monotonic_time(:nanosecond),
+      threads: beam_thread_cpu(),
+      sched: Enum.sort(:erlang.statistics(:scheduler_wall_time)),
+      reductions: total,
+      dispatcher_reductions: dispatcher,
+      python_ticks: python_ticks(pool)
+    }
+  end
+
+  defp diff(a, b, events) do
+    busy =
+      Enum.zip_with(a.sched, b.sched, fn {id, active0, total0}, {id, active1, total1} ->
+        (active1 - active0) / max(total1 - total0, 1)
+      end)
+
+    %{
+      events: events,
+      wall_ns: b.t - a.t,
+      client_cpu_ns: b.threads.nif - a.threads.nif,
+      scheduler_cpu_ns: b.threads.schedulers - a.threads.schedulers,
+      scheduler_busy: Enum.sum(busy),
+      dispatcher_share:
+        (b.dispatcher_reductions - a.dispatcher_reductions) / max(b.reductions - a.reductions, 1),
+      python_ticks: b.python_ticks - a.python_ticks
+    }
+  end
+
+  # CPU time so far of the BEAM's NIF runtime threads and normal scheduler threads, in ns.
+  defp beam_thread_cpu do
+    {:ok, tids} = File.ls("/proc/self/task")
+
+    Enum.reduce(tids, %{nif: 0, schedulers: 0}, fn tid, acc ->
+      with {:ok, comm} <- File.read("/proc/self/task/#{tid}/comm"),
+           {:ok, schedstat} <- File.read("/proc/self/task/#{tid}/schedstat") do
+        # schedstat: time on CPU (ns), time waiting to run (ns), timeslices.
+        ns = schedstat |> String.split() |> hd() |> String.to_integer()
+
+        cond do
+          String.starts_with?(comm, @nif_thread) -> %{acc | nif: acc.nif + ns}
+          comm =~ ~r/^\d+_scheduler$/ -> %{acc | schedulers: acc.schedulers + ns}
+          true -> acc
+        end
+      else
+        # The thread has just exited.
+        _ -> acc
+      end
+    end)
+  end
+
+  # utime + stime of the worker processes in clock ticks (includes exited threads).
+  defp python_ticks(pool) do
+    Enum.sum(
+      for %{os_pid: pid} <- pool do
+        # The fields after the command name; utime and stime are fields 14 and 15 of stat.
+        [_, rest] = "/proc/#{pid}/stat" |> File.read!() |> String.split(") ", parts: 2)
+        [utime, stime] = rest |> String.split() |> Enum.slice(11, 2)
+        String.to_integer(utime) + String.to_integer(stime)
+      end
+    )
+  end
+
+  defp clock_ticks_per_second do
+    {out, 0} = System.cmd("getconf", ["CLK_TCK"])
+    out |> String.trim() |> String.to_integer()
+  end
+
+  ## Parsing and output
+
+  defp default_count_stream do
+    target = System.get_env("CARGO_TARGET_DIR") || Path.expand("../target", __DIR__)
+    Path.join([target, "release", "examples", "count_stream"])
+  end
+
+  defp parse_fields(line) do
+    for [k, v] <- Regex.scan(~r/(\w+)=(\d+)/, line, capture: :all_but_first), into: %{} do
+      {k, String.to_integer(v)}
+    end
+  end
+
+  defp rate(%{events: n, wall_ns: ns}), do: n * 1.0e9 / ns
+  defp per_event_us(ns, %{events: n}), do: ns / n / 1000
+
+  defp label({:bare, 1}), do: "bare client, 1 worker"
+  defp label({:full, 1}), do: "full path, 1 worker"
+  defp label({:bare, w}), do: "bare client, #{w} workers"
+  defp label({:full, w}), do: "full path, #{w} workers"
+
+  defp format_result({:failed, reason}), do: "FAILED: #{reason}"
+
+  defp format_result(%{scheduler_cpu_ns: _} = r) do
+    format_common(r) <>
+      ", schedulers #{fmt(per_event_us(r.scheduler_cpu_ns, r))} µs/ev, busy " <>
+      "#{fmt(r.scheduler_busy)} (Dispatcher #{round(r.dispatcher_share * 100)}% of red.), " <>
+      "NIF dropped #{r.nif_dropped}"
+  end
+
+  defp format_result(r), do: format_common(r)
+
+  defp format_common(r) do
+    "#{round(rate(r))} events/s, python #{fmt(per_event_us(r.python_cpu_ns, r))} µs/ev, " <>
+      "client #{fmt(per_event_us(r.client_cpu_ns, r))} µs/ev"
+  end
+
+  defp print_table(cases, results) do
+    IO.puts("""
+
+    | case | events/s median (min–max) | full / bare | Python CPU µs/ev | client CPU µs/ev | scheduler CPU µs/ev | schedulers busy (Dispatcher % of red.) | NIF drops median (max) |
+    |---|---|---|---|---|---|---|---|\
+    """)
+
+    for {_kind, workers} = c <- cases do
+      rs = for {^c, %{} = r} <- results, do: r
+      failed = Enum.count(results, &match?({^c, {:failed, _}}, &1))
+      label = label(c) <> if(failed > 0, do: " (#{failed} runs failed)", else: "")
+      bare = for {{:bare, ^workers}, %{} = r} <- results, do: rate(r)
+      cells = if rs == [], do: ["all runs failed"], else: row(c, rs, bare)
+      IO.puts("| " <> Enum.join([label | cells], " | ") <> " |")
+    end
+  end
+
+  defp row({kind, _workers}, rs, bare_rates) do
+    rates = Enum.map(rs, &rate/1)
+    {lo, hi} = Enum.min_max(rates)
+    med = fn f -> rs |> Enum.map(f) |> median() end
+
+    common = [
+      "#{round(median(rates))} (#{round(lo)}–#{round(hi)})",
+      if(kind == :bare, do: "1 (baseline)", else: ratio(median(rates), bare_rates)),
+      fmt(med.(&per_event_us(&1.python_cpu_ns, &1))),
+      fmt(med.(&per_event_us(&1.client_cpu_ns, &1)))
+    ]
+
+    case kind do
+      :bare ->
+        common ++ ["–", "–", "–"]
+
+      :full ->
+        drops = Enum.map(rs, & &1.nif_dropped)
+
+        common ++
+          [
+            fmt(med.(&per_event_us(&1.scheduler_cpu_ns, &1))),
+            "#{fmt(med.(& &1.scheduler_busy))} (#{round(med.(& &1.dispatcher_share) * 100)}%)",
+            "#{round(median(drops))} (#{Enum.max(drops)})"
+          ]
+    end
+  end
+
+  defp ratio(_rate, []), do: "no baseline"
+  defp ratio(rate, bare_rates), do: fmt(rate / median(bare_rates))
+
+  defp median(xs) do
+    sorted = Enum.sort(xs)
+    mid = div(length(sorted), 2)
+
+    if rem(length(sorted), 2) == 1,
+      do: Enum.at(sorted, mid),
+      else: (Enum.at(sorted, mid - 1) + Enum.at(sorted, mid)) / 2
+  end
+
+  defp fmt(x), do: :erlang.float_to_binary(x * 1.0, decimals: 2)
+end
+
+Bench.StreamThroughput.main(System.argv())

@@ -1,0 +1,98 @@
+# Toggle latency: the time from `GrpcStream.toggle(w, false)` returning to the last event
+# from `w` delivered to a `:telemetry` handler, over many trials.
+#
+#     MIX_ENV=test mix run bench/toggle_latency.exs [--trials 300] [--quiet-ms 100]
+#
+# (MIX_ENV=test: the Python worker driver `Snakepit.Telemetry.Test.PythonWorker` lives in
+# test/support.) One Python worker (test/support/python/scripted_worker.py, on 127.0.0.1)
+# is given 1.5 M `tool.execution.stop` events up front, so its stream runs flat out (about
+# 20 k events/s, the Python gRPC server's pace) for the whole benchmark. Each trial:
+# `toggle(w, true)`, wait until events flow again, let them flow 20 ms, `toggle(w, false)`,
+# then watch `--quiet-ms` for stragglers. The handler stores the monotonic time of every
+# event it sees; the trial's latency is (last event seen) - (toggle returned), or 0 when
+# nothing arrived after it returned.
+#
+# Events still in flight when the toggle is made (the Dispatcher's unacknowledged batches)
+# are delivered; everything the NIF still holds or receives afterwards is dropped as
+# `:disabled`. The worker also stops at the source when the control message reaches it;
+# its already-serialized buffer still crosses the wire and is dropped by the NIF.
+
+defmodule Bench.ToggleLatency do
+  @moduledoc false
+
+  alias Snakepit.Telemetry.GrpcStream
+  alias Snakepit.Telemetry.Test.PythonWorker
+
+  @event [:snakepit, :python, :tool, :execution, :stop]
+
+  def handle(_event, _measurements, _metadata, last_seen),
+    do: :atomics.put(last_seen, 1, System.monotonic_time())
+
+  def run(argv) do
+    {opts, _, _} = OptionParser.parse(argv, strict: [trials: :integer, quiet_ms: :integer])
+    trials = Keyword.get(opts, :trials, 300)
+    quiet_ms = Keyword.get(opts, :quiet_ms, 100)
+
+    worker = PythonWorker.start(["--max-buffer", "2000000"])
+    id = "toggle-bench"
+    last_seen = :atomics.new(1, signed: true)
+    :ok = :telemetry.attach("toggle-bench", @event, &__MODULE__.handle/4, last_seen)
+
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 1},
+      "count" => 1_500_000
+    })
+
+    :ok = GrpcStream.register_worker(id, worker.endpoint)
+
+    latencies =
+      for _ <- 1..trials do
+        :ok = GrpcStream.toggle(id, true)
+        on = System.monotonic_time()
+        wait_for(fn -> :atomics.get(last_seen, 1) > on end, 10_000)
+        Process.sleep(20)
+        :ok = GrpcStream.toggle(id, false)
+        off = System.monotonic_time()
+        Process.sleep(quiet_ms)
+        max(0, :atomics.get(last_seen, 1) - off)
+      end
+
+    [info] = Enum.filter(GrpcStream.list_streams(), &(&1.worker_id == id))
+    :ok = GrpcStream.unregister_worker(id)
+    PythonWorker.stop(worker)
+    report(latencies, info, quiet_ms)
+  end
+
+  defp wait_for(fun, timeout_ms) do
+    deadline = System.monotonic_time(:millisecond) + timeout_ms
+
+    Stream.repeatedly(fn -> fun.() end)
+    |> Enum.find(fn
+      true ->
+        true
+
+      false ->
+        if System.monotonic_time(:millisecond) > deadline, do: raise("events did not resume")
+        Process.sleep(1)
+        false
+    end)
+  end
+
+  defp report(latencies, info, quiet_ms) do
+    us = latencies |> Enum.map(&System.convert_time_unit(&1, :native, :microsecond)) |> Enum.sort()
+    n = length(us)
+    pct = fn p -> Enum.at(us, min(n - 1, round(p / 100 * (n - 1)))) end
+    zero = Enum.count(us, &(&1 == 0))
+
+    IO.puts("""
+    toggle(w, false) returned -> last event delivered from w (#{n} trials, #{quiet_ms} ms watch):
+      median #{pct.(50)} µs, p90 #{pct.(90)} µs, p99 #{pct.(99)} µs, max #{List.last(us)} µs
+      trials with no event after the toggle returned: #{zero} of #{n}
+    stream counters: received #{info.received}, emitted #{info.emitted}, dropped as disabled #{info.dropped.disabled}
+    """)
+  end
+end
+
+Bench.ToggleLatency.run(System.argv())
