@@ -441,6 +441,34 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
     end
   end
 
+  test "System.stop/0 of a VM with open streams does not hang", %{worker: worker} do
+    # A separate VM: this library's application, one open stream, then System.stop/0.
+    ebin = Path.wildcard(Path.join(Mix.Project.build_path(), "lib/*/ebin"))
+    args = Enum.flat_map(ebin, &["-pa", &1])
+
+    script = """
+    {:ok, _} = Application.ensure_all_started(:snakepit_telemetry)
+    :ok = Snakepit.Telemetry.GrpcStream.register_worker("w", "#{worker.endpoint}")
+    Stream.repeatedly(fn -> Process.sleep(10); Snakepit.Telemetry.GrpcStream.list_streams() end)
+    |> Enum.find(fn [s] -> s.status == :connected end)
+    IO.puts("connected")
+    System.stop()
+    Process.sleep(:infinity)
+    """
+
+    port =
+      Port.open({:spawn_executable, System.find_executable("elixir")}, [
+        :binary,
+        :exit_status,
+        {:line, 4096},
+        args: args ++ ["-e", script]
+      ])
+
+    assert_receive {^port, {:data, {:eol, "connected"}}}, @timeout
+    # Generous: a hang is what this looks for, not a speed.
+    assert_receive {^port, {:exit_status, 0}}, @timeout
+  end
+
   test "Rust, Elixir and Python read the same catalog" do
     rust = Native.catalog_info()
     elixir = Catalog.describe()
