@@ -6,45 +6,16 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
   alias Snakepit.Telemetry.{Catalog, GrpcStream, Native}
   alias Snakepit.Telemetry.Test.{Forwarder, PythonWorker}
 
+  import Snakepit.Telemetry.Test.Streams
+
   doctest GrpcStream
 
   @tool [:snakepit, :python, :tool, :execution]
   @timeout 10_000
 
   setup do
-    worker = PythonWorker.start()
-    id = "worker-#{System.unique_integer([:positive])}"
-
-    on_exit(fn ->
-      GrpcStream.unregister_worker(id)
-      PythonWorker.stop(worker)
-    end)
-
+    {worker, id} = start_worker()
     %{worker: worker, id: id}
-  end
-
-  defp register!(id, worker, opts \\ []) do
-    assert :ok = GrpcStream.register_worker(id, worker.endpoint, opts)
-    wait_until(fn -> stream(id)[:status] == :connected end)
-  end
-
-  defp stream(id), do: Enum.find(GrpcStream.list_streams(), &(&1.worker_id == id))
-
-  defp wait_until(fun, timeout \\ @timeout) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-
-    Stream.repeatedly(fn -> fun.() end)
-    |> Enum.find(fn
-      true ->
-        true
-
-      _ ->
-        if System.monotonic_time(:millisecond) > deadline,
-          do: flunk("condition not met in #{timeout} ms")
-
-        Process.sleep(5)
-        false
-    end)
   end
 
   describe "a span in the worker" do
@@ -171,13 +142,7 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
 
   test "nothing a worker sends creates an atom" do
     # A buffer large enough that the worker itself drops nothing of the flood.
-    worker = PythonWorker.start(["--max-buffer", "100000"])
-    id = "atoms-#{System.unique_integer([:positive])}"
-
-    on_exit(fn ->
-      GrpcStream.unregister_worker(id)
-      PythonWorker.stop(worker)
-    end)
+    {worker, id} = start_worker(["--max-buffer", "100000"], "atoms")
 
     Forwarder.attach([@tool ++ [:stop]])
     register!(id, worker)
@@ -221,13 +186,7 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
   end
 
   test "a handler slower than the worker: the mailbox stays bounded and overflow is counted" do
-    worker = PythonWorker.start(["--max-buffer", "100000"])
-    id = "slow-#{System.unique_integer([:positive])}"
-
-    on_exit(fn ->
-      GrpcStream.unregister_worker(id)
-      PythonWorker.stop(worker)
-    end)
+    {worker, id} = start_worker(["--max-buffer", "100000"], "slow")
 
     Forwarder.attach([@tool ++ [:stop]], %{sleep_ms: 1})
     register!(id, worker)
@@ -298,9 +257,7 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
 
   test "a worker that exits mid-stream leaves the VM and the other streams unaffected",
        %{worker: survivor, id: survivor_id} do
-    doomed = PythonWorker.start()
-    doomed_id = "doomed-#{System.unique_integer([:positive])}"
-    on_exit(fn -> GrpcStream.unregister_worker(doomed_id) end)
+    {doomed, doomed_id} = start_worker([], "doomed")
 
     Forwarder.attach([@tool ++ [:stop], [:snakepit, :grpc, :stream, :closed]])
     register!(survivor_id, survivor)
@@ -363,8 +320,7 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
   test "registering an id again replaces its stream", %{worker: worker, id: id} do
     Forwarder.attach([@tool ++ [:stop], [:snakepit, :grpc, :stream, :closed]])
     register!(id, worker)
-    other = PythonWorker.start()
-    on_exit(fn -> PythonWorker.stop(other) end)
+    {other, _} = start_worker()
 
     assert :ok = GrpcStream.register_worker(id, other.endpoint, pool_name: :second)
 

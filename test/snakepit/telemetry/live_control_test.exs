@@ -6,30 +6,19 @@ defmodule Snakepit.Telemetry.LiveControlTest do
   alias Snakepit.Telemetry.GrpcStream
   alias Snakepit.Telemetry.Test.{EventCounter, PythonWorker}
 
+  import Snakepit.Telemetry.Test.Streams,
+    except: [start_worker: 2, start_worker: 1, start_worker: 0]
+
   @stop [:snakepit, :python, :tool, :execution, :stop]
   @call_start [:snakepit, :python, :call, :start]
   @call_stop [:snakepit, :python, :call, :stop]
   @events [@stop, @call_start, @call_stop]
   @timeout 30_000
 
+  # Workers here buffer enough that they never drop for lack of room.
   defp start_worker(args \\ []) do
-    worker = PythonWorker.start(["--max-buffer", "100000" | args])
-    id = "ctl-#{System.unique_integer([:positive])}"
-
-    on_exit(fn ->
-      GrpcStream.unregister_worker(id)
-      PythonWorker.stop(worker)
-    end)
-
-    {worker, id}
+    Snakepit.Telemetry.Test.Streams.start_worker(["--max-buffer", "100000" | args], "ctl")
   end
-
-  defp register!(id, worker) do
-    assert :ok = GrpcStream.register_worker(id, worker.endpoint)
-    wait_until(fn -> stream(id).status == :connected end)
-  end
-
-  defp stream(id), do: Enum.find(GrpcStream.list_streams(), &(&1.worker_id == id))
 
   defp settings(id),
     do: Map.take(stream(id), [:enabled, :sampling_rate, :sampling_patterns, :allow, :deny])
@@ -58,23 +47,6 @@ defmodule Snakepit.Telemetry.LiveControlTest do
 
       info.emitted + Enum.sum(Map.values(info.dropped)) == info.received and
         EventCounter.total(table, id) == earlier + info.emitted
-    end)
-  end
-
-  defp wait_until(fun, timeout \\ @timeout) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-
-    Stream.repeatedly(fun)
-    |> Enum.find(fn
-      true ->
-        true
-
-      _ ->
-        if System.monotonic_time(:millisecond) > deadline,
-          do: flunk("condition not met in #{timeout} ms")
-
-        Process.sleep(5)
-        false
     end)
   end
 
