@@ -78,7 +78,7 @@ defmodule Bench.StreamThroughput do
               "`cargo build --release --example count_stream -p snakepit_telemetry_core`"
     end
 
-    if buffer = opts[:nif_buffer], do: restart_app(max_buffer_size: buffer)
+    if buffer = opts[:nif_buffer], do: Snakepit.Telemetry.Test.Streams.restart_app(max_buffer_size: buffer)
     :erlang.system_flag(:scheduler_wall_time, true)
     clk_tck = clock_ticks_per_second()
     cases = [{:bare, 1}, {:full, 1}, {:bare, opts[:workers]}, {:full, opts[:workers]}]
@@ -99,13 +99,6 @@ defmodule Bench.StreamThroughput do
       end
 
     print_table(cases, results)
-  end
-
-  # Restarts the application with `config` added to its environment.
-  defp restart_app(config) do
-    :ok = Application.stop(:snakepit_telemetry)
-    for {key, value} <- config, do: Application.put_env(:snakepit_telemetry, key, value)
-    {:ok, _} = Application.ensure_all_started(:snakepit_telemetry)
   end
 
   ## One run of one case

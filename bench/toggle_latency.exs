@@ -21,7 +21,7 @@ defmodule Bench.ToggleLatency do
   @moduledoc false
 
   alias Snakepit.Telemetry.GrpcStream
-  alias Snakepit.Telemetry.Test.PythonWorker
+  alias Snakepit.Telemetry.Test.{PythonWorker, Streams}
 
   @event [:snakepit, :python, :tool, :execution, :stop]
 
@@ -51,7 +51,7 @@ defmodule Bench.ToggleLatency do
       for _ <- 1..trials do
         :ok = GrpcStream.toggle(id, true)
         on = System.monotonic_time()
-        wait_for(fn -> :atomics.get(last_seen, 1) > on end, 10_000)
+        Streams.wait_until(fn -> :atomics.get(last_seen, 1) > on end, 10_000)
         Process.sleep(20)
         :ok = GrpcStream.toggle(id, false)
         off = System.monotonic_time()
@@ -63,21 +63,6 @@ defmodule Bench.ToggleLatency do
     :ok = GrpcStream.unregister_worker(id)
     PythonWorker.stop(worker)
     report(latencies, info, quiet_ms)
-  end
-
-  defp wait_for(fun, timeout_ms) do
-    deadline = System.monotonic_time(:millisecond) + timeout_ms
-
-    Stream.repeatedly(fn -> fun.() end)
-    |> Enum.find(fn
-      true ->
-        true
-
-      false ->
-        if System.monotonic_time(:millisecond) > deadline, do: raise("events did not resume")
-        Process.sleep(1)
-        false
-    end)
   end
 
   defp report(latencies, info, quiet_ms) do

@@ -50,4 +50,11 @@ defmodule Snakepit.Telemetry.Test.Streams do
         false
     end)
   end
+
+  @doc "Restarts the `:snakepit_telemetry` application with `env` added to its environment."
+  def restart_app(env) do
+    :ok = Application.stop(:snakepit_telemetry)
+    for {key, value} <- env, do: Application.put_env(:snakepit_telemetry, key, value)
+    {:ok, _} = Application.ensure_all_started(:snakepit_telemetry)
+  end
 end

@@ -300,12 +300,6 @@ defmodule Snakepit.Telemetry.LiveControlTest do
     assert EventCounter.get(table, "worker_1", @stop) == 0
   end
 
-  defp restart_with(env) do
-    :ok = Application.stop(:snakepit_telemetry)
-    for {key, value} <- env, do: Application.put_env(:snakepit_telemetry, key, value)
-    {:ok, _} = Application.ensure_all_started(:snakepit_telemetry)
-  end
-
   @tag :capture_log
   test "config: defaults for new workers, excluded_events denied everywhere, grpc_stream: false" do
     original = Application.get_all_env(:snakepit_telemetry)
@@ -320,7 +314,7 @@ defmodule Snakepit.Telemetry.LiveControlTest do
       {:ok, _} = Application.ensure_all_started(:snakepit_telemetry)
     end)
 
-    restart_with(excluded_events: ["tool.*"], sampling_rate: 0.5)
+    restart_app(excluded_events: ["tool.*"], sampling_rate: 0.5)
     {worker, id} = start_worker()
     table = EventCounter.attach(@events)
     register!(id, worker)
@@ -338,7 +332,7 @@ defmodule Snakepit.Telemetry.LiveControlTest do
     assert EventCounter.get(table, id, @stop) == 0
     assert EventCounter.get(table, id, @call_stop) == 10
 
-    restart_with(grpc_stream: false)
+    restart_app(grpc_stream: false)
     assert :ok = GrpcStream.register_worker(id, worker.endpoint)
     assert %{status: :not_streaming, received: 0} = stream(id)
     assert :ok = GrpcStream.toggle(id, false)
