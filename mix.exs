@@ -15,6 +15,7 @@ defmodule Snakepit.Telemetry.MixProject do
       elixir: "~> 1.14",
       description: @description,
       start_permanent: Mix.env() == :prod,
+      build_path: build_path(),
       compilers: [:snakepit_native] ++ Mix.compilers(),
       elixirc_paths: elixirc_paths(),
       deps: deps(),
@@ -34,7 +35,7 @@ defmodule Snakepit.Telemetry.MixProject do
   #
   #   :code_path - the real telemetry application is already on the code path
   #                (e.g. through ERL_LIBS): nothing is declared, it is only
-  #                listed in :extra_applications.
+  #                listed in :extra_applications; built apart (build_path/0).
   #   :hex       - `{:telemetry, "~> 1.0"}` from Hex, as every user with Hex gets.
   #   :standin   - offline, with no real package at hand: the small stand-in in
   #                standin/telemetry/ is compiled into this application. It is
@@ -51,6 +52,20 @@ defmodule Snakepit.Telemetry.MixProject do
       :code_path -> [:logger, :telemetry]
       _ -> [:logger]
     end
+  end
+
+  # A build against a real telemetry from the code path differs from the usual one:
+  # no stand-in module, and :telemetry among the applications. Mix's check that every
+  # remote call goes to an application we depend on caches that closure of
+  # applications in the build directory (.mix/compile.app_tracer) and rebuilds it
+  # only when mix.exs or config/ is newer (not on --force); ERL_LIBS changes neither.
+  # Sharing a directory, a build against the real telemetry would reuse the closure
+  # cached by a stand-in build, without :telemetry, and `mix compile
+  # --warnings-as-errors` fails with "... does not depend on :telemetry". So that
+  # build has its own directory: _build/real_telemetry/<env>. (MIX_BUILD_ROOT and
+  # MIX_BUILD_PATH, when set, take precedence over this.)
+  defp build_path do
+    if telemetry_source() == :code_path, do: "_build/real_telemetry", else: "_build"
   end
 
   defp elixirc_paths do
@@ -82,10 +97,6 @@ defmodule Snakepit.Telemetry.MixProject do
 
     cond do
       real_telemetry_on_code_path?() ->
-        # Loading the application spec lets Mix's compile-time check see that
-        # :telemetry's modules belong to an application listed in
-        # :extra_applications (it only knows loaded applications).
-        _ = Application.load(:telemetry)
         :code_path
 
       System.get_env("SNAKEPIT_TELEMETRY_STANDIN") != "1" and
@@ -114,7 +125,8 @@ defmodule Snakepit.Telemetry.MixProject do
 
   defp package do
     [
-      # TODO(lead): licenses and links.
+      licenses: ["MIT"],
+      links: %{},
       files: [
         "lib",
         "mix",

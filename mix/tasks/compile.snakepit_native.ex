@@ -10,17 +10,27 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
   compiler. It runs, from the project root:
 
       cargo build --release --manifest-path <root>/Cargo.toml -p snakepit_telemetry_nif \\
-        --message-format=json-render-diagnostics
+        --target-dir <target dir>
 
-  Cargo's progress and diagnostics stream to the terminal as usual; the JSON
-  messages on its standard output tell where the `cdylib` was written (this
-  respects `CARGO_TARGET_DIR` and any `build.target-dir` in `.cargo/config.toml`).
-  The library is then copied to `priv/native/libsnakepit_telemetry_nif.so`
-  (`.dll` on Windows) only when its content changed. Cargo itself decides what
-  to rebuild, so a no-op build takes a fraction of a second.
+  and finds the library where cargo puts it, as rustler's Mix compiler does:
+  `<target dir>/release/` plus the platform's file name for a `cdylib`,
+  `libsnakepit_telemetry_nif.so` (Linux and other Unixes),
+  `libsnakepit_telemetry_nif.dylib` (macOS) or `snakepit_telemetry_nif.dll`
+  (Windows). The target directory is `CARGO_TARGET_DIR` when set (relative to
+  the project root when relative), else `<root>/target`; it is passed to cargo
+  explicitly, so a `build.target-dir` in a `.cargo/config.toml` cannot move the
+  library elsewhere.
+
+  The library is copied to `priv/native/libsnakepit_telemetry_nif.so`
+  (`libsnakepit_telemetry_nif.dll` on Windows), the name
+  `Snakepit.Telemetry.Native` loads (`:erlang.load_nif/2` appends `.so`, on macOS
+  too, or `.dll`), only when its content changed. Cargo itself decides what to
+  rebuild, so a no-op build takes a fraction of a second. Cargo's progress and
+  diagnostics stream to the terminal as usual.
 
   ## Environment
 
+    * `CARGO_TARGET_DIR`: cargo's target directory (see above).
     * `SNAKEPIT_TELEMETRY_SKIP_NATIVE=1` skips the native build entirely (for
       documentation builds or pure-Elixir work). The NIF is then not available
       at run time.
@@ -28,7 +38,8 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
   ## Errors
 
   `Mix.raise/1` is called with an explanation when `cargo` is not on the `PATH`
-  (with how to install Rust) or when the build fails.
+  (with how to install Rust), when the build fails, or when cargo succeeds but
+  the library is not where it must be.
   """
 
   use Mix.Task.Compiler
@@ -50,7 +61,7 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
 
   @impl Mix.Task.Compiler
   def clean do
-    File.rm(destination(priv_dir(@default_root)))
+    File.rm(destination(priv_dir(@default_root), :os.type()))
     :ok
   end
 
@@ -59,29 +70,67 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
 
   @doc false
   # Options (for tests): :root (the Cargo workspace root and project root),
-  # :priv_dir (where `native/` is created), :path (the PATH searched for cargo).
+  # :priv_dir (where `native/` is created), :path (the PATH searched for cargo),
+  # :target_dir (instead of CARGO_TARGET_DIR), :profile (:release, the default,
+  # or :debug).
   @spec build(keyword()) :: {:ok | :noop, []}
   def build(opts) do
     root = Keyword.get(opts, :root, @default_root)
     priv = Keyword.get(opts, :priv_dir, priv_dir(root))
     path = Keyword.get_lazy(opts, :path, fn -> System.get_env("PATH", "") end)
+    profile = Keyword.get(opts, :profile, :release)
+
+    target_dir =
+      Keyword.get_lazy(opts, :target_dir, fn ->
+        target_dir(root, System.get_env("CARGO_TARGET_DIR"))
+      end)
 
     cargo = find_cargo(path)
-    artifacts = run_cargo(cargo, root)
-    source = pick_artifact(artifacts, root)
-    copy_if_changed(source, destination(priv))
+    run_cargo(cargo, root, target_dir, profile)
+    source = built_library(target_dir, profile, :os.type())
+    copy_if_changed(source, destination(priv, :os.type()))
   end
+
+  @doc false
+  # Cargo's target directory: `cargo_target_dir` (the value of CARGO_TARGET_DIR)
+  # when set, relative to `root` when relative, else `<root>/target`.
+  @spec target_dir(Path.t(), String.t() | nil) :: Path.t()
+  def target_dir(root, cargo_target_dir) when cargo_target_dir in [nil, ""],
+    do: Path.join(root, "target")
+
+  def target_dir(root, cargo_target_dir), do: Path.expand(cargo_target_dir, root)
+
+  @doc false
+  # The file name cargo gives the crate's cdylib on `os_type` (as :os.type/0
+  # returns it), and the name it is copied to in priv/native for
+  # :erlang.load_nif/2, which appends ".dll" on Windows and ".so" elsewhere.
+  @spec library_names({atom(), atom()}) :: {built :: String.t(), loaded :: String.t()}
+  def library_names({:win32, _}), do: {"#{@crate}.dll", "lib#{@crate}.dll"}
+  def library_names({:unix, :darwin}), do: {"lib#{@crate}.dylib", "lib#{@crate}.so"}
+  def library_names({:unix, _}), do: {"lib#{@crate}.so", "lib#{@crate}.so"}
 
   defp priv_dir(root), do: Path.join(root, "priv")
 
-  defp destination(priv) do
-    name =
-      case :os.type() do
-        {:win32, _} -> "#{@crate}.dll"
-        _ -> "lib#{@crate}.so"
-      end
+  defp destination(priv, os_type) do
+    {_built, loaded} = library_names(os_type)
+    Path.join([priv, "native", loaded])
+  end
 
-    Path.join([priv, "native", name])
+  defp built_library(target_dir, profile, os_type) do
+    {built, _loaded} = library_names(os_type)
+    file = Path.join([target_dir, Atom.to_string(profile), built])
+
+    if File.regular?(file) do
+      file
+    else
+      Mix.raise("""
+      `cargo build` succeeded but the library of the crate #{@crate} is not where \
+      cargo puts a cdylib: #{file} does not exist. Check that the crate's \
+      Cargo.toml has `crate-type = ["cdylib"]` and that CARGO_BUILD_TARGET (or \
+      `build.target` in .cargo/config.toml) is not set, which would put it in a \
+      per-target subdirectory.
+      """)
+    end
   end
 
   defp find_cargo(path) do
@@ -107,34 +156,24 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     end
   end
 
-  defp run_cargo(cargo, root) do
-    manifest = Path.join(root, "Cargo.toml")
+  defp run_cargo(cargo, root, target_dir, profile) do
+    args =
+      ["build"] ++
+        if(profile == :release, do: ["--release"], else: []) ++
+        [
+          "--manifest-path",
+          Path.join(root, "Cargo.toml"),
+          "-p",
+          @crate,
+          "--target-dir",
+          target_dir
+        ]
 
-    args = [
-      "build",
-      "--release",
-      "--manifest-path",
-      manifest,
-      "-p",
-      @crate,
-      "--message-format=json-render-diagnostics"
-    ]
+    Mix.shell().info("Building the Rust NIF #{@crate} with cargo (#{profile})")
 
-    Mix.shell().info("Building the Rust NIF #{@crate} with cargo (release)")
-
-    # stderr (progress and rendered diagnostics) is inherited, so it streams to
-    # the terminal; stdout carries one JSON message per line, parsed as it comes.
-    port =
-      Port.open({:spawn_executable, cargo}, [
-        :binary,
-        :exit_status,
-        :hide,
-        {:line, 1_048_576},
-        {:args, args},
-        {:cd, root}
-      ])
-
-    {status, artifacts} = collect(port, "", [])
+    # cargo writes its progress and diagnostics to stderr, which is inherited, so
+    # they stream to the terminal (in colour there); anything on stdout is passed on.
+    {_output, status} = System.cmd(cargo, args, cd: root, into: IO.stream(:stdio, :line))
 
     if status != 0 do
       Mix.raise("""
@@ -149,44 +188,7 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
       """)
     end
 
-    artifacts
-  end
-
-  defp collect(port, partial, artifacts) do
-    receive do
-      {^port, {:data, {:noeol, part}}} ->
-        collect(port, partial <> part, artifacts)
-
-      {^port, {:data, {:eol, part}}} ->
-        collect(port, "", artifacts ++ line(partial <> part))
-
-      {^port, {:exit_status, status}} ->
-        {status, artifacts ++ line(partial)}
-    end
-  end
-
-  defp line(""), do: []
-  defp line("{" <> _ = json), do: artifact_files(json)
-
-  defp line(other) do
-    IO.puts(other)
-    []
-  end
-
-  defp pick_artifact(artifacts, root) do
-    candidates = Enum.filter(artifacts, &(Path.extname(&1) in [".so", ".dylib", ".dll"]))
-
-    case candidates do
-      [file | _] ->
-        file
-
-      [] ->
-        Mix.raise("""
-        `cargo build` succeeded but reported no cdylib for the crate #{@crate} \
-        (looked for a .so, .dylib or .dll); check that its Cargo.toml has \
-        `crate-type = ["cdylib"]`. Workspace: #{root}
-        """)
-    end
+    :ok
   end
 
   defp copy_if_changed(source, dest) do
@@ -206,32 +208,5 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
         Mix.shell().info("Copied #{Path.basename(source)} to #{Path.relative_to_cwd(dest)}")
         {:ok, []}
     end
-  end
-
-  @doc false
-  # The filenames of a `compiler-artifact` message for the crate's cdylib; []
-  # for any other message. Cargo's target object holds no nested objects.
-  def artifact_files(json) do
-    with true <- String.contains?(json, ~s("reason":"compiler-artifact")),
-         [target] <- Regex.run(~r/"target":\{[^{}]*\}/, json),
-         true <- String.contains?(target, ~s("name":"#{@crate}")),
-         true <- String.contains?(target, ~s("cdylib")),
-         [_, files] <- Regex.run(~r/"filenames":\[([^\]]*)\]/, json) do
-      ~r/"((?:[^"\\]|\\.)*)"/
-      |> Regex.scan(files, capture: :all_but_first)
-      |> Enum.map(fn [file] -> unescape(file) end)
-    else
-      _ -> []
-    end
-  end
-
-  defp unescape(string) do
-    Regex.replace(~r/\\(.)/, string, fn _, char ->
-      case char do
-        "n" -> "\n"
-        "t" -> "\t"
-        other -> other
-      end
-    end)
   end
 end
