@@ -133,6 +133,7 @@ defmodule Snakepit.Telemetry.MixProject do
         "native",
         "proto",
         "priv/python",
+        "priv/catalog.txt",
         "Cargo.toml",
         "Cargo.lock",
         ".formatter.exs",

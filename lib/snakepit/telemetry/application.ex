@@ -5,8 +5,16 @@ defmodule Snakepit.Telemetry.Application do
   At start it validates the configuration with
   `Snakepit.Telemetry.Config.load!/0`: an invalid configuration makes the
   start fail with the `ArgumentError` that explains it. It then starts a
-  supervisor whose child is `{Snakepit.Telemetry.GrpcStream, config}` (with
-  `grpc_stream: false` it registers workers without opening their streams).
+  supervisor with `Snakepit.Telemetry.Dispatcher` (which runs the handlers)
+  and, after it, `{Snakepit.Telemetry.GrpcStream, config}` (which starts the
+  NIF runtime; with `grpc_stream: false` it registers workers without opening
+  their streams).
+
+  Neither process holds state that a crash could lose (registrations, settings
+  and counters live in the NIF runtime, kept until the application stops), so
+  the supervisor restarts each on its own (`:one_for_one`) and tolerates up to
+  20 restarts in 5 seconds before giving up. Stopping the application ends
+  every stream.
   """
 
   use Application
@@ -19,11 +27,17 @@ defmodule Snakepit.Telemetry.Application do
 
     Supervisor.start_link(children(config),
       strategy: :one_for_one,
+      max_restarts: 20,
+      max_seconds: 5,
       name: Snakepit.Telemetry.Supervisor
     )
   end
 
+  @impl Application
+  def stop(_state), do: Snakepit.Telemetry.GrpcStream.stop_runtime()
+
   @doc false
   @spec children(Config.t()) :: [Supervisor.child_spec() | {module(), term()}]
-  def children(%Config{} = config), do: [{Snakepit.Telemetry.GrpcStream, config}]
+  def children(%Config{} = config),
+    do: [Snakepit.Telemetry.Dispatcher, {Snakepit.Telemetry.GrpcStream, config}]
 end

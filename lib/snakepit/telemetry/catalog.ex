@@ -1,9 +1,9 @@
 defmodule Snakepit.Telemetry.Catalog do
   @moduledoc """
-  The event catalog, read at compile time from
-  `priv/python/snakepit_bridge/telemetry/catalog.txt`, the one data file shared
-  by the Rust NIF (build time), this library (compile time) and the Python
-  bridge (import time). Editing the file recompiles this module.
+  The event catalog, read at compile time from `priv/catalog.txt`. This module
+  is its one reader: the NIF gets the catalog from `native_spec/1` when it
+  starts (with the atoms made here, so the NIF never makes an atom from a
+  string). Editing the file recompiles this module.
 
   The file has three sections (its header documents the format):
 
@@ -22,7 +22,7 @@ defmodule Snakepit.Telemetry.Catalog do
       {[:snakepit, :python, :call, :start], "python.call.start"}
   """
 
-  @path Path.expand("../../../priv/python/snakepit_bridge/telemetry/catalog.txt", __DIR__)
+  @path Path.expand("../../../priv/catalog.txt", __DIR__)
   @external_resource @path
 
   @typedoc "One catalog event."
@@ -223,34 +223,6 @@ defmodule Snakepit.Telemetry.Catalog do
       end)
     end
 
-    # Compact JSON of maps with string keys (sorted), lists, strings and nil.
-    def json(nil), do: "null"
-    def json(string) when is_binary(string), do: [?", escape(string), ?"]
-
-    def json(list) when is_list(list),
-      do: [?[, list |> Enum.map(&json/1) |> Enum.intersperse(?,), ?]]
-
-    def json(map) when is_map(map) do
-      pairs =
-        map
-        |> Enum.sort()
-        |> Enum.map(fn {key, value} -> [json(key), ?:, json(value)] end)
-        |> Enum.intersperse(?,)
-
-      [?{, pairs, ?}]
-    end
-
-    defp escape(string) do
-      for <<char::utf8 <- string>>, into: "" do
-        case char do
-          ?" -> "\\\""
-          ?\\ -> "\\\\"
-          c when c < 0x20 -> "\\u" <> String.pad_leading(Integer.to_string(c, 16), 4, "0")
-          c -> <<c::utf8>>
-        end
-      end
-    end
-
     defp section_list, do: "[measurement_keys], [metadata_keys], [events]"
 
     defp fail!(path, line, message) do
@@ -324,58 +296,31 @@ defmodule Snakepit.Telemetry.Catalog do
   @spec path() :: Path.t()
   def path, do: @path
 
-  @describe %{
-    "measurement_keys" => Enum.map(@catalog.measurement_keys, &Atom.to_string/1),
-    "native_time_keys" => Enum.map(@catalog.native_time_keys, &Atom.to_string/1),
-    "metadata_keys" => Enum.map(@catalog.metadata_keys, &Atom.to_string/1),
-    "events" =>
-      Enum.map(@catalog.events, fn event ->
-        %{
-          "event" => Enum.join(event.event, "."),
-          "worker_name" => event.worker_name,
-          "measurements" => Enum.map(event.measurements, &Atom.to_string/1),
-          "metadata" => Enum.map(event.metadata, &Atom.to_string/1)
-        }
-      end)
-  }
-
   @doc """
-  The catalog with strings only, in the structure printed by
-  `python -m snakepit_bridge.telemetry.catalog --json`, so that a test can
-  compare it with that JSON once decoded:
+  The catalog as the NIF takes it at start: the allowlists and every event a
+  worker may send, the catalog's followed by `app_events` (the config's
+  `events`, already validated by `Snakepit.Telemetry.Config`).
 
-      %{"measurement_keys" => [...], "native_time_keys" => [...],
-        "metadata_keys" => [...],
-        "events" => [%{"event" => "snakepit.python.call.start",
-                       "worker_name" => "python.call.start" | nil,
-                       "measurements" => [...], "metadata" => [...]}]}
-
-  Example:
-
-      iex> describe = Snakepit.Telemetry.Catalog.describe()
-      iex> Enum.find(describe["events"], &(&1["event"] == "snakepit.python.cpu.sampled"))
-      %{
-        "event" => "snakepit.python.cpu.sampled",
-        "worker_name" => "python.cpu.sampled",
-        "measurements" => ["cpu_percent"],
-        "metadata" => ["worker_id", "pool_name", "python_pid", "node", "timestamp_ns"]
-      }
-  """
-  @spec describe() :: %{String.t() => [String.t()] | [map()]}
-  def describe, do: @describe
-
-  @json IO.iodata_to_binary(Parser.json(@describe))
-
-  @doc """
-  `describe/0` encoded as compact JSON (object keys sorted), for comparing
-  with another language's output without a JSON library on the Elixir side.
-
-      iex> json = Snakepit.Telemetry.Catalog.to_json()
-      iex> String.starts_with?(json, ~s({"events":[{"event":"snakepit.pool.initialized"))
+      iex> spec = Snakepit.Telemetry.Catalog.native_spec([])
+      iex> {"python.cpu.sampled", [:snakepit, :python, :cpu, :sampled], [:cpu_percent]} in spec.events
+      true
+      iex> {:duration, true} in spec.measurement_keys
       true
   """
-  @spec to_json() :: String.t()
-  def to_json, do: @json
+  @spec native_spec([%{name: String.t(), event: [atom()], measurements: [atom()]}]) :: %{
+          measurement_keys: [{atom(), boolean()}],
+          metadata_keys: [atom()],
+          events: [{String.t(), [atom()], [atom()]}]
+        }
+  def native_spec(app_events) do
+    %{
+      measurement_keys: Enum.map(measurement_keys(), &{&1, &1 in native_time_keys()}),
+      metadata_keys: metadata_keys(),
+      events:
+        Enum.map(worker_events(), &{&1.worker_name, &1.event, &1.measurements}) ++
+          Enum.map(app_events, &{&1.name, &1.event, &1.measurements})
+    }
+  end
 
   @doc """
   The catalog as the Markdown table of the README: one row per event with its worker

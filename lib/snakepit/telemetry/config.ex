@@ -46,11 +46,44 @@ defmodule Snakepit.Telemetry.Config do
       The atoms come from your own configuration, so accepting these events
       creates no atoms at run time. They are normalized to
       `%{name: binary, event: [atom], measurements: [atom]}`.
+    * `:max_buffer_bytes` (positive integer, default `4_194_304`, 4 MiB) - most
+      bytes (as the events were on the wire) the NIF buffers per worker stream;
+      beyond it new events are dropped and counted as `:overflow`. At least
+      `:max_event_bytes`.
+    * `:max_event_bytes` (positive integer, default `262_144`, 256 KiB) - the
+      largest event a worker may send. A larger one is skipped as it arrives,
+      never buffered, and counted as `:oversize`; the stream goes on. (The
+      gRPC default limit of 4 MiB per message does not apply: this one does.)
+    * `:max_metadata_keys` (positive integer, default `128`) - most metadata
+      keys one worker event may carry; an event with more is dropped and
+      counted as `:too_many_keys`.
     * `:max_batch_size` (positive integer, default `256`) - most events per
-      batch sent from the NIF to `Snakepit.Telemetry.GrpcStream`.
+      batch sent from the NIF to `Snakepit.Telemetry.Dispatcher`.
+    * `:max_batch_bytes` (positive integer, default `1_048_576`, 1 MiB) - most
+      bytes per batch (a single larger event travels alone).
     * `:max_in_flight_batches` (positive integer, default `4`) - most batches
-      per stream sent to `Snakepit.Telemetry.GrpcStream` and not yet
+      per stream sent to `Snakepit.Telemetry.Dispatcher` and not yet
       acknowledged; while that many are pending, the stream's buffer fills.
+    * `:max_patterns` (positive integer, default `64`) - most patterns one
+      worker's settings may hold, counting allow, deny and every pattern-scoped
+      sampling rule; a control call beyond it returns
+      `{:error, {:too_many_patterns, limit}}` and changes nothing.
+    * `:runtime_threads` (positive integer, default `2`) - threads of the NIF's
+      tokio runtime, which reads every stream.
+
+  ## Memory bound
+
+  What one worker's stream can hold in the NIF and in flight to the
+  Dispatcher, whatever the worker sends, is at most about
+
+      max_buffer_bytes + max_in_flight_batches * max(max_batch_bytes, max_event_bytes)
+        + max_event_bytes
+
+  (the buffer, the batches awaiting the handlers, one message being read),
+  plus the HTTP/2 receive window (at most 2 MiB per worker connection).
+  With the defaults that is 4 MiB + 4 MiB + 256 KiB, about 8.3 MiB per worker
+  (10.3 MiB with the window) when the handlers fall behind; an idle or
+  keeping-up stream holds almost nothing.
   """
 
   alias Snakepit.Telemetry.{Catalog, Control}
@@ -62,6 +95,12 @@ defmodule Snakepit.Telemetry.Config do
           enabled: boolean(),
           sampling_rate: float(),
           max_buffer_size: pos_integer(),
+          max_buffer_bytes: pos_integer(),
+          max_event_bytes: pos_integer(),
+          max_metadata_keys: pos_integer(),
+          max_batch_bytes: pos_integer(),
+          max_patterns: pos_integer(),
+          runtime_threads: pos_integer(),
           excluded_events: [Control.pattern()],
           grpc_stream: boolean(),
           events: [app_event()],
@@ -76,7 +115,13 @@ defmodule Snakepit.Telemetry.Config do
             grpc_stream: true,
             events: [],
             max_batch_size: 256,
-            max_in_flight_batches: 4
+            max_in_flight_batches: 4,
+            max_buffer_bytes: 4_194_304,
+            max_event_bytes: 262_144,
+            max_metadata_keys: 128,
+            max_batch_bytes: 1_048_576,
+            max_patterns: 64,
+            runtime_threads: 2
 
   @keys [
     :enabled,
@@ -86,7 +131,24 @@ defmodule Snakepit.Telemetry.Config do
     :grpc_stream,
     :events,
     :max_batch_size,
-    :max_in_flight_batches
+    :max_in_flight_batches,
+    :max_buffer_bytes,
+    :max_event_bytes,
+    :max_metadata_keys,
+    :max_batch_bytes,
+    :max_patterns,
+    :runtime_threads
+  ]
+  @positive_integers [
+    :max_buffer_size,
+    :max_batch_size,
+    :max_in_flight_batches,
+    :max_buffer_bytes,
+    :max_event_bytes,
+    :max_metadata_keys,
+    :max_batch_bytes,
+    :max_patterns,
+    :runtime_threads
   ]
   @worker_names MapSet.new(Catalog.worker_events(), & &1.worker_name)
   @catalog_events MapSet.new(Catalog.events(), & &1.event)
@@ -130,7 +192,17 @@ defmodule Snakepit.Telemetry.Config do
         {key, validate!(key, Keyword.get(opts, key, default))}
       end)
 
-    struct!(__MODULE__, fields)
+    config = struct!(__MODULE__, fields)
+
+    if config.max_event_bytes > config.max_buffer_bytes do
+      invalid!(
+        :max_event_bytes,
+        config.max_event_bytes,
+        "at most :max_buffer_bytes (#{config.max_buffer_bytes}), or no event of that size could be buffered"
+      )
+    end
+
+    config
   end
 
   def load!(other) do
@@ -186,8 +258,7 @@ defmodule Snakepit.Telemetry.Config do
       else: invalid!(:sampling_rate, value, "a number from 0.0 to 1.0")
   end
 
-  defp validate!(key, value)
-       when key in [:max_buffer_size, :max_batch_size, :max_in_flight_batches] do
+  defp validate!(key, value) when key in @positive_integers do
     if is_integer(value) and value > 0,
       do: value,
       else: invalid!(key, value, "a positive integer")

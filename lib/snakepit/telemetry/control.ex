@@ -11,7 +11,7 @@ defmodule Snakepit.Telemetry.Control do
   ## Event patterns
 
   Patterns select worker events by their dotted worker name (such as
-  `"python.call.start"`); Rust and Python implement the same rules:
+  `"python.call.start"`):
 
     * a valid pattern is a non-empty binary of at most 256 bytes made only of
       `A-Z a-z 0-9 _ . * ? -`;
@@ -20,7 +20,9 @@ defmodule Snakepit.Telemetry.Control do
     * `?` matches exactly one character;
     * every other character matches itself; the whole name must match.
 
-  `valid_pattern?/1` and `matches?/2` are the reference for these rules.
+  The NIF and the Python worker enforce them (each on its side of the stream);
+  both are tested against one shared table, `test/fixtures/pattern_cases.txt`,
+  whose validity column this module's tests check too.
 
       iex> Snakepit.Telemetry.Control.sampling(0.25, ["python.call.*"])
       {:ok, {:sampling, 0.25, ["python.call.*"]}}
@@ -120,55 +122,6 @@ defmodule Snakepit.Telemetry.Control do
 
   defp valid_chars?(<<>>), do: true
   defp valid_chars?(_), do: false
-
-  @doc """
-  Tells whether the dotted event `name` matches `pattern`: `*` matches any
-  run of characters (dots included, possibly none), `?` exactly one
-  character, anything else itself; the whole name must match. This is the
-  reference semantics shared with the Rust and Python implementations.
-
-  Raises `ArgumentError` if `pattern` is not valid.
-
-      iex> import Snakepit.Telemetry.Control, only: [matches?: 2]
-      iex> matches?("python.*", "python.call.start")
-      true
-      iex> matches?("*.start", "tool.execution.start")
-      true
-      iex> matches?("python.c??.sampled", "python.cpu.sampled")
-      true
-      iex> matches?("python.call", "python.call.start")
-      false
-      iex> matches?("python.call.*", "python.call.")
-      true
-  """
-  @spec matches?(pattern(), String.t()) :: boolean()
-  def matches?(pattern, name) when is_binary(name) do
-    unless valid_pattern?(pattern) do
-      raise ArgumentError, "invalid event pattern: #{inspect(pattern)}"
-    end
-
-    glob(String.to_charlist(pattern), chars(name), nil)
-  end
-
-  # Names are ASCII in practice; a valid UTF-8 name is matched by code point.
-  defp chars(name) do
-    case :unicode.characters_to_list(name) do
-      list when is_list(list) -> list
-      _ -> :binary.bin_to_list(name)
-    end
-  end
-
-  # Greedy match with backtracking to the last `*` seen: `star` holds the
-  # pattern after that `*` and the name position it currently stands for.
-  defp glob([?* | pattern], name, _star), do: glob(pattern, name, {pattern, name})
-  defp glob([?? | pattern], [_ | name], star), do: glob(pattern, name, star)
-  defp glob([c | pattern], [c | name], star) when c not in [?*, ??], do: glob(pattern, name, star)
-  defp glob([], [], _star), do: true
-
-  defp glob(_pattern, _name, {after_star, [_ | rest]}),
-    do: glob(after_star, rest, {after_star, rest})
-
-  defp glob(_pattern, _name, _star), do: false
 
   defp check_rate(rate) when is_number(rate) and rate >= 0 and rate <= 1, do: {:ok, rate / 1}
   defp check_rate(rate), do: {:error, {:invalid_rate, rate}}

@@ -3,38 +3,100 @@ defmodule Snakepit.Telemetry.Dispatcher do
   Runs the handlers: receives event batches from the NIF and calls `:telemetry.execute/3`
   for each event, then acknowledges the batch so the NIF may send the next one.
 
-  It is separate from `Snakepit.Telemetry.GrpcStream` so that slow handlers never delay
-  registration or control calls. Its mailbox holds at most `max_in_flight_batches`
-  unacknowledged batches per worker; the NIF buffers (and past its bound drops and counts)
-  the rest. A handler that raises is detached by `:telemetry`, as for any other event.
+  It is separate from `Snakepit.Telemetry.GrpcStream` so that handlers never run in the
+  process that serves registration and control calls: a slow handler never delays them,
+  and a handler may call any `GrpcStream` function. Its mailbox holds at most
+  `max_in_flight_batches` unacknowledged batches per worker; the NIF buffers (and past its
+  bounds drops and counts) the rest. A handler that raises is detached by `:telemetry`, as
+  for any other event.
 
-  It emits every worker event of the catalog; see `Snakepit.Telemetry.GrpcStream`.
+  If it crashes or is killed, it is restarted and registers itself with the NIF again;
+  events of the batches that were in its mailbox are counted as `:undeliverable`, and the
+  streams go on.
+
+  It emits every worker event of the catalog, and the stream events
+  `[:snakepit, :grpc, :stream, :opened | :closed]`; see `Snakepit.Telemetry.GrpcStream`.
   """
 
   use GenServer
 
-  alias Snakepit.Telemetry.Native
+  alias Snakepit.Telemetry.{GrpcStream, Native}
 
   @doc false
   def start_link(opts \\ []) do
-    GenServer.start_link(__MODULE__, :ok, Keyword.take(opts, [:name]))
+    GenServer.start_link(__MODULE__, :ok, name: Keyword.get(opts, :name, __MODULE__))
   end
 
   @impl GenServer
-  def init(:ok), do: {:ok, nil}
-
-  @impl GenServer
-  def handle_info({:snakepit_telemetry_batch, credit, _worker_id, _generation, events}, state) do
-    try do
-      Enum.each(events, fn {event, measurements, metadata} ->
-        :telemetry.execute(event, measurements, metadata)
-      end)
-    after
-      Native.ack(credit)
+  def init(:ok) do
+    # After a restart: batches and stream messages come here from now on.
+    case GrpcStream.runtime() do
+      nil -> :ok
+      runtime -> Native.set_receiver(runtime, self())
     end
 
+    {:ok, %{node: node()}}
+  end
+
+  @impl GenServer
+  def handle_info(
+        {:snakepit_telemetry_batch, ticket, _worker_id, _generation, batch_node, events},
+        state
+      ) do
+    node = node()
+
+    try do
+      if batch_node == node do
+        Enum.each(events, fn {event, measurements, metadata} ->
+          :telemetry.execute(event, as_map(measurements), as_map(metadata))
+        end)
+      else
+        # The node was renamed (Node.start/2) after these were built: tell the truth now.
+        Enum.each(events, fn {event, measurements, metadata} ->
+          :telemetry.execute(event, as_map(measurements), Map.put(as_map(metadata), :node, node))
+        end)
+      end
+    after
+      Native.ack(ticket)
+    end
+
+    {:noreply, update_node(state, batch_node, node)}
+  end
+
+  def handle_info({:snakepit_telemetry_stream, worker_id, generation, status, sent}, state) do
+    emit_stream_event(worker_id, generation, status, sent)
     {:noreply, state}
   end
 
   def handle_info(_unexpected, state), do: {:noreply, state}
+
+  # Maps of more than 32 keys come as lists of pairs: the NIF cannot build them safely off
+  # the schedulers (see `encode.rs`).
+  defp as_map(map) when is_map(map), do: map
+  defp as_map(pairs) when is_list(pairs), do: :maps.from_list(pairs)
+
+  defp update_node(state, batch_node, node) when batch_node != node and state.node != node do
+    case GrpcStream.runtime() do
+      nil -> state
+      runtime -> Native.set_node(runtime, node) && %{state | node: node}
+    end
+  end
+
+  defp update_node(state, _batch_node, _node), do: state
+
+  defp emit_stream_event(worker_id, generation, :connected, _sent) do
+    :telemetry.execute(
+      [:snakepit, :grpc, :stream, :opened],
+      %{system_time: System.system_time()},
+      %{node: node(), worker_id: worker_id, stream_id: generation, rpc_method: "StreamTelemetry"}
+    )
+  end
+
+  defp emit_stream_event(worker_id, generation, {:closed, reason}, sent) do
+    :telemetry.execute(
+      [:snakepit, :grpc, :stream, :closed],
+      %{message_count: sent},
+      %{node: node(), worker_id: worker_id, stream_id: generation, reason: reason}
+    )
+  end
 end

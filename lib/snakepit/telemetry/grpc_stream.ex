@@ -3,12 +3,25 @@ defmodule Snakepit.Telemetry.GrpcStream do
   Receives telemetry from Python workers and emits it through `:telemetry`; steers what
   each worker sends.
 
-  Started by the `:snakepit_telemetry` application. It owns the NIF runtime: a tokio runtime
-  on its own threads that holds one gRPC stream (`snakepit.bridge.BridgeService/StreamTelemetry`)
-  per registered worker, checks every event against the catalog and the worker's settings,
-  and sends the events in batches to `Snakepit.Telemetry.Dispatcher`, which runs the
-  handlers. Nothing here waits on the network: every call returns once the NIF has the
-  request.
+  Started by the `:snakepit_telemetry` application. It starts the NIF runtime: a tokio
+  runtime on its own threads that holds one gRPC stream
+  (`snakepit.bridge.BridgeService/StreamTelemetry`) per registered worker, checks every event
+  against the catalog and the worker's settings, and sends the events in batches to
+  `Snakepit.Telemetry.Dispatcher`, which runs the handlers. Nothing here waits on the
+  network: every call returns once the NIF has the request, and no handler ever runs in
+  this process.
+
+  Registrations, settings and counters live in the NIF runtime, which the application
+  keeps for as long as it runs: if this process (or the Dispatcher) crashes, it is
+  restarted and finds every worker where it was, streams still open.
+
+  ## Limits
+
+  Every argument is bounded, and checked before anything reaches a worker: a worker id is
+  1 to 256 bytes of UTF-8; an endpoint at most 1024 bytes; registration metadata uses
+  catalog metadata keys only, with atom, number or string values (strings at most 4096
+  bytes); a pattern at most 256 bytes (see `Snakepit.Telemetry.Control`); and a worker's
+  settings hold at most the config's `max_patterns` patterns in all.
 
       :ok = Snakepit.Telemetry.GrpcStream.register_worker("worker_1", "127.0.0.1:50051",
               pool_name: :default, python_pid: 4242)
@@ -29,6 +42,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
   The worker applies them at the source (a removed event is never built), and the NIF
   applies them again to what arrives, so a worker that ignores control messages is still
   filtered. What they remove is counted as `:disabled`, `:filtered_out` or `:sampled_out`.
+  `Snakepit.Telemetry.Settings` describes the value.
 
   ## Telemetry events
 
@@ -38,18 +52,20 @@ defmodule Snakepit.Telemetry.GrpcStream do
       * Measurements: `:duration` (`:native` time units, measured on the worker's monotonic
         clock), `:count` when sent.
       * Metadata: what the worker sent (catalog keys as atoms, other keys as binaries), then
-        `:worker_id`, `:node`, `:timestamp_ns` (the worker's wall clock), `:correlation_id`
-        (when set) and the registration metadata (`:pool_name`, `:python_pid`, ...), which
-        win over keys of the same name sent by the worker.
+        `:worker_id`, `:node` (the node's name when the event is delivered),
+        `:timestamp_ns` (the worker's wall clock), `:correlation_id` (when set) and the
+        registration metadata (`:pool_name`, `:python_pid`, ...), which win over keys of
+        the same name sent by the worker.
 
-  And, for each stream:
+  And, for each stream (emitted by `Snakepit.Telemetry.Dispatcher`, so a handler may call
+  any function of this module):
 
     * `[:snakepit, :grpc, :stream, :opened]` when a worker's stream opens.
       * Measurements: `:system_time`.
       * Metadata: `:node`, `:worker_id`, `:stream_id` (the stream's generation),
         `:rpc_method` (`"StreamTelemetry"`).
     * `[:snakepit, :grpc, :stream, :closed]` when it ends, for whatever reason.
-      * Measurements: `:message_count` (events delivered on this stream).
+      * Measurements: `:message_count` (events handed to the Dispatcher on this stream).
       * Metadata: `:node`, `:worker_id`, `:stream_id`, `:reason` (`:unregistered`,
         `:replaced`, `:worker_closed`, `{:stream_error, text}`, `{:connect_failed, text}`,
         `:receiver_gone`, `:panicked` or `:shutdown`).
@@ -57,17 +73,10 @@ defmodule Snakepit.Telemetry.GrpcStream do
 
   use GenServer
 
-  alias Snakepit.Telemetry.{Catalog, Config, Control, Dispatcher, Native}
+  alias Snakepit.Telemetry.{Catalog, Config, Control, Dispatcher, Native, Settings}
 
   @type worker_id :: String.t()
   @type target :: worker_id() | :all
-  @type settings :: %{
-          enabled: boolean(),
-          sampling_rate: float(),
-          sampling_patterns: [%{patterns: [Control.pattern()], rate: float()}],
-          allow: [Control.pattern()],
-          deny: [Control.pattern()]
-        }
   @type stream_info :: %{
           worker_id: worker_id(),
           endpoint: String.t(),
@@ -79,24 +88,16 @@ defmodule Snakepit.Telemetry.GrpcStream do
           metadata: map(),
           enabled: boolean(),
           sampling_rate: float(),
-          sampling_patterns: [%{patterns: [Control.pattern()], rate: float()}],
+          sampling_rules: [Settings.rule()],
           allow: [Control.pattern()],
           deny: [Control.pattern()]
         }
 
+  @runtime_key {__MODULE__, :runtime}
   @allowed_metadata MapSet.new(Catalog.metadata_keys())
   # Set by the NIF on every event: not accepted as registration metadata.
   @reserved_metadata [:worker_id, :node, :timestamp_ns, :correlation_id]
-  @drop_reasons [
-    :unknown_event,
-    :invalid_measurement,
-    :decode_error,
-    :overflow,
-    :undeliverable,
-    :disabled,
-    :filtered_out,
-    :sampled_out
-  ]
+  @max_metadata_string_bytes 4096
 
   ## API
 
@@ -114,7 +115,8 @@ defmodule Snakepit.Telemetry.GrpcStream do
   its stream (and keeps its settings).
 
   Returns `:ok` at once: connecting happens on the NIF's runtime. The result of connecting
-  shows in `list_streams/0`.
+  shows in `list_streams/0`. Registration never fails because of other calls made at the
+  same time: calls queue in this process, which hands each to the NIF in microseconds.
 
       iex> Snakepit.Telemetry.GrpcStream.register_worker("", "127.0.0.1:1")
       {:error, {:invalid_worker_id, ""}}
@@ -185,6 +187,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
     with {:ok, change} <- Control.filter(opts), do: change_settings(target, change)
   end
 
+  # `:all` is validated for every worker first and applied to all of them or to none.
   defp change_settings(:all, change), do: GenServer.call(__MODULE__, {:change, :all, change})
 
   defp change_settings(worker_id, change) do
@@ -195,11 +198,12 @@ defmodule Snakepit.Telemetry.GrpcStream do
 
   @doc """
   One map per registered worker: its id, endpoint, status, when it connected, its
-  registration metadata, its settings (`:enabled`, `:sampling_rate`, `:sampling_patterns`,
-  `:allow`, `:deny`) and its counters (`:received` messages, `:emitted` events, and
-  `:dropped` events by reason).
+  registration metadata, its settings (`:enabled`, `:sampling_rate`, `:sampling_rules`,
+  `:allow`, `:deny`; see `Snakepit.Telemetry.Settings`) and its counters (`:received`
+  messages, `:emitted` events, and `:dropped` events by reason).
 
-  It reads the NIF's counters directly, so it answers even while handlers are busy.
+  It reads the NIF directly, so it answers even while handlers are busy or this process
+  is restarting.
 
       iex> is_list(Snakepit.Telemetry.GrpcStream.list_streams())
       true
@@ -207,33 +211,43 @@ defmodule Snakepit.Telemetry.GrpcStream do
   @spec list_streams() :: [stream_info()]
   def list_streams do
     runtime =
-      case :ets.whereis(__MODULE__) do
-        :undefined ->
-          raise ArgumentError,
-                "#{inspect(__MODULE__)} is not running: start the :snakepit_telemetry application"
+      runtime() ||
+        raise ArgumentError,
+              "#{inspect(__MODULE__)} is not running: start the :snakepit_telemetry application"
 
-        table ->
-          :ets.lookup_element(table, :runtime, 2)
-      end
+    for info <- Native.stream_info(runtime) do
+      settings = info.settings |> Settings.from_native() |> Settings.to_map()
 
-    counters = Map.new(Native.stream_info(runtime), &{&1.worker_id, &1})
-
-    for {{:worker, id}, worker} <- :ets.tab2list(__MODULE__) do
-      info = Map.get(counters, id, %{})
-
-      %{
-        worker_id: id,
-        endpoint: worker.endpoint,
-        status: Map.get(info, :status, :not_streaming),
-        connected_since: connected_since(info[:connected_since]),
-        received: Map.get(info, :received, 0),
-        emitted: Map.get(info, :emitted, 0),
-        dropped: Map.get(info, :dropped, Map.new(@drop_reasons, &{&1, 0})),
-        metadata: worker.metadata
-      }
-      |> Map.merge(public_settings(worker.settings))
+      info
+      |> Map.take([:worker_id, :endpoint, :status, :received, :emitted, :dropped, :metadata])
+      |> Map.put(:connected_since, connected_since(info.connected_since))
+      |> Map.merge(settings)
     end
-    |> Enum.sort_by(& &1.worker_id)
+  end
+
+  @doc false
+  # The NIF runtime, kept for the application's lifetime (nil before it starts).
+  @spec runtime() :: reference() | nil
+  def runtime do
+    case :persistent_term.get(@runtime_key, nil) do
+      {runtime, _options} -> runtime
+      nil -> nil
+    end
+  end
+
+  @doc false
+  # Called when the application stops: ends every stream and forgets the runtime.
+  @spec stop_runtime() :: :ok
+  def stop_runtime do
+    case :persistent_term.get(@runtime_key, nil) do
+      {runtime, _options} ->
+        Native.stop(runtime)
+        :persistent_term.erase(@runtime_key)
+        :ok
+
+      nil ->
+        :ok
+    end
   end
 
   ## Validation (in the caller, so bad input never reaches the server)
@@ -258,7 +272,8 @@ defmodule Snakepit.Telemetry.GrpcStream do
             {:halt, {:error, {:invalid_option, key}}}
 
           is_atom(value) or is_integer(value) or is_float(value) or
-              (is_binary(value) and byte_size(value) <= 4096 and String.valid?(value)) ->
+              (is_binary(value) and byte_size(value) <= @max_metadata_string_bytes and
+                 String.valid?(value)) ->
             {:cont, {:ok, Map.put(acc, key, value)}}
 
           true ->
@@ -272,203 +287,127 @@ defmodule Snakepit.Telemetry.GrpcStream do
 
   defp registration_metadata(opts), do: {:error, {:invalid_option, opts}}
 
-  ## Settings
-
-  defp default_settings(%Config{} = config) do
-    %{
-      enabled: config.enabled,
-      sampling_rate: config.sampling_rate,
-      rules: [],
-      allow: [],
-      deny: []
-    }
-  end
-
-  defp apply_change(settings, {:toggle, enabled}), do: %{settings | enabled: enabled}
-
-  defp apply_change(settings, {:sampling, rate, []}),
-    do: %{settings | sampling_rate: rate, rules: []}
-
-  defp apply_change(settings, {:sampling, rate, patterns}) do
-    key = patterns |> Enum.uniq() |> Enum.sort()
-    rules = Enum.reject(settings.rules, fn {p, _} -> p == key end) ++ [{key, rate}]
-    %{settings | rules: rules}
-  end
-
-  defp apply_change(settings, {:filter, allow, deny}), do: %{settings | allow: allow, deny: deny}
-
-  # What the NIF gets: the config's excluded events are denied on top of the worker's list.
-  defp nif_settings(settings, %Config{} = config) do
-    %{settings | deny: Enum.uniq(config.excluded_events ++ settings.deny)}
-  end
-
-  defp public_settings(settings) do
-    %{
-      enabled: settings.enabled,
-      sampling_rate: settings.sampling_rate,
-      sampling_patterns:
-        for({patterns, rate} <- settings.rules, do: %{patterns: patterns, rate: rate}),
-      allow: settings.allow,
-      deny: settings.deny
-    }
-  end
-
   ## Server
 
   @impl GenServer
   def init(%Config{} = config) do
-    case Native.load_error() do
-      nil -> start_runtime(config)
-      {reason, text} -> {:stop, {:nif_not_loaded, reason, text}}
+    with nil <- Native.load_error(),
+         dispatcher when is_pid(dispatcher) <- Process.whereis(Dispatcher),
+         {:ok, runtime} <- ensure_runtime(config, dispatcher) do
+      Native.set_receiver(runtime, dispatcher)
+      Native.set_node(runtime, node())
+      {:ok, %{runtime: runtime, config: config}}
+    else
+      {reason, text} when is_binary(text) -> {:stop, {:nif_not_loaded, reason, text}}
+      nil -> {:stop, {:not_running, Dispatcher}}
+      {:error, reason} -> {:stop, reason}
     end
   end
 
-  defp start_runtime(config) do
-    options = %{
-      app_events: Enum.map(config.events, &{&1.name, &1.event, &1.measurements}),
+  # The runtime of an earlier incarnation of this process is adopted as it is (its streams
+  # never stopped), unless the config changed meanwhile.
+  defp ensure_runtime(config, dispatcher) do
+    options = runtime_options(config)
+
+    case :persistent_term.get(@runtime_key, nil) do
+      {runtime, ^options} ->
+        {:ok, runtime}
+
+      _ ->
+        stop_runtime()
+
+        with {:ok, runtime} <- Native.start(dispatcher, Map.put(options, :node, node())) do
+          :persistent_term.put(@runtime_key, {runtime, options})
+          {:ok, runtime}
+        end
+    end
+  end
+
+  defp runtime_options(%Config{} = config) do
+    %{
+      catalog: Catalog.native_spec(config.events),
       native_time_per_second: System.convert_time_unit(1, :second, :native),
       max_buffer_size: config.max_buffer_size,
+      max_buffer_bytes: config.max_buffer_bytes,
       max_batch_size: config.max_batch_size,
+      max_batch_bytes: config.max_batch_bytes,
+      max_event_bytes: config.max_event_bytes,
+      max_metadata_keys: config.max_metadata_keys,
       max_in_flight_batches: config.max_in_flight_batches,
-      node: node()
+      runtime_threads: config.runtime_threads,
+      grpc_stream: config.grpc_stream,
+      excluded_events: config.excluded_events
     }
-
-    with {:ok, dispatcher} <- Dispatcher.start_link(name: Dispatcher),
-         {:ok, runtime} <- Native.start(self(), options) do
-      table = :ets.new(__MODULE__, [:named_table, :protected, read_concurrency: true])
-      :ets.insert(table, {:runtime, runtime})
-      {:ok, %{runtime: runtime, config: config, dispatcher: dispatcher, workers: %{}}}
-    else
-      {:error, reason} -> {:stop, reason}
-    end
   end
 
   @impl GenServer
   def handle_call({:register, worker_id, endpoint, metadata}, _from, state) do
     settings =
-      case state.workers do
-        %{^worker_id => previous} -> previous.settings
-        _ -> default_settings(state.config)
+      case Native.worker_settings(state.runtime, worker_id) do
+        {:ok, native} -> native
+        {:error, :unknown_worker} -> Settings.to_native(Settings.new(state.config))
       end
 
-    case open_stream(state, worker_id, endpoint, metadata, settings) do
-      :ok ->
-        worker = %{endpoint: endpoint, metadata: metadata, settings: settings}
-        {:reply, :ok, put_worker(state, worker_id, worker)}
+    reply =
+      case Native.register_worker(
+             state.runtime,
+             worker_id,
+             endpoint,
+             Map.to_list(metadata),
+             settings
+           ) do
+        {:ok, _generation} -> :ok
+        {:error, _} = error -> error
+      end
 
-      {:error, _} = error ->
-        {:reply, error, state}
-    end
+    {:reply, reply, state}
   end
 
   def handle_call({:unregister, worker_id}, _from, state) do
-    with true <- Map.has_key?(state.workers, worker_id),
-         :ok <- close_stream(state, worker_id) do
-      :ets.delete(__MODULE__, {:worker, worker_id})
-      {:reply, :ok, %{state | workers: Map.delete(state.workers, worker_id)}}
-    else
-      false -> {:reply, {:error, :unknown_worker}, state}
-      {:error, _} = error -> {:reply, error, state}
+    reply =
+      case Native.unregister_worker(state.runtime, worker_id) do
+        {:ok, _generation} -> :ok
+        {:error, _} = error -> error
+      end
+
+    {:reply, reply, state}
+  end
+
+  def handle_call({:change, target, change}, _from, state) do
+    {:reply, change_workers(state, target, change), state}
+  end
+
+  defp change_workers(state, target, change) do
+    with {:ok, current} <- current_settings(state.runtime, target),
+         {:ok, changed} <- change_each(current, change, state.config.max_patterns) do
+      case Native.update_settings(state.runtime, changed) do
+        {:ok, _count} -> :ok
+        {:error, _} = error -> error
+      end
     end
   end
 
-  def handle_call({:change, :all, change}, _from, state) do
-    Enum.reduce_while(state.workers, {:reply, :ok, state}, fn {id, _}, {:reply, :ok, acc} ->
-      case change_worker(acc, id, change) do
-        {:ok, acc} -> {:cont, {:reply, :ok, acc}}
-        {:error, _} = error -> {:halt, {:reply, error, acc}}
+  defp current_settings(runtime, :all) do
+    {:ok, for(info <- Native.stream_info(runtime), do: {info.worker_id, info.settings})}
+  end
+
+  defp current_settings(runtime, worker_id) do
+    with {:ok, native} <- Native.worker_settings(runtime, worker_id) do
+      {:ok, [{worker_id, native}]}
+    end
+  end
+
+  defp change_each(current, change, max_patterns) do
+    Enum.reduce_while(current, {:ok, []}, fn {worker_id, native}, {:ok, acc} ->
+      case Settings.change(Settings.from_native(native), change, max_patterns) do
+        {:ok, settings} -> {:cont, {:ok, [{worker_id, Settings.to_native(settings)} | acc]}}
+        {:error, _} = error -> {:halt, error}
       end
     end)
   end
 
-  def handle_call({:change, worker_id, change}, _from, state) do
-    case change_worker(state, worker_id, change) do
-      {:ok, state} -> {:reply, :ok, state}
-      {:error, _} = error -> {:reply, error, state}
-    end
-  end
-
-  defp change_worker(state, worker_id, change) do
-    case state.workers do
-      %{^worker_id => worker} ->
-        settings = apply_change(worker.settings, change)
-
-        with :ok <- push_settings(state, worker_id, settings) do
-          {:ok, put_worker(state, worker_id, %{worker | settings: settings})}
-        end
-
-      _ ->
-        {:error, :unknown_worker}
-    end
-  end
-
-  defp put_worker(state, worker_id, worker) do
-    :ets.insert(__MODULE__, {{:worker, worker_id}, worker})
-    put_in(state.workers[worker_id], worker)
-  end
-
-  defp open_stream(%{config: %Config{grpc_stream: false}}, _id, _endpoint, _metadata, _settings),
-    do: :ok
-
-  defp open_stream(state, worker_id, endpoint, metadata, settings) do
-    nif_settings = nif_settings(settings, state.config)
-    metadata = Map.to_list(metadata)
-
-    case Native.register_worker(
-           state.runtime,
-           worker_id,
-           endpoint,
-           metadata,
-           nif_settings,
-           state.dispatcher
-         ) do
-      {:ok, _generation} -> :ok
-      {:error, _} = error -> error
-    end
-  end
-
-  defp close_stream(%{config: %Config{grpc_stream: false}}, _worker_id), do: :ok
-
-  defp close_stream(state, worker_id) do
-    case Native.unregister_worker(state.runtime, worker_id) do
-      {:ok, _generation} -> :ok
-      {:error, :unknown_worker} -> :ok
-      {:error, _} = error -> error
-    end
-  end
-
-  defp push_settings(%{config: %Config{grpc_stream: false}}, _worker_id, _settings), do: :ok
-
-  defp push_settings(state, worker_id, settings) do
-    case Native.update_settings(state.runtime, worker_id, nif_settings(settings, state.config)) do
-      {:ok, _generation} -> :ok
-      {:error, _} = error -> error
-    end
-  end
-
   @impl GenServer
-  def handle_info({:snakepit_telemetry_stream, worker_id, generation, status, emitted}, state) do
-    emit_stream_event(worker_id, generation, status, emitted)
-    {:noreply, state}
-  end
-
   def handle_info(_unexpected, state), do: {:noreply, state}
-
-  defp emit_stream_event(worker_id, generation, :connected, _emitted) do
-    :telemetry.execute(
-      [:snakepit, :grpc, :stream, :opened],
-      %{system_time: System.system_time()},
-      %{node: node(), worker_id: worker_id, stream_id: generation, rpc_method: "StreamTelemetry"}
-    )
-  end
-
-  defp emit_stream_event(worker_id, generation, {:closed, reason}, emitted) do
-    :telemetry.execute(
-      [:snakepit, :grpc, :stream, :closed],
-      %{message_count: emitted},
-      %{node: node(), worker_id: worker_id, stream_id: generation, reason: reason}
-    )
-  end
 
   defp connected_since(nil), do: nil
   defp connected_since(ms), do: DateTime.from_unix!(ms, :millisecond)

@@ -6,14 +6,16 @@ defmodule Snakepit.Telemetry.Native do
   in microseconds: the NIF does no I/O and never waits on its runtime (a tokio runtime on
   its own threads, one per `start/2`).
 
-  Messages the runtime sends:
+  Messages the runtime sends to its receiver (`Snakepit.Telemetry.Dispatcher`, set by
+  `start/2` and `set_receiver/2`):
 
-    * to the dispatch process of a worker (`Snakepit.Telemetry.Dispatcher`):
-      `{:snakepit_telemetry_batch, credit, worker_id, generation, [{event, measurements, metadata}]}`;
-      the receiver calls `ack(credit)` once it has run the handlers of the batch.
-    * to the owner: `{:snakepit_telemetry_stream, worker_id, generation, status, emitted}` with
-      `status` `:connected` or `{:closed, reason}` (the last message of every stream) and
-      `emitted` the number of events delivered on that stream so far.
+    * `{:snakepit_telemetry_batch, ticket, worker_id, generation, node, [{event, measurements, metadata}]}`;
+      the receiver calls `ack(ticket)` once it has run the handlers of the batch (a ticket
+      dropped unacknowledged counts its events as `:undeliverable`). `measurements` and
+      `metadata` are maps, or lists of pairs when they have more than 32 keys.
+    * `{:snakepit_telemetry_stream, worker_id, generation, status, sent}` with `status`
+      `:connected` or `{:closed, reason}` (the last message of every stream) and `sent` the
+      number of events handed over on that stream.
 
   If the library cannot be loaded, `load_error/0` says why, and `Snakepit.Telemetry.GrpcStream`
   refuses to start with that reason rather than failing later with `:nif_not_loaded`.
@@ -44,24 +46,33 @@ defmodule Snakepit.Telemetry.Native do
   def load_error, do: :persistent_term.get({__MODULE__, :load_error}, nil)
 
   @doc false
-  def start(_owner, _options), do: :erlang.nif_error(:nif_not_loaded)
+  def start(_receiver, _options), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def register_worker(_runtime, _worker_id, _endpoint, _metadata, _settings, _dispatch),
+  def stop(_runtime), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def set_receiver(_runtime, _pid), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def set_node(_runtime, _node), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def register_worker(_runtime, _worker_id, _endpoint, _metadata, _settings),
     do: :erlang.nif_error(:nif_not_loaded)
-
-  @doc false
-  def update_settings(_runtime, _worker_id, _settings), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
   def unregister_worker(_runtime, _worker_id), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def ack(_credit), do: :erlang.nif_error(:nif_not_loaded)
+  def worker_settings(_runtime, _worker_id), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def update_settings(_runtime, _changes), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def ack(_ticket), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
   def stream_info(_runtime), do: :erlang.nif_error(:nif_not_loaded)
-
-  @doc false
-  def catalog_info, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -23,7 +23,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use snakepit_telemetry_core::client::{open_stream, WorkerAddress};
+use snakepit_telemetry_core::client::{open_stream, StreamEnd, WorkerAddress};
 
 struct Args {
     count: u64,
@@ -61,13 +61,15 @@ async fn drain(address: WorkerAddress, count: u64) -> Result<u64, String> {
     let channel = address.connect().await?;
     // Kept open and empty: the request stream stays up and carries nothing.
     let controls = futures_util::stream::pending();
-    let mut events = open_stream(channel, controls).await.map_err(|s| s.to_string())?.events;
+    let mut events = open_stream(channel, controls, usize::MAX).await?.events;
     let mut received = 0;
     while received < count {
-        match events.message().await {
-            Ok(Some(_bytes)) => received += 1,
-            Ok(None) => return Err(format!("stream ended after {received} of {count} messages")),
-            Err(status) => return Err(format!("after {received} messages: {status}")),
+        match events.next().await {
+            Ok(_message) => received += 1,
+            Err(StreamEnd::Closed) => {
+                return Err(format!("stream ended after {received} of {count} messages"))
+            }
+            Err(StreamEnd::Failed(status)) => return Err(format!("after {received} messages: {status}")),
         }
     }
     Ok(received)

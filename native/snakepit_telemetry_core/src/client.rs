@@ -1,27 +1,33 @@
 //! The gRPC client side of one worker's stream: parse the endpoint, connect, open
-//! `snakepit.bridge.BridgeService/StreamTelemetry`. The codec hands each response message
-//! over as raw bytes, so `translate.rs` decodes it and one bad message cannot end the stream.
+//! `snakepit.bridge.BridgeService/StreamTelemetry` over tonic's HTTP/2 channel. The gRPC
+//! framing of the response is read by `wire.rs`, which bounds every message before it is
+//! buffered, and each message is handed over as raw bytes, so `translate.rs` decodes it and
+//! one bad message cannot end the stream.
 
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
 use hyper_util::rt::TokioIo;
 use prost::Message;
 use tokio::net::UnixStream;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
-use tonic::codegen::http::uri::PathAndQuery;
+use tonic::body::Body;
+use tonic::codegen::Service;
 use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::{Request, Status};
+use tonic::{Code, Status};
 
 use crate::proto::TelemetryControl;
+use crate::wire::{frame, Incoming, MessageReader};
 
 const STREAM_TELEMETRY: &str = "/snakepit.bridge.BridgeService/StreamTelemetry";
 /// Response header by which a worker says it applies sampling patterns itself.
 pub const CAPABILITIES_HEADER: &str = "x-snakepit-telemetry-capabilities";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// One telemetry event is small; a message this large is hostile or broken.
-const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// HTTP/2 receive windows: what a worker may send before the stream task reads it. The
+/// connection carries one stream, so its window bounds the unread bytes per worker.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 
 /// Where a worker serves: `host:port`, `http://host:port` or `unix:/path`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +64,8 @@ impl WorkerAddress {
             WorkerAddress::Tcp(uri) => Endpoint::from_shared(uri.clone())
                 .map_err(|e| e.to_string())?
                 .connect_timeout(CONNECT_TIMEOUT)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
                 .tcp_nodelay(true)
                 .connect()
                 .await
@@ -67,6 +75,8 @@ impl WorkerAddress {
                 // The authority is unused: the connector below decides where to go.
                 Endpoint::from_static("http://localhost")
                     .connect_timeout(CONNECT_TIMEOUT)
+                    .initial_stream_window_size(STREAM_WINDOW)
+                    .initial_connection_window_size(CONNECTION_WINDOW)
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path = path.clone();
                         async move { UnixStream::connect(path).await.map(TokioIo::new) }
@@ -89,63 +99,106 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     message
 }
 
-/// An opened telemetry stream.
+/// An opened telemetry stream: the worker's events, read message by message.
 pub struct OpenStream {
-    pub events: Streaming<Bytes>,
+    pub events: EventStream,
     /// What the worker said it honours, from its response headers (empty for Snakepit's own).
     pub capabilities: String,
 }
 
+/// How a stream ended, as seen by its reader.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The worker ended the call with status OK (or without a status).
+    Closed,
+    /// A gRPC status other than OK, or a transport error.
+    Failed(String),
+}
+
+/// The response body of a StreamTelemetry call, split into messages by [`MessageReader`].
+pub struct EventStream {
+    body: Body,
+    reader: MessageReader,
+    ready: std::vec::IntoIter<Incoming>,
+    end: Option<StreamEnd>,
+}
+
+impl EventStream {
+    fn new(body: Body, max_message: usize, end: Option<StreamEnd>) -> EventStream {
+        EventStream { body, reader: MessageReader::new(max_message), ready: Vec::new().into_iter(), end }
+    }
+
+    /// The next message, or how the stream ended. Cancel-safe: everything read is kept in
+    /// `self` between awaits, so it may be raced in `select!`.
+    pub async fn next(&mut self) -> Result<Incoming, StreamEnd> {
+        loop {
+            if let Some(incoming) = self.ready.next() {
+                return Ok(incoming);
+            }
+            if let Some(end) = self.end.take() {
+                self.end = Some(StreamEnd::Closed);
+                return Err(end);
+            }
+            match self.body.frame().await {
+                None => self.end = Some(StreamEnd::Closed),
+                Some(Err(status)) => self.end = Some(StreamEnd::Failed(status_text(&status))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let mut out = Vec::new();
+                        self.reader.feed(data, &mut out);
+                        self.ready = out.into_iter();
+                    }
+                    Err(frame) => {
+                        let trailers = frame.into_trailers().ok();
+                        let status = trailers.as_ref().and_then(Status::from_header_map);
+                        self.end = Some(match status {
+                            Some(status) if status.code() != Code::Ok => {
+                                StreamEnd::Failed(status_text(&status))
+                            }
+                            _ => StreamEnd::Closed,
+                        });
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// `Code: message` of a gRPC status.
+pub fn status_text(status: &Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
 /// Opens StreamTelemetry; `controls` is the request stream (every control message for the
 /// stream's lifetime). No deadline is set: the stream lives until either side ends it.
+/// Messages longer than `max_message` bytes are skipped and reported, never buffered.
 pub async fn open_stream(
-    channel: Channel,
+    mut channel: Channel,
     controls: impl Stream<Item = TelemetryControl> + Send + 'static,
-) -> Result<OpenStream, Status> {
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    grpc.ready().await.map_err(|e| Status::unavailable(error_chain(&e)))?;
-    let path = PathAndQuery::from_static(STREAM_TELEMETRY);
-    let response = grpc.streaming(Request::new(controls), path, RawEventCodec).await?;
+    max_message: usize,
+) -> Result<OpenStream, String> {
+    let frames = controls.map(|control| Ok::<_, Status>(Frame::data(frame(&control.encode_to_vec()))));
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(STREAM_TELEMETRY)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(Body::new(StreamBody::new(frames)))
+        .map_err(|e| e.to_string())?;
+    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| error_chain(&e))?;
+    let response = channel.call(request).await.map_err(|e| error_chain(&e))?;
+    if response.status() != http::StatusCode::OK {
+        return Err(format!("HTTP status {} from the worker", response.status()));
+    }
+    // A trailers-only response (UNIMPLEMENTED, for example) carries its status in the headers.
+    let end = match Status::from_header_map(response.headers()) {
+        Some(status) if status.code() != Code::Ok => return Err(status_text(&status)),
+        Some(_) => Some(StreamEnd::Closed),
+        None => None,
+    };
     let capabilities =
-        response.metadata().get(CAPABILITIES_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    Ok(OpenStream { events: response.into_inner(), capabilities })
-}
-
-/// Encodes control messages with prost; passes event messages through as bytes.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RawEventCodec;
-
-impl Codec for RawEventCodec {
-    type Encode = TelemetryControl;
-    type Decode = Bytes;
-    type Encoder = RawEventCodec;
-    type Decoder = RawEventCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        *self
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        *self
-    }
-}
-
-impl Encoder for RawEventCodec {
-    type Item = TelemetryControl;
-    type Error = Status;
-
-    fn encode(&mut self, item: TelemetryControl, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst).map_err(|e| Status::internal(e.to_string()))
-    }
-}
-
-impl Decoder for RawEventCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
+        response.headers().get(CAPABILITIES_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    Ok(OpenStream { events: EventStream::new(response.into_body(), max_message, end), capabilities })
 }
 
 #[cfg(test)]

@@ -38,7 +38,8 @@ pub fn for_settings(settings: &Settings, worker_samples_patterns: bool) -> Vec<T
     let mut messages = vec![toggle(settings.enabled)];
     if worker_samples_patterns {
         messages.push(sampling(settings.sampling_rate, Vec::new()));
-        messages.extend(settings.rules.iter().map(|rule| sampling(rule.rate, rule.patterns.clone())));
+        messages
+            .extend(settings.sampling_rules.iter().map(|rule| sampling(rule.rate, rule.patterns.clone())));
     } else {
         messages.push(sampling(settings.rate_for_plain_worker(), Vec::new()));
     }
@@ -50,18 +51,26 @@ pub fn for_settings(settings: &Settings, worker_samples_patterns: bool) -> Vec<T
 /// are known (`samples_patterns`, from its response headers), then the current settings, then
 /// the settings again after each change. It holds at most one set of messages: when the
 /// worker reads slowly, intermediate settings are skipped and it still ends at the latest.
+/// `excluded` (the config's `excluded_events`) is denied on top of the worker's own list.
 pub fn control_stream(
     samples_patterns: oneshot::Receiver<bool>,
     settings: watch::Receiver<Arc<Settings>>,
+    excluded: Arc<[String]>,
 ) -> impl Stream<Item = TelemetryControl> + Send + 'static {
     struct State {
         samples_patterns: Option<oneshot::Receiver<bool>>,
         capable: bool,
         settings: watch::Receiver<Arc<Settings>>,
+        excluded: Arc<[String]>,
         queued: VecDeque<TelemetryControl>,
     }
-    let state =
-        State { samples_patterns: Some(samples_patterns), capable: false, settings, queued: VecDeque::new() };
+    let state = State {
+        samples_patterns: Some(samples_patterns),
+        capable: false,
+        settings,
+        excluded,
+        queued: VecDeque::new(),
+    };
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(message) = state.queued.pop_front() {
@@ -73,7 +82,7 @@ pub fn control_stream(
             } else {
                 state.settings.changed().await.ok()?;
             }
-            let current = state.settings.borrow_and_update().clone();
+            let current = state.settings.borrow_and_update().effective(&state.excluded);
             state.queued.extend(for_settings(&current, state.capable));
         }
     })
@@ -100,7 +109,8 @@ mod tests {
         use futures_util::StreamExt;
         let (capable_tx, capable_rx) = oneshot::channel();
         let (settings_tx, settings_rx) = watch::channel(Arc::new(Settings::default()));
-        let mut stream = Box::pin(control_stream(capable_rx, settings_rx));
+        let excluded: Arc<[String]> = Arc::from(vec!["python.gc.*".to_string()]);
+        let mut stream = Box::pin(control_stream(capable_rx, settings_rx, excluded));
         assert!(
             futures_util::FutureExt::now_or_never(stream.next()).is_none(),
             "nothing before capabilities"
@@ -109,7 +119,15 @@ mod tests {
         settings_tx.send_replace(Arc::new(Settings { enabled: false, ..Settings::default() }));
         capable_tx.send(true).expect("receiver alive");
         let first: Vec<_> = (0..3).map(|_| futures_util::FutureExt::now_or_never(stream.next())).collect();
-        assert_eq!(first[0], Some(Some(toggle(false))));
+        assert_eq!(
+            first,
+            [
+                Some(Some(toggle(false))),
+                Some(Some(sampling(1.0, vec![]))),
+                Some(Some(filter(vec![], vec!["python.gc.*".into()]))),
+            ],
+            "the whole settings, with the excluded events denied"
+        );
         assert!(futures_util::FutureExt::now_or_never(stream.next()).is_none(), "one set per change");
         settings_tx.send_replace(Arc::new(Settings::default()));
         assert_eq!(stream.next().await, Some(toggle(true)));
@@ -138,7 +156,7 @@ mod tests {
     fn pattern_rules_only_for_workers_that_apply_them() {
         let settings = Settings {
             sampling_rate: 0.5,
-            rules: vec![SamplingRule { patterns: vec!["tool.*".into()], rate: 0.9 }],
+            sampling_rules: vec![SamplingRule { patterns: vec!["tool.*".into()], rate: 0.9 }],
             deny: vec!["python.gc.*".into()],
             ..Settings::default()
         };

@@ -22,10 +22,14 @@ pub enum DropReason {
     FilteredOut,
     /// Sampling removed it.
     SampledOut,
+    /// The message is larger than `max_event_bytes`; its bytes were skipped, never buffered.
+    Oversize,
+    /// The event carries more metadata keys than `max_metadata_keys`.
+    TooManyKeys,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::UnknownEvent,
         DropReason::InvalidMeasurement,
         DropReason::DecodeError,
@@ -34,6 +38,8 @@ impl DropReason {
         DropReason::Disabled,
         DropReason::FilteredOut,
         DropReason::SampledOut,
+        DropReason::Oversize,
+        DropReason::TooManyKeys,
     ];
 }
 

@@ -1,11 +1,12 @@
 //! The parts of snakepit_telemetry's stream manager that need no BEAM, so `cargo test`
 //! covers them directly:
 //!
-//! - `catalog`: the event catalog (built from the catalog file at build time) plus app events
+//! - `catalog`: the event catalog, as Elixir hands it to the NIF at start
 //! - `translate`: the bytes of one gRPC message to a checked event, or its drop reason
 //! - `counters`, `registry`: per-stream counters and status that NIF calls read
 //! - `settings`: a worker's toggle, sampling and filters, and the per-event policy they give
 //! - `client`, `control`, `proto`: the gRPC client of StreamTelemetry and its messages
+//! - `wire`: gRPC message framing, read with a bound on every message
 //!
 //! The NIF crate (`snakepit_telemetry_nif`) adds the runtime, the stream tasks and the terms.
 
@@ -17,3 +18,4 @@ pub mod proto;
 pub mod registry;
 pub mod settings;
 pub mod translate;
+pub mod wire;

@@ -1,5 +1,6 @@
 //! What `list_streams` reports: one [`StreamState`] per registered worker, shared between the
-//! stream task (which writes it) and NIF calls (which read it without touching the task).
+//! stream task (which writes it) and NIF calls (which read it without touching the task), and
+//! the [`Registry`] of registered workers by id.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -34,6 +35,8 @@ pub enum CloseReason {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamStatus {
+    /// Registered with `grpc_stream: false`: no stream is opened.
+    NotStreaming,
     Connecting,
     Connected,
     Closed(CloseReason),
@@ -58,13 +61,23 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl StreamState {
     pub fn new(worker_id: String, endpoint: String, generation: u64, settings: Settings) -> StreamState {
+        StreamState::with_status(worker_id, endpoint, generation, settings, StreamStatus::Connecting)
+    }
+
+    pub fn with_status(
+        worker_id: String,
+        endpoint: String,
+        generation: u64,
+        settings: Settings,
+        status: StreamStatus,
+    ) -> StreamState {
         StreamState {
             worker_id,
             endpoint,
             generation,
             counters: StreamCounters::default(),
             settings: watch::Sender::new(Arc::new(settings)),
-            status: Mutex::new(StreamStatus::Connecting),
+            status: Mutex::new(status),
             capabilities: Mutex::new(String::new()),
             connected_since_ms: AtomicI64::new(0),
         }
@@ -99,6 +112,11 @@ impl StreamState {
         lock(&self.capabilities).clone()
     }
 
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.borrow().clone()
+    }
+
     /// Replaces the settings; the stream task applies them and tells the worker. Never waits.
     pub fn set_settings(&self, settings: Settings) {
         self.settings.send_replace(Arc::new(settings));
@@ -112,31 +130,60 @@ impl StreamState {
     }
 }
 
-/// The registered workers, by id.
-#[derive(Default)]
-pub struct Registry {
-    streams: Mutex<AHashMap<String, Arc<StreamState>>>,
+/// The registered workers, by id. Generic over the entry so the NIF can keep its own types in
+/// it; the lock is held only to insert, remove or copy entries.
+pub struct Registry<T> {
+    entries: Mutex<AHashMap<String, T>>,
 }
 
-impl Registry {
-    /// Inserts a worker's state, returning the one it replaces.
-    pub fn insert(&self, state: Arc<StreamState>) -> Option<Arc<StreamState>> {
-        lock(&self.streams).insert(state.worker_id.clone(), state)
+impl<T> Default for Registry<T> {
+    fn default() -> Registry<T> {
+        Registry { entries: Mutex::new(AHashMap::new()) }
+    }
+}
+
+impl<T: Clone> Registry<T> {
+    /// Inserts a worker's entry, returning the one it replaces.
+    pub fn insert(&self, worker_id: &str, entry: T) -> Option<T> {
+        lock(&self.entries).insert(worker_id.to_string(), entry)
     }
 
-    pub fn remove(&self, worker_id: &str) -> Option<Arc<StreamState>> {
-        lock(&self.streams).remove(worker_id)
+    pub fn remove(&self, worker_id: &str) -> Option<T> {
+        lock(&self.entries).remove(worker_id)
     }
 
-    pub fn get(&self, worker_id: &str) -> Option<Arc<StreamState>> {
-        lock(&self.streams).get(worker_id).cloned()
+    pub fn get(&self, worker_id: &str) -> Option<T> {
+        lock(&self.entries).get(worker_id).cloned()
     }
 
-    /// A copy of the list, so the lock is held only for the copy.
-    pub fn all(&self) -> Vec<Arc<StreamState>> {
-        let mut all: Vec<_> = lock(&self.streams).values().cloned().collect();
-        all.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    /// Runs `f` on the entries of all `ids` under one lock, or on none of them: returns the
+    /// first id that is not registered instead.
+    pub fn with_all<'i, R>(
+        &self,
+        ids: impl Iterator<Item = &'i str> + Clone,
+        f: impl FnOnce(Vec<&T>) -> R,
+    ) -> Result<R, &'i str> {
+        let entries = lock(&self.entries);
+        let mut found = Vec::new();
+        for id in ids {
+            found.push(entries.get(id).ok_or(id)?);
+        }
+        Ok(f(found))
+    }
+
+    /// A copy of the entries sorted by id, so the lock is held only for the copy.
+    pub fn all(&self) -> Vec<(String, T)> {
+        let mut all: Vec<_> = lock(&self.entries).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        lock(&self.entries).is_empty()
     }
 }
 
@@ -171,17 +218,27 @@ mod tests {
 
     #[test]
     fn registry_replaces_by_id() {
-        let registry = Registry::default();
-        assert!(registry
-            .insert(Arc::new(StreamState::new("a".into(), "e".into(), 1, Settings::default())))
-            .is_none());
-        let old =
-            registry.insert(Arc::new(StreamState::new("a".into(), "e2".into(), 2, Settings::default())));
-        assert_eq!(old.map(|s| s.generation), Some(1));
-        registry.insert(Arc::new(StreamState::new("b".into(), "e".into(), 3, Settings::default())));
-        let ids: Vec<_> = registry.all().iter().map(|s| s.worker_id.clone()).collect();
+        let registry: Registry<u64> = Registry::default();
+        assert_eq!(registry.insert("a", 1), None);
+        assert_eq!(registry.insert("a", 2), Some(1));
+        registry.insert("b", 3);
+        let ids: Vec<_> = registry.all().into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["a", "b"]);
-        assert_eq!(registry.remove("a").map(|s| s.generation), Some(2));
-        assert!(registry.get("a").is_none());
+        assert_eq!(registry.remove("a"), Some(2));
+        assert_eq!(registry.get("a"), None);
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn registry_with_all_is_all_or_nothing() {
+        let registry: Registry<u64> = Registry::default();
+        registry.insert("a", 1);
+        registry.insert("b", 2);
+        let ids = ["a", "b"];
+        assert_eq!(registry.with_all(ids.iter().copied(), |v| v.into_iter().sum::<u64>()), Ok(3));
+        let mut called = false;
+        let missing = ["a", "zz", "b"];
+        assert_eq!(registry.with_all(missing.iter().copied(), |_| called = true), Err("zz"));
+        assert!(!called, "nothing runs when one id is missing");
     }
 }

@@ -38,15 +38,22 @@ pub struct Settings {
     /// Rate of events no rule matches.
     pub sampling_rate: f64,
     /// Pattern-scoped rates, oldest first (the last matching rule wins).
-    pub rules: Vec<SamplingRule>,
+    pub sampling_rules: Vec<SamplingRule>,
     pub allow: Vec<String>,
-    /// Includes the configured `excluded_events`.
+    /// The worker's own deny list; the config's `excluded_events` are added by
+    /// [`Settings::effective`].
     pub deny: Vec<String>,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { enabled: true, sampling_rate: 1.0, rules: Vec::new(), allow: Vec::new(), deny: Vec::new() }
+        Settings {
+            enabled: true,
+            sampling_rate: 1.0,
+            sampling_rules: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
     }
 }
 
@@ -69,12 +76,13 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // A `*` in the pattern is always a wildcard, also where the name has a `*`.
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ni));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
         } else if let Some((star_pi, star_ni)) = star {
             pi = star_pi + 1;
             ni = star_ni + 1;
@@ -91,14 +99,27 @@ fn any_match(patterns: &[String], name: &str) -> bool {
 }
 
 impl Settings {
+    /// The settings as enforced: the config's `excluded` patterns denied on top of the
+    /// worker's own deny list.
+    pub fn effective(&self, excluded: &[String]) -> Settings {
+        let mut effective = self.clone();
+        if !excluded.is_empty() {
+            let own = std::mem::take(&mut effective.deny);
+            effective.deny =
+                excluded.iter().cloned().chain(own.into_iter().filter(|p| !excluded.contains(p))).collect();
+        }
+        effective
+    }
+
     pub fn validate(&self) -> Result<(), SettingsError> {
-        let rates = std::iter::once(self.sampling_rate).chain(self.rules.iter().map(|r| r.rate));
+        let rates = std::iter::once(self.sampling_rate).chain(self.sampling_rules.iter().map(|r| r.rate));
         for rate in rates {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(SettingsError::InvalidRate);
             }
         }
-        let patterns = self.rules.iter().flat_map(|r| &r.patterns).chain(&self.allow).chain(&self.deny);
+        let patterns =
+            self.sampling_rules.iter().flat_map(|r| &r.patterns).chain(&self.allow).chain(&self.deny);
         for pattern in patterns {
             if !valid_pattern(pattern) {
                 return Err(SettingsError::InvalidPattern(pattern.clone()));
@@ -109,7 +130,7 @@ impl Settings {
 
     /// The rate the operator asked for this event.
     pub fn rate_for(&self, name: &str) -> f64 {
-        self.rules
+        self.sampling_rules
             .iter()
             .rev()
             .find(|rule| any_match(&rule.patterns, name))
@@ -130,7 +151,7 @@ impl Settings {
     /// The one pattern-less rate sent to a worker that does not apply patterns: the highest
     /// rate any event needs (the NIF samples the rest down).
     pub fn rate_for_plain_worker(&self) -> f64 {
-        self.rules.iter().map(|r| r.rate).fold(self.sampling_rate, f64::max)
+        self.sampling_rules.iter().map(|r| r.rate).fold(self.sampling_rate, f64::max)
     }
 }
 
@@ -171,11 +192,6 @@ impl Policy {
             })
             .collect();
         Policy { decisions }
-    }
-
-    /// Lets everything through (no settings yet).
-    pub fn allow_all(catalog: &Catalog) -> Policy {
-        Policy { decisions: vec![Decision::Keep(1.0); catalog.events().len()] }
     }
 
     pub fn decision(&self, event: crate::catalog::EventIndex) -> Decision {
@@ -236,6 +252,43 @@ mod tests {
         assert!(glob_match("tool.execution.stop", "tool.execution.stop"));
     }
 
+    /// The shared table of `pattern | name | match, nomatch or invalid` rows that the Python
+    /// and Elixir tests read too.
+    #[test]
+    fn the_shared_pattern_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../test/fixtures/pattern_cases.txt");
+        let table = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut rows = 0;
+        for (number, line) in table.lines().enumerate() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split(" | ").collect();
+            assert_eq!(fields.len(), 3, "line {}: {line:?}", number + 1);
+            let (pattern, name, expected) = (fields[0], fields[1], fields[2].trim_end());
+            match expected {
+                "invalid" => assert!(!valid_pattern(pattern), "line {}: {pattern:?} is valid", number + 1),
+                "match" | "nomatch" => {
+                    assert!(valid_pattern(pattern), "line {}: {pattern:?} is invalid", number + 1);
+                    let matched = glob_match(pattern, name);
+                    assert_eq!(matched, expected == "match", "line {}: {pattern:?} vs {name:?}", number + 1);
+                }
+                other => panic!("line {}: unknown result {other:?}", number + 1),
+            }
+            rows += 1;
+        }
+        assert!(rows >= 40, "the table has {rows} rows");
+    }
+
+    #[test]
+    fn excluded_events_are_denied_on_top_of_the_workers_own_list() {
+        let mut s = settings();
+        s.deny = vec!["tool.*".into(), "python.gc.*".into()];
+        let effective = s.effective(&["python.gc.*".into(), "python.cpu.*".into()]);
+        assert_eq!(effective.deny, ["python.gc.*", "python.cpu.*", "tool.*"]);
+        assert_eq!(s.effective(&[]), s);
+    }
+
     #[test]
     fn pattern_validity() {
         assert!(valid_pattern("python.call.*"));
@@ -266,7 +319,7 @@ mod tests {
     fn the_latest_matching_rule_wins() {
         let mut s = settings();
         s.sampling_rate = 0.5;
-        s.rules = vec![
+        s.sampling_rules = vec![
             SamplingRule { patterns: vec!["tool.*".into()], rate: 0.1 },
             SamplingRule { patterns: vec!["tool.execution.*".into()], rate: 0.2 },
         ];
@@ -291,11 +344,11 @@ mod tests {
 
     #[test]
     fn policy_per_event_and_worker_kind() {
-        let catalog = Catalog::builtin();
+        let catalog = crate::catalog::test_catalog();
         let index = |name| catalog.event_index(name).expect("catalog event");
         let mut s = settings();
         s.sampling_rate = 0.5;
-        s.rules = vec![SamplingRule { patterns: vec!["python.call.*".into()], rate: 0.1 }];
+        s.sampling_rules = vec![SamplingRule { patterns: vec!["python.call.*".into()], rate: 0.1 }];
         s.deny = vec!["python.gc.*".into()];
 
         let plain = Policy::new(&s, &catalog, false);
@@ -309,7 +362,7 @@ mod tests {
         assert_eq!(capable.decision(index("python.gc.completed")), Decision::Remove(Removal::FilteredOut));
 
         // A rule above the default: the plain worker is sent the higher rate.
-        s.rules = vec![SamplingRule { patterns: vec!["tool.*".into()], rate: 1.0 }];
+        s.sampling_rules = vec![SamplingRule { patterns: vec!["tool.*".into()], rate: 1.0 }];
         s.sampling_rate = 0.25;
         let plain = Policy::new(&s, &catalog, false);
         assert_eq!(s.rate_for_plain_worker(), 1.0);

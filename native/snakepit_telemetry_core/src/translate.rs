@@ -3,6 +3,10 @@
 //!
 //! Each message is decoded here rather than by the gRPC codec, so one bad message is a
 //! counted `decode_error` and the stream goes on.
+//!
+//! Every value that passes becomes a valid BEAM term: non-finite floats (which Erlang has
+//! no term for) are `invalid_measurement`, and an event with more metadata keys than the
+//! configured limit is `too_many_keys`.
 
 use prost::Message;
 
@@ -29,6 +33,8 @@ pub enum MetaKey {
 #[derive(Clone, Debug, PartialEq)]
 pub struct EventRecord {
     pub event: EventIndex,
+    /// Size of the message on the wire, for the byte bounds of buffers and batches.
+    pub wire_bytes: usize,
     pub measurements: Vec<(NameId, Value)>,
     pub metadata: Vec<(MetaKey, String)>,
     pub timestamp_ns: i64,
@@ -63,12 +69,20 @@ impl NativeTime {
     }
 }
 
+/// What one message may carry, from the application config.
+#[derive(Clone, Copy, Debug)]
+pub struct EventLimits {
+    pub native_time: NativeTime,
+    /// Most metadata keys one event may carry (`max_metadata_keys`).
+    pub max_metadata_keys: usize,
+}
+
 /// Decodes one message and checks it against the catalog. `name` is a scratch buffer reused
 /// across calls to join the event name without allocating per event. `gate` decides, from
 /// the event alone, whether the worker's settings keep it (before its fields are converted).
 pub fn translate(
     catalog: &Catalog,
-    native_time: NativeTime,
+    limits: EventLimits,
     bytes: &[u8],
     name: &mut String,
     gate: impl FnOnce(EventIndex) -> Result<(), DropReason>,
@@ -87,6 +101,9 @@ pub fn translate(
     }
     let event = catalog.event_index(name).ok_or(DropReason::UnknownEvent)?;
     gate(event)?;
+    if decoded.metadata.len() > limits.max_metadata_keys {
+        return Err(DropReason::TooManyKeys);
+    }
     let spec = catalog.event(event);
 
     let mut measurements = Vec::with_capacity(decoded.measurements.len());
@@ -98,7 +115,11 @@ pub fn translate(
             Some(telemetry_value::Value::StringValue(v)) => Value::Str(v),
             None => return Err(DropReason::InvalidMeasurement),
         };
-        let value = if key.native_time { native_time.from_nanos(value) } else { value };
+        let value = if key.native_time { limits.native_time.from_nanos(value) } else { value };
+        // Also after the unit conversion, which can overflow a huge finite value.
+        if matches!(value, Value::Float(f) if !f.is_finite()) {
+            return Err(DropReason::InvalidMeasurement);
+        }
         measurements.push((key.id, value));
     }
 
@@ -113,6 +134,7 @@ pub fn translate(
 
     Ok(EventRecord {
         event,
+        wire_bytes: bytes.len(),
         measurements,
         metadata,
         timestamp_ns: decoded.timestamp_ns,
@@ -123,6 +145,7 @@ pub fn translate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::test_catalog;
     use crate::proto::TelemetryValue;
     use std::collections::HashMap;
 
@@ -144,13 +167,16 @@ mod tests {
         .encode_to_vec()
     }
 
+    const LIMITS: EventLimits =
+        EventLimits { native_time: NativeTime { per_second: NANOS_PER_SECOND }, max_metadata_keys: 64 };
+
     fn run(catalog: &Catalog, bytes: &[u8]) -> Result<EventRecord, DropReason> {
-        translate(catalog, NativeTime::new(NANOS_PER_SECOND), bytes, &mut String::new(), |_| Ok(()))
+        translate(catalog, LIMITS, bytes, &mut String::new(), |_| Ok(()))
     }
 
     #[test]
     fn a_catalog_event_becomes_a_record() {
-        let catalog = Catalog::builtin();
+        let catalog = test_catalog();
         let bytes = event(
             "tool.execution.stop",
             &[("duration", telemetry_value::Value::IntValue(1500))],
@@ -169,7 +195,7 @@ mod tests {
 
     #[test]
     fn values_keep_their_type() {
-        let catalog = Catalog::builtin();
+        let catalog = test_catalog();
         let bytes =
             event("python.cpu.sampled", &[("cpu_percent", telemetry_value::Value::FloatValue(12.5))], &[]);
         let record = run(&catalog, &bytes).expect("accepted");
@@ -181,7 +207,7 @@ mod tests {
 
     #[test]
     fn unknown_names_are_rejected() {
-        let catalog = Catalog::builtin();
+        let catalog = test_catalog();
         for name in ["tool.execution.nope", "pool.initialized", "", "tool..stop"] {
             assert_eq!(run(&catalog, &event(name, &[], &[])), Err(DropReason::UnknownEvent), "{name:?}");
         }
@@ -194,7 +220,7 @@ mod tests {
 
     #[test]
     fn measurement_keys_outside_the_allowlist_are_rejected() {
-        let catalog = Catalog::builtin();
+        let catalog = test_catalog();
         let bytes = event("tool.execution.stop", &[("evil_key", telemetry_value::Value::IntValue(1))], &[]);
         assert_eq!(run(&catalog, &bytes), Err(DropReason::InvalidMeasurement));
         let empty_value = TelemetryEvent {
@@ -207,7 +233,7 @@ mod tests {
 
     #[test]
     fn garbage_and_invalid_utf8_are_decode_errors() {
-        let catalog = Catalog::builtin();
+        let catalog = test_catalog();
         assert_eq!(run(&catalog, &[0xff, 0xff, 0xff, 0x01]), Err(DropReason::DecodeError));
         // Field 1 (event_parts), length 2, bytes that are not UTF-8.
         assert_eq!(run(&catalog, &[0x0a, 0x02, 0xc3, 0x28]), Err(DropReason::DecodeError));
@@ -219,23 +245,53 @@ mod tests {
 
     #[test]
     fn the_gate_sees_catalog_events_only_and_can_drop_them() {
-        let catalog = Catalog::builtin();
+        let catalog = test_catalog();
         let stop = event("tool.execution.stop", &[("duration", telemetry_value::Value::IntValue(1))], &[]);
         let mut seen = None;
         let gate = |index| {
             seen = Some(index);
             Err(DropReason::FilteredOut)
         };
-        let result = translate(&catalog, NativeTime::new(NANOS_PER_SECOND), &stop, &mut String::new(), gate);
+        let result = translate(&catalog, LIMITS, &stop, &mut String::new(), gate);
         assert_eq!(result, Err(DropReason::FilteredOut));
         assert_eq!(seen, catalog.event_index("tool.execution.stop"));
         // Unknown names never reach the gate.
         let unknown = event("nope", &[], &[]);
-        let result =
-            translate(&catalog, NativeTime::new(NANOS_PER_SECOND), &unknown, &mut String::new(), |_| {
-                panic!("gate called for an unknown event")
-            });
+        let result = translate(&catalog, LIMITS, &unknown, &mut String::new(), |_| {
+            panic!("gate called for an unknown event")
+        });
         assert_eq!(result, Err(DropReason::UnknownEvent));
+    }
+
+    #[test]
+    fn non_finite_floats_never_pass() {
+        let catalog = test_catalog();
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -f64::NAN] {
+            let bytes =
+                event("python.cpu.sampled", &[("cpu_percent", telemetry_value::Value::FloatValue(bad))], &[]);
+            assert_eq!(run(&catalog, &bytes), Err(DropReason::InvalidMeasurement), "{bad}");
+        }
+        // A finite value that the unit conversion would overflow.
+        let huge =
+            event("tool.execution.stop", &[("duration", telemetry_value::Value::FloatValue(f64::MAX))], &[]);
+        let limits = EventLimits { native_time: NativeTime::new(10 * NANOS_PER_SECOND), ..LIMITS };
+        assert_eq!(
+            translate(&catalog, limits, &huge, &mut String::new(), |_| Ok(())),
+            Err(DropReason::InvalidMeasurement)
+        );
+        let fine =
+            event("python.cpu.sampled", &[("cpu_percent", telemetry_value::Value::FloatValue(-0.0))], &[]);
+        assert!(run(&catalog, &fine).is_ok());
+    }
+
+    #[test]
+    fn metadata_keys_are_capped() {
+        let catalog = test_catalog();
+        let keys: Vec<String> = (0..65).map(|i| format!("k{i}")).collect();
+        let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+        assert_eq!(run(&catalog, &event("tool.execution.stop", &[], &pairs)), Err(DropReason::TooManyKeys));
+        let record = run(&catalog, &event("tool.execution.stop", &[], &pairs[..64])).expect("at the limit");
+        assert_eq!(record.metadata.len(), 64);
     }
 
     #[test]
@@ -246,7 +302,7 @@ mod tests {
         assert_eq!(NativeTime::new(NANOS_PER_SECOND).from_nanos(Value::Int(7)), Value::Int(7));
         assert_eq!(NativeTime::new(u64::MAX).from_nanos(Value::Int(i64::MAX)), Value::Int(i64::MAX));
 
-        let catalog = Catalog::builtin();
+        let catalog = test_catalog();
         let bytes = event(
             "tool.execution.stop",
             &[
@@ -255,7 +311,8 @@ mod tests {
             ],
             &[],
         );
-        let record = translate(&catalog, micro, &bytes, &mut String::new(), |_| Ok(())).expect("accepted");
+        let limits = EventLimits { native_time: micro, ..LIMITS };
+        let record = translate(&catalog, limits, &bytes, &mut String::new(), |_| Ok(())).expect("accepted");
         let count = catalog.names().get("count").expect("count");
         let duration = catalog.names().get("duration").expect("duration");
         assert!(record.measurements.contains(&(duration, Value::Int(3))));

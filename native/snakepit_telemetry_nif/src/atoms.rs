@@ -1,21 +1,19 @@
-//! Every atom the NIF ever sends. Fixed atoms come from `rustler::atoms!`; catalog names are
-//! made once in `load`, so nothing a worker sends can ever create one.
-
-use std::sync::OnceLock;
+//! Every atom the NIF ever sends. Fixed atoms come from `rustler::atoms!` (made at load);
+//! catalog names are atoms Elixir already holds and hands over at `start`. Nothing here makes
+//! an atom from a string at run time, so nothing a worker sends can ever create one.
 
 use ahash::AHashMap;
-use rustler::{Atom, Env};
+use rustler::Atom;
 
 use snakepit_telemetry_core::catalog::{Catalog, NameId};
 
 rustler::atoms! {
     ok,
-    error,
     nil,
-    busy,
-    // Messages to the owning process.
+    // Messages to the receiving process.
     snakepit_telemetry_batch,
     snakepit_telemetry_stream,
+    not_streaming,
     connecting,
     connected,
     closed,
@@ -32,15 +30,21 @@ rustler::atoms! {
     invalid_endpoint,
     invalid_metadata,
     invalid_option,
-    invalid_app_event,
+    invalid_catalog,
     runtime_failed,
     // Option and report keys.
-    app_events,
+    catalog,
     native_time_per_second,
     max_buffer_size,
+    max_buffer_bytes,
     max_batch_size,
+    max_batch_bytes,
+    max_event_bytes,
+    max_metadata_keys,
     max_in_flight_batches,
     runtime_threads,
+    grpc_stream,
+    excluded_events,
     node,
     worker_id,
     endpoint,
@@ -51,7 +55,6 @@ rustler::atoms! {
     emitted,
     dropped,
     capabilities,
-    buffered,
     // Drop reasons (see counters.rs).
     unknown_event,
     invalid_measurement,
@@ -61,61 +64,43 @@ rustler::atoms! {
     disabled,
     filtered_out,
     sampled_out,
+    oversize,
+    too_many_keys,
     // Settings.
     enabled,
     sampling_rate,
-    rules,
+    sampling_rules,
+    patterns,
+    rate,
     allow,
     deny,
     invalid_rate,
     invalid_pattern,
     invalid_settings,
     unknown_worker,
-    // Catalog description.
-    event,
-    worker_name,
-    measurements,
-    metadata,
+    settings,
+    // Catalog keys.
     events,
     measurement_keys,
-    native_time_keys,
     metadata_keys,
+    metadata,
 }
 
-static BUILTIN: OnceLock<Box<[Atom]>> = OnceLock::new();
-
-/// Makes the atoms of every built-in catalog name; called from the NIF's `load`.
-pub fn load(env: Env) -> bool {
-    let catalog = Catalog::builtin();
-    let made: Result<Box<[Atom]>, _> = catalog.names().iter().map(|n| Atom::from_str(env, n)).collect();
-    match made {
-        Ok(atoms) => {
-            // A reload of the same library finds them already made.
-            let _ = BUILTIN.set(atoms);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// One atom per [`NameId`] of a catalog: the built-in ones from load, the application's from
-/// the atoms its config already holds.
+/// One atom per [`NameId`] of the catalog, from the atoms Elixir handed over with it.
 pub struct AtomTable {
     atoms: Box<[Atom]>,
 }
 
 impl AtomTable {
-    /// `app_atoms` maps each application-defined name to the atom the config passed in.
-    /// Returns `None` when a name has no atom (which `start` turns into an error).
-    pub fn for_catalog(catalog: &Catalog, app_atoms: &AHashMap<String, Atom>) -> Option<AtomTable> {
-        let builtin = BUILTIN.get()?;
+    /// `atoms` maps each catalog name to the atom Elixir passed for it. Returns the first name
+    /// without an atom as the error (which `start` turns into `{:error, _}`).
+    pub fn for_catalog(catalog: &Catalog, atoms: &AHashMap<String, Atom>) -> Result<AtomTable, String> {
         let atoms = catalog
             .names()
             .iter()
-            .enumerate()
-            .map(|(id, name)| builtin.get(id).copied().or_else(|| app_atoms.get(name).copied()))
-            .collect::<Option<Box<[Atom]>>>()?;
-        Some(AtomTable { atoms })
+            .map(|name| atoms.get(name).copied().ok_or_else(|| name.to_string()))
+            .collect::<Result<Box<[Atom]>, String>>()?;
+        Ok(AtomTable { atoms })
     }
 
     pub fn get(&self, id: NameId) -> Atom {
@@ -135,5 +120,7 @@ pub fn drop_reason(reason: snakepit_telemetry_core::counters::DropReason) -> Ato
         Disabled => disabled(),
         FilteredOut => filtered_out(),
         SampledOut => sampled_out(),
+        Oversize => oversize(),
+        TooManyKeys => too_many_keys(),
     }
 }

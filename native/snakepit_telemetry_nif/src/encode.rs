@@ -1,22 +1,31 @@
-//! Terms for the owning process. A batch of [`EventRecord`]s becomes one message:
+//! Event batches to terms, for the receiving process. A batch of [`EventRecord`]s becomes
+//! one message:
 //!
 //! ```text
-//! {:snakepit_telemetry_batch, credit, worker_id, generation,
-//!  [{event_name :: [atom], measurements :: map, metadata :: map}, ...]}
+//! {:snakepit_telemetry_batch, ticket, worker_id, generation, node,
+//!  [{event_name :: [atom], measurements :: map | [{key, value}], metadata :: map | [{key, value}]}, ...]}
 //! ```
 //!
 //! Every atom comes from the [`AtomTable`]; worker-sent strings stay binaries. The worker's
 //! registration metadata (and `worker_id`, `node`, `timestamp_ns`, `correlation_id`) win over
 //! keys of the same name the worker sends, so a worker cannot pose as another.
+//!
+//! Maps of more than 32 keys are hash maps, and building those in a process-independent env
+//! off the schedulers crashes OTP 25 (erlang/otp#8208). So a map is built here only up to 32
+//! keys (a flat map); a larger one is sent as a list of pairs and the receiving process makes
+//! the map on its scheduler (`:maps.from_list/1`).
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 
 use crate::atoms::{self, AtomTable};
-use crate::flow::FlowCredit;
+use crate::flow::BatchTicket;
 use snakepit_telemetry_core::catalog::{Catalog, NameId};
 use snakepit_telemetry_core::translate::{EventRecord, MetaKey, Value};
+
+/// The most keys of a map built off the schedulers: larger maps are hash maps.
+pub const FLATMAP_MAX_KEYS: usize = 32;
 
 /// A registration metadata value (from `register_worker/3` opts).
 #[derive(Clone, Debug)]
@@ -41,6 +50,7 @@ impl Encoder for StaticValue {
 fn value_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
     match value {
         Value::Int(i) => i.encode(env),
+        // Finite: translate.rs drops non-finite floats.
         Value::Float(f) => f.encode(env),
         Value::Str(s) => s.encode(env),
     }
@@ -59,7 +69,8 @@ pub struct WorkerMeta {
 pub struct TermEncoder {
     pub catalog: Arc<Catalog>,
     pub atoms: AtomTable,
-    pub node: Atom,
+    /// The node name put in every event; `set_node` changes it when the node is renamed.
+    node: RwLock<Atom>,
     ids: FixedIds,
 }
 
@@ -78,7 +89,15 @@ impl TermEncoder {
             timestamp_ns: catalog.metadata_key("timestamp_ns"),
             correlation_id: catalog.metadata_key("correlation_id"),
         };
-        TermEncoder { catalog, atoms, node, ids }
+        TermEncoder { catalog, atoms, node: RwLock::new(node), ids }
+    }
+
+    pub fn node(&self) -> Atom {
+        *self.node.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn set_node(&self, node: Atom) {
+        *self.node.write().unwrap_or_else(PoisonError::into_inner) = node;
     }
 
     /// The ids a worker's own metadata may not override: the fixed keys plus its registration keys.
@@ -91,7 +110,7 @@ impl TermEncoder {
     pub fn encode_batch<'a>(
         &self,
         env: Env<'a>,
-        credit: &ResourceArc<FlowCredit>,
+        ticket: &ResourceArc<BatchTicket>,
         worker: &WorkerMeta,
         events: &[EventRecord],
     ) -> Term<'a> {
@@ -106,8 +125,8 @@ impl TermEncoder {
                 (name, measurements, metadata).encode(env)
             })
             .collect();
-        (atoms::snakepit_telemetry_batch(), credit.clone(), shared.worker_id, worker.generation, list)
-            .encode(env)
+        let batch = atoms::snakepit_telemetry_batch();
+        (batch, ticket.clone(), shared.worker_id, worker.generation, shared.node, list).encode(env)
     }
 
     fn event_name<'a>(&self, env: Env<'a>, record: &EventRecord) -> Term<'a> {
@@ -164,6 +183,7 @@ impl TermEncoder {
 /// Terms shared by every event of a batch, made once per batch.
 struct SharedTerms<'a> {
     worker_id: Term<'a>,
+    node: Term<'a>,
     keys: Vec<Term<'a>>,
     values: Vec<Term<'a>>,
     timestamp_key: Term<'a>,
@@ -173,8 +193,9 @@ struct SharedTerms<'a> {
 impl<'a> SharedTerms<'a> {
     fn new(env: Env<'a>, encoder: &TermEncoder, worker: &WorkerMeta) -> SharedTerms<'a> {
         let worker_id = worker.worker_id.encode(env);
+        let node = encoder.node().encode(env);
         let mut keys = vec![atoms::worker_id().encode(env), atoms::node().encode(env)];
-        let mut values = vec![worker_id, encoder.node.encode(env)];
+        let mut values = vec![worker_id, node];
         for (key, value) in &worker.static_metadata {
             keys.push(key.encode(env));
             values.push(value.encode(env));
@@ -185,6 +206,7 @@ impl<'a> SharedTerms<'a> {
         };
         SharedTerms {
             worker_id,
+            node,
             keys,
             values,
             timestamp_key: atom_of(encoder.ids.timestamp_ns, "timestamp_ns"),
@@ -193,9 +215,14 @@ impl<'a> SharedTerms<'a> {
     }
 }
 
-/// A map from parallel key and value lists; if two keys are equal (which the callers rule
-/// out), the later one wins instead of the event being lost.
+/// A map from parallel key and value lists, or, past [`FLATMAP_MAX_KEYS`], the list of pairs
+/// the receiver turns into a map. If two keys are equal (which the callers rule out), the
+/// later one wins instead of the event being lost.
 fn map_of<'a>(env: Env<'a>, keys: &[Term<'a>], values: &[Term<'a>]) -> Term<'a> {
+    if keys.len() > FLATMAP_MAX_KEYS {
+        let pairs: Vec<Term<'a>> = keys.iter().zip(values).map(|(k, v)| (*k, *v).encode(env)).collect();
+        return pairs.encode(env);
+    }
     if let Ok(map) = Term::map_from_term_arrays(env, keys, values) {
         return map;
     }

@@ -1,10 +1,18 @@
-//! Flow control between a stream task and the process that runs the handlers: at most
-//! `max` batches are in flight; the receiver acknowledges each batch (`Native.ack/1`) after
-//! its handlers ran, which frees a slot and wakes the task. The credit is a resource so the
-//! acknowledgement needs no lookup and never touches the stream task.
+//! Flow control between a stream task and the process that runs the handlers, and the
+//! accounting of every event handed over.
+//!
+//! At most `max` batches of a stream are in flight. Each batch travels with a
+//! [`BatchTicket`] (a resource); the receiver acknowledges it (`Native.ack/1`) after its
+//! handlers ran, which counts the batch's events as emitted and frees a slot. A ticket that
+//! dies unacknowledged (the receiving process was killed with the batch in its mailbox) counts
+//! them as `undeliverable` and frees the slot all the same, so no crash can leak credit or
+//! lose an event uncounted.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use snakepit_telemetry_core::counters::DropReason;
+use snakepit_telemetry_core::registry::StreamState;
 use tokio::sync::Notify;
 
 pub struct FlowCredit {
@@ -12,9 +20,6 @@ pub struct FlowCredit {
     max: usize,
     freed: Notify,
 }
-
-#[rustler::resource_impl]
-impl rustler::Resource for FlowCredit {}
 
 impl FlowCredit {
     pub fn new(max_in_flight: usize) -> FlowCredit {
@@ -28,8 +33,8 @@ impl FlowCredit {
             .is_ok()
     }
 
-    /// Gives a slot back (an acknowledgement). Extra acknowledgements are ignored.
-    pub fn release(&self) {
+    /// Gives a slot back.
+    fn release(&self) {
         let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         self.freed.notify_one();
     }
@@ -38,5 +43,51 @@ impl FlowCredit {
     /// is not lost (`Notify` keeps one permit).
     pub async fn freed(&self) {
         self.freed.notified().await;
+    }
+}
+
+/// One batch in flight: settled exactly once, by `acknowledge`, `cancel` or its destructor.
+pub struct BatchTicket {
+    credit: Arc<FlowCredit>,
+    state: Arc<StreamState>,
+    events: u64,
+    settled: AtomicBool,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for BatchTicket {}
+
+impl BatchTicket {
+    /// A ticket for `events` events; the caller has acquired a slot of `credit`.
+    pub fn new(credit: Arc<FlowCredit>, state: Arc<StreamState>, events: usize) -> BatchTicket {
+        BatchTicket { credit, state, events: events as u64, settled: AtomicBool::new(false) }
+    }
+
+    fn settle(&self) -> bool {
+        !self.settled.swap(true, Ordering::AcqRel)
+    }
+
+    /// The receiver ran the handlers: the events are emitted. Later calls do nothing.
+    pub fn acknowledge(&self) {
+        if self.settle() {
+            self.state.counters.add_emitted(self.events);
+            self.credit.release();
+        }
+    }
+
+    /// The batch was never sent (the receiver was gone): its events stay buffered.
+    pub fn cancel(&self) {
+        if self.settle() {
+            self.credit.release();
+        }
+    }
+}
+
+impl Drop for BatchTicket {
+    fn drop(&mut self) {
+        if self.settle() {
+            self.state.counters.add_dropped(DropReason::Undeliverable, self.events);
+            self.credit.release();
+        }
     }
 }

@@ -1,23 +1,22 @@
 //! snakepit_telemetry's NIF: a tokio runtime, off the BEAM schedulers, holding one gRPC
 //! telemetry stream per Python worker.
 //!
-//! - `nif`: the functions Elixir calls (`Snakepit.Telemetry.Native`)
-//! - `runtime`, `manager`: the resource with its runtime, and the task that starts/stops streams
+//! - `nif`: the functions Elixir calls (`Snakepit.Telemetry.Native`), and nothing else
+//! - `decode`, `terms`: terms in (options, settings, metadata) and out (errors, reports)
+//! - `runtime`, `manager`: the resource with its runtime, and the registry of streams
 //! - `stream_task`, `flow`: one worker's stream, and flow control towards Elixir
-//! - `encode`, `atoms`: checked events to terms, with atoms made once at load
+//! - `encode`, `atoms`: checked events to terms, with atoms handed over at start
 //!
 //! The catalog, event translation, gRPC client and counters live in `snakepit_telemetry_core`.
 
 mod atoms;
+mod decode;
 mod encode;
 mod flow;
 mod manager;
 mod nif;
 mod runtime;
 mod stream_task;
+mod terms;
 
-fn load(env: rustler::Env, _info: rustler::Term) -> bool {
-    atoms::load(env)
-}
-
-rustler::init!("Elixir.Snakepit.Telemetry.Native", load = load);
+rustler::init!("Elixir.Snakepit.Telemetry.Native");

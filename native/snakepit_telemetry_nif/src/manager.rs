@@ -1,78 +1,87 @@
-//! The stream manager: a task on the runtime that starts and stops stream tasks. NIF calls
-//! reach it through a bounded channel; a full channel is a `:busy` error, never a wait.
+//! The stream manager: the registry of workers, and starting and stopping their stream tasks
+//! on the runtime. Every operation takes a short lock and returns: spawning onto the runtime
+//! never waits, so registration needs no command queue and is never refused as busy.
 
-use ahash::AHashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use snakepit_telemetry_core::registry::{CloseReason, Registry, StreamState};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use crate::encode::WorkerMeta;
 use crate::stream_task::StreamTask;
-use snakepit_telemetry_core::registry::CloseReason;
 
-/// How many commands may wait for the manager before callers get `:busy`.
-pub const COMMAND_QUEUE: usize = 1024;
-
-pub enum Command {
-    /// Start a stream, replacing a running one with the same worker id.
-    Start(Box<StreamTask>),
-    /// Stop a worker's stream if it is still the given generation.
-    Stop { worker_id: String, generation: u64 },
+/// One registered worker: its state, its registration metadata, and how to stop its task.
+pub struct Registration {
+    pub state: Arc<StreamState>,
+    pub meta: Arc<WorkerMeta>,
+    stop: Mutex<Option<oneshot::Sender<CloseReason>>>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum SendError {
-    Busy,
-    Stopped,
+impl Registration {
+    fn stop(&self, reason: CloseReason) {
+        let sender = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(sender) = sender {
+            let _ = sender.send(reason);
+        }
+    }
 }
 
-#[derive(Clone)]
 pub struct StreamManager {
-    commands: mpsc::Sender<Command>,
-}
-
-struct Running {
-    generation: u64,
-    stop: oneshot::Sender<CloseReason>,
+    registry: Registry<Arc<Registration>>,
+    runtime: Handle,
 }
 
 impl StreamManager {
-    /// Spawns the manager task on `runtime`.
-    pub fn spawn(runtime: &Handle) -> StreamManager {
-        let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
-        runtime.spawn(run(inbox, runtime.clone()));
-        StreamManager { commands }
+    pub fn new(runtime: Handle) -> StreamManager {
+        StreamManager { registry: Registry::default(), runtime }
     }
 
-    /// Queues a command without waiting.
-    pub fn send(&self, command: Command) -> Result<(), SendError> {
-        self.commands.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Busy,
-            mpsc::error::TrySendError::Closed(_) => SendError::Stopped,
-        })
+    /// Registers the task's worker and starts its stream, replacing (and stopping) a stream
+    /// registered under the same id.
+    pub fn start(&self, task: StreamTask) {
+        let (stop, stopped) = oneshot::channel();
+        let registration = Registration {
+            state: task.state.clone(),
+            meta: task.worker.clone(),
+            stop: Mutex::new(Some(stop)),
+        };
+        let worker_id = task.worker.worker_id.clone();
+        if let Some(old) = self.registry.insert(&worker_id, Arc::new(registration)) {
+            old.stop(CloseReason::Replaced);
+        }
+        self.runtime.spawn(task.run(stopped));
     }
-}
 
-async fn run(mut inbox: mpsc::Receiver<Command>, runtime: Handle) {
-    let mut running: AHashMap<String, Running> = AHashMap::new();
-    while let Some(command) = inbox.recv().await {
-        match command {
-            Command::Start(task) => {
-                let worker_id = task.worker.worker_id.clone();
-                let generation = task.worker.generation;
-                if let Some(old) = running.remove(&worker_id) {
-                    let _ = old.stop.send(CloseReason::Replaced);
-                }
-                let (stop, stopped) = oneshot::channel();
-                runtime.spawn(task.run(stopped));
-                running.insert(worker_id, Running { generation, stop });
-            }
-            Command::Stop { worker_id, generation } => {
-                if running.get(&worker_id).is_some_and(|r| r.generation == generation) {
-                    if let Some(old) = running.remove(&worker_id) {
-                        let _ = old.stop.send(CloseReason::Unregistered);
-                    }
-                }
+    /// Registers a worker without opening a stream (`grpc_stream: false`).
+    pub fn register_idle(&self, state: Arc<StreamState>, meta: Arc<WorkerMeta>) {
+        let registration = Registration { state, meta: meta.clone(), stop: Mutex::new(None) };
+        if let Some(old) = self.registry.insert(&meta.worker_id, Arc::new(registration)) {
+            old.stop(CloseReason::Replaced);
+        }
+    }
+
+    /// Stops the worker's stream and forgets it. Returns its generation.
+    pub fn stop(&self, worker_id: &str) -> Option<u64> {
+        let registration = self.registry.remove(worker_id)?;
+        registration.stop(CloseReason::Unregistered);
+        Some(registration.state.generation)
+    }
+
+    pub fn get(&self, worker_id: &str) -> Option<Arc<Registration>> {
+        self.registry.get(worker_id)
+    }
+
+    pub fn registry(&self) -> &Registry<Arc<Registration>> {
+        &self.registry
+    }
+
+    /// Stops every stream with `:shutdown` and forgets every worker.
+    pub fn shutdown(&self) {
+        for (worker_id, _) in self.registry.all() {
+            if let Some(registration) = self.registry.remove(&worker_id) {
+                registration.stop(CloseReason::Shutdown);
             }
         }
     }
-    // The resource is gone: dropping the senders ends every stream with `:shutdown`.
 }

@@ -1,34 +1,40 @@
-//! The resource the owning Elixir process holds: a tokio runtime on its own threads, the
-//! stream manager running on it, and what NIF calls read directly (registry, catalog).
-//! Dropping the resource (the owner is gone) shuts the runtime down without blocking the
-//! scheduler that runs the destructor.
+//! The resource behind `Snakepit.Telemetry.GrpcStream`: a tokio runtime on its own threads,
+//! the stream manager whose tasks run on it, the term encoder, and the pid of the process
+//! that receives batches. It outlives any one Elixir process (the application keeps it in a
+//! persistent term), so a crash of GrpcStream or of the Dispatcher loses no stream.
+//!
+//! `stop` ends every stream and shuts the runtime down without blocking the scheduler that
+//! calls it; dropping the last reference does the same.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustler::LocalPid;
 use tokio::runtime::{Builder, Runtime};
+use tokio::sync::watch;
 
 use crate::encode::TermEncoder;
 use crate::manager::StreamManager;
 use crate::stream_task::StreamLimits;
-use snakepit_telemetry_core::registry::Registry;
 
 /// Tuning of a runtime, from the application config.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RuntimeOptions {
     pub threads: usize,
     pub limits: StreamLimits,
-    pub max_in_flight: usize,
+    /// Whether registering a worker opens its stream (`grpc_stream`).
+    pub open_streams: bool,
+    /// Patterns denied for every worker (`excluded_events`).
+    pub excluded: Arc<[String]>,
 }
 
 pub struct TelemetryRuntime {
-    runtime: Option<Runtime>,
+    runtime: Mutex<Option<Runtime>>,
     pub manager: StreamManager,
-    pub registry: Arc<Registry>,
     pub encoder: Arc<TermEncoder>,
     pub options: RuntimeOptions,
-    pub owner: LocalPid,
+    /// The process that receives batches and status messages; streams watch it.
+    pub receiver: watch::Sender<LocalPid>,
     next_generation: AtomicU64,
 }
 
@@ -37,7 +43,7 @@ impl rustler::Resource for TelemetryRuntime {}
 
 impl TelemetryRuntime {
     pub fn start(
-        owner: LocalPid,
+        receiver: LocalPid,
         encoder: TermEncoder,
         options: RuntimeOptions,
     ) -> std::io::Result<TelemetryRuntime> {
@@ -46,14 +52,13 @@ impl TelemetryRuntime {
             .thread_name("snakepit-telemetry")
             .enable_all()
             .build()?;
-        let manager = StreamManager::spawn(runtime.handle());
+        let manager = StreamManager::new(runtime.handle().clone());
         Ok(TelemetryRuntime {
-            runtime: Some(runtime),
+            runtime: Mutex::new(Some(runtime)),
             manager,
-            registry: Arc::new(Registry::default()),
             encoder: Arc::new(encoder),
             options,
-            owner,
+            receiver: watch::Sender::new(receiver),
             next_generation: AtomicU64::new(1),
         })
     }
@@ -62,12 +67,29 @@ impl TelemetryRuntime {
     pub fn next_generation(&self) -> u64 {
         self.next_generation.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Sends batches and status messages to `pid` from now on; streams waiting for a
+    /// receiver resume.
+    pub fn set_receiver(&self, pid: LocalPid) {
+        self.receiver.send_replace(pid);
+    }
+
+    /// Stops every stream and the runtime. Later registrations start nothing.
+    pub fn stop(&self) {
+        self.manager.shutdown();
+        let runtime = self.runtime.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(runtime) = runtime {
+            runtime.shutdown_background();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.runtime.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
 }
 
 impl Drop for TelemetryRuntime {
     fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+        self.stop();
     }
 }

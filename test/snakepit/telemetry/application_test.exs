@@ -6,24 +6,27 @@ defmodule Snakepit.Telemetry.ApplicationTest do
 
   alias Snakepit.Telemetry.Config
 
-  test "the supervisor runs GrpcStream with the config" do
+  test "the supervisor runs the Dispatcher, then GrpcStream with the config" do
     config = Config.load!([])
 
     assert Snakepit.Telemetry.Application.children(config) == [
+             Snakepit.Telemetry.Dispatcher,
              {Snakepit.Telemetry.GrpcStream, config}
            ]
-
-    off = %{config | grpc_stream: false}
-    assert Snakepit.Telemetry.Application.children(off) == [{Snakepit.Telemetry.GrpcStream, off}]
   end
 
   test "the application is running with the test config" do
     assert Process.whereis(Snakepit.Telemetry.Supervisor)
 
-    assert [{Snakepit.Telemetry.GrpcStream, pid, :worker, _}] =
-             Supervisor.which_children(Snakepit.Telemetry.Supervisor)
+    children = Supervisor.which_children(Snakepit.Telemetry.Supervisor)
 
-    assert is_pid(pid)
+    assert {Snakepit.Telemetry.GrpcStream, pid, :worker, _} =
+             List.keyfind(children, Snakepit.Telemetry.GrpcStream, 0)
+
+    assert {Snakepit.Telemetry.Dispatcher, dispatcher, :worker, _} =
+             List.keyfind(children, Snakepit.Telemetry.Dispatcher, 0)
+
+    assert is_pid(pid) and is_pid(dispatcher)
   end
 
   test "an invalid config makes the start fail with the explanation" do

@@ -60,78 +60,20 @@ defmodule Snakepit.Telemetry.CatalogTest do
     assert Catalog.native_time_keys() -- Catalog.measurement_keys() == []
   end
 
-  test "describe/0 is the catalog with strings only" do
-    describe = Catalog.describe()
+  test "native_spec/1 hands the NIF every worker event, then the app events" do
+    app = %{name: "myapp.model.loaded", event: [:myapp, :model, :loaded], measurements: [:w]}
+    spec = Catalog.native_spec([app])
 
-    assert Map.keys(describe) |> Enum.sort() ==
-             ["events", "measurement_keys", "metadata_keys", "native_time_keys"]
+    worker_events =
+      Enum.map(Catalog.worker_events(), &{&1.worker_name, &1.event, &1.measurements})
 
-    assert describe["measurement_keys"] == Enum.map(Catalog.measurement_keys(), &to_string/1)
-    assert describe["metadata_keys"] == Enum.map(Catalog.metadata_keys(), &to_string/1)
-    assert describe["native_time_keys"] == ["duration", "system_time"]
-    assert length(describe["events"]) == length(Catalog.events())
+    assert spec.events ==
+             worker_events ++ [{"myapp.model.loaded", [:myapp, :model, :loaded], [:w]}]
 
-    assert hd(describe["events"]) == %{
-             "event" => "snakepit.pool.initialized",
-             "worker_name" => nil,
-             "measurements" => ["duration", "worker_count"],
-             "metadata" => ["node", "pool_name"]
-           }
-  end
+    assert Enum.map(spec.measurement_keys, &elem(&1, 0)) == Catalog.measurement_keys()
 
-  defp python do
-    venv = Path.expand("../../../.venv/bin/python", __DIR__)
-    if File.exists?(venv), do: venv, else: System.find_executable("python3")
-  end
-
-  # Re-encodes JSON canonically (sorted keys, compact) with Python's json module.
-  defp canonical_json(python, json, extra_env \\ []) do
-    script =
-      "import json, sys; print(json.dumps(json.load(sys.stdin), sort_keys=True, separators=(',', ':')))"
-
-    tmp =
-      Path.join(System.tmp_dir!(), "snakepit_catalog_#{System.unique_integer([:positive])}.json")
-
-    File.write!(tmp, json)
-
-    try do
-      {out, 0} =
-        System.cmd("sh", ["-c", ~s("$0" -c "$1" < "$2"), python, script, tmp], env: extra_env)
-
-      String.trim(out)
-    after
-      File.rm(tmp)
-    end
-  end
-
-  test "to_json/0 is valid, canonical JSON of describe/0" do
-    case python() do
-      nil ->
-        IO.puts("skipped: no python3 to decode JSON")
-
-      python ->
-        json = Catalog.to_json()
-        assert canonical_json(python, json) == json
-    end
-  end
-
-  @python_root Path.expand("../../../priv/python", __DIR__)
-  @python_catalog Path.join(@python_root, "snakepit_bridge/telemetry/catalog.py")
-
-  @tag :python
-  test "agrees with python -m snakepit_bridge.telemetry.catalog --json" do
-    python = python()
-
-    if python == nil or not File.exists?(@python_catalog) do
-      IO.puts("skipped: no python or no #{@python_catalog} yet")
-    else
-      {json, 0} =
-        System.cmd(python, ["-m", "snakepit_bridge.telemetry.catalog", "--json"],
-          env: [{"PYTHONPATH", @python_root}]
-        )
-
-      assert canonical_json(python, json) == Catalog.to_json()
-    end
+    assert for({key, true} <- spec.measurement_keys, do: key) == Catalog.native_time_keys()
+    assert spec.metadata_keys == Catalog.metadata_keys()
   end
 
   describe "a malformed catalog fails with the line" do

@@ -21,7 +21,7 @@ defmodule Snakepit.Telemetry.LiveControlTest do
   end
 
   defp settings(id),
-    do: Map.take(stream(id), [:enabled, :sampling_rate, :sampling_patterns, :allow, :deny])
+    do: Map.take(stream(id), [:enabled, :sampling_rate, :sampling_rules, :allow, :deny])
 
   defp emit(worker, event, count) do
     measurements =
@@ -71,7 +71,7 @@ defmodule Snakepit.Telemetry.LiveControlTest do
     # The worker honours sampling itself: what it dropped never crossed the wire.
     assert PythonWorker.stats(worker)["dropped"]["sampled_out"] == 20_000 - delivered
     assert stream(id).dropped.sampled_out == 0
-    assert %{sampling_rate: 0.1, sampling_patterns: []} = settings(id)
+    assert %{sampling_rate: 0.1, sampling_rules: []} = settings(id)
   end
 
   test "update_sampling/3 with patterns leaves other events at 100 %" do
@@ -88,7 +88,7 @@ defmodule Snakepit.Telemetry.LiveControlTest do
     assert_binomial(EventCounter.get(table, id, @call_start), 20_000, 0.1)
     assert EventCounter.get(table, id, @stop) == 2_000
 
-    assert %{sampling_rate: 1.0, sampling_patterns: [%{patterns: ["python.call.*"], rate: 0.1}]} =
+    assert %{sampling_rate: 1.0, sampling_rules: [%{patterns: ["python.call.*"], rate: 0.1}]} =
              settings(id)
   end
 
@@ -233,7 +233,7 @@ defmodule Snakepit.Telemetry.LiveControlTest do
     assert settings(id) == %{
              enabled: true,
              sampling_rate: 1.0,
-             sampling_patterns: [],
+             sampling_rules: [],
              allow: [],
              deny: []
            }
@@ -271,7 +271,7 @@ defmodule Snakepit.Telemetry.LiveControlTest do
     assert {:error, {:invalid_worker_id, 42}} = GrpcStream.update_filter(42, allow: [])
 
     assert settings(id) == before
-    assert before.sampling_patterns == [%{patterns: ["tool.*"], rate: 0.5}]
+    assert before.sampling_rules == [%{patterns: ["tool.*"], rate: 0.5}]
   end
 
   test "the README's IEx session works as written" do

@@ -9,8 +9,8 @@ Typical use inside a worker::
         ...
 
 The worker process installs a :class:`GrpcBackend` at startup (see
-``snakepit_bridge.worker``); until a backend is set, ``emit`` is a cheap no-op. The event
-catalog is in :mod:`snakepit_bridge.telemetry.catalog` (imported on demand).
+``snakepit_bridge.worker``); until a backend is set, ``emit`` is a cheap no-op. Event
+names are not checked here: the Elixir side checks each event against its catalog.
 """
 
 from snakepit_bridge.telemetry.api import (
