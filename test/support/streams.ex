@@ -57,4 +57,24 @@ defmodule Snakepit.Telemetry.Test.Streams do
     for {key, value} <- env, do: Application.put_env(:snakepit_telemetry, key, value)
     {:ok, _} = Application.ensure_all_started(:snakepit_telemetry)
   end
+
+  @doc """
+  Restarts the application with `env` added to its environment for the rest of the test;
+  the original environment is restored (and the application restarted) when it exits.
+  """
+  def restart_app_for_test(env) do
+    original = Application.get_all_env(:snakepit_telemetry)
+
+    ExUnit.Callbacks.on_exit(fn ->
+      :ok = Application.stop(:snakepit_telemetry)
+
+      for {key, _} <- Application.get_all_env(:snakepit_telemetry),
+          do: Application.delete_env(:snakepit_telemetry, key)
+
+      for {key, value} <- original, do: Application.put_env(:snakepit_telemetry, key, value)
+      {:ok, _} = Application.ensure_all_started(:snakepit_telemetry)
+    end)
+
+    restart_app(env)
+  end
 end

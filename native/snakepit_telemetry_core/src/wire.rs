@@ -106,7 +106,8 @@ impl MessageReader {
                 out.push(Incoming::Message(Bytes::new()));
                 ReadState::Prefix { bytes: [0; PREFIX], have: 0 }
             }
-            None => ReadState::Body { len, parts: BytesMut::new() },
+            // Reserved once (len is within the limit), not grown by doubling.
+            None => ReadState::Body { len, parts: BytesMut::with_capacity(len) },
         };
     }
 

@@ -7,7 +7,9 @@ The Python worker is the server; the client (the NIF) opens one bidirectional ca
   ``x-snakepit-telemetry-capabilities: sampling-patterns`` when it honours control
   messages (and so pattern-scoped sampling);
 * reads control messages on a separate thread and applies them to the
-  :class:`~snakepit_bridge.telemetry.stream.TelemetryStream`;
+  :class:`~snakepit_bridge.telemetry.stream.TelemetryStream` (one with an invalid rate or
+  pattern is rejected whole and counted in the stream's ``controls_rejected``; nothing a
+  client sends raises out of the handler);
 * streams the buffered events; a newer call replaces the current one, whose response
   stream then ends with status OK.
 
@@ -95,7 +97,7 @@ class TelemetryService:
 
     @property
     def controls_applied(self) -> int:
-        """Control messages applied to the stream."""
+        """Control messages applied to the stream (not the rejected or ignored ones)."""
         return self._controls_applied.value
 
     def initial_metadata(self) -> Metadata:

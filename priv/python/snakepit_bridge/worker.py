@@ -3,6 +3,18 @@
 Starts the ``StreamTelemetry`` gRPC server, installs a :class:`GrpcBackend` as the
 telemetry backend, prints exactly one ``GRPC_READY:<port>`` line on stdout once serving,
 and runs until SIGTERM or SIGINT (or stdin closes, with ``--exit-on-stdin-eof``).
+
+The buffer's bounds are set on the command line (and as the keyword arguments of the same
+names, with ``_`` for ``-``, when calling :func:`start_worker` from code):
+
+* ``--max-buffer N``: most events buffered (default 1024);
+* ``--max-buffer-bytes N``: most bytes buffered, summed over the serialized events
+  (default 4194304, 4 MiB);
+* ``--max-event-bytes N``: largest serialized event sent (default 262144, 256 KiB, the
+  limit the Elixir side gives the NIF); a larger one is dropped and counted ``oversize``.
+
+An event that does not fit is dropped and counted, never waited for. Scripts that build
+on :func:`build_arg_parser` pass the parsed bounds on with :func:`stream_bounds`.
 """
 
 from __future__ import annotations
@@ -16,20 +28,27 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Final
+from typing import Final, TypedDict
 
 from snakepit_bridge import telemetry
 from snakepit_bridge.server import DEFAULT_HOST, BridgeServer, ServerStartError
-from snakepit_bridge.telemetry.stream import DEFAULT_MAX_BUFFER, TelemetryStream
+from snakepit_bridge.telemetry.stream import (
+    DEFAULT_MAX_BUFFER,
+    DEFAULT_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_EVENT_BYTES,
+    TelemetryStream,
+)
 
 __all__ = [
     "READY_PREFIX",
     "RunningWorker",
     "ShutdownRequest",
+    "StreamBounds",
     "announce_ready",
     "build_arg_parser",
     "main",
     "start_worker",
+    "stream_bounds",
 ]
 
 READY_PREFIX: Final = "GRPC_READY:"
@@ -56,14 +75,21 @@ def start_worker(
     host: str = DEFAULT_HOST,
     port: int = 0,
     max_buffer: int = DEFAULT_MAX_BUFFER,
+    max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     honour_control: bool = True,
 ) -> RunningWorker:
     """Create the stream, install it as the telemetry backend and start the server.
 
     Raises:
+        ValueError: if a bound is not a positive integer.
         ServerStartError: if the address cannot be bound.
     """
-    stream = TelemetryStream(max_buffer=max_buffer)
+    stream = TelemetryStream(
+        max_buffer=max_buffer,
+        max_buffer_bytes=max_buffer_bytes,
+        max_event_bytes=max_event_bytes,
+    )
     server = BridgeServer(stream, host=host, port=port, honour_control=honour_control)
     bound_port = server.start()
     telemetry.set_backend(telemetry.GrpcBackend(stream))
@@ -83,11 +109,50 @@ def build_arg_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind ({DEFAULT_HOST})")
     parser.add_argument(
         "--max-buffer",
-        type=int,
+        type=_positive_int,
         default=DEFAULT_MAX_BUFFER,
-        help="events buffered before new ones are dropped",
+        help=f"events buffered before new ones are dropped ({DEFAULT_MAX_BUFFER})",
+    )
+    parser.add_argument(
+        "--max-buffer-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_BUFFER_BYTES,
+        help=f"bytes buffered before new events are dropped ({DEFAULT_MAX_BUFFER_BYTES})",
+    )
+    parser.add_argument(
+        "--max-event-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_EVENT_BYTES,
+        help=f"largest serialized event sent; larger ones are dropped ({DEFAULT_MAX_EVENT_BYTES})",
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+class StreamBounds(TypedDict):
+    """The buffer bounds, as keyword arguments of :func:`start_worker`."""
+
+    max_buffer: int
+    max_buffer_bytes: int
+    max_event_bytes: int
+
+
+def stream_bounds(args: argparse.Namespace) -> StreamBounds:
+    """Return the bounds parsed by :func:`build_arg_parser` (``start_worker(**bounds)``)."""
+    return StreamBounds(
+        max_buffer=args.max_buffer,
+        max_buffer_bytes=args.max_buffer_bytes,
+        max_event_bytes=args.max_event_bytes,
+    )
 
 
 class ShutdownRequest:
@@ -154,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutdown.install_signals(signal.SIGTERM, signal.SIGINT)
 
     try:
-        worker = start_worker(host=args.host, port=args.port, max_buffer=args.max_buffer)
+        worker = start_worker(host=args.host, port=args.port, **stream_bounds(args))
     except ServerStartError as exc:
         print(f"snakepit_bridge.worker: {exc}", file=sys.stderr)
         return EXIT_START_FAILED

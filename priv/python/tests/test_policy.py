@@ -9,7 +9,13 @@ from stream_client import decode, event_filter, sampling, toggle
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry import encoding
 from snakepit_bridge.telemetry import stream as stream_module
-from snakepit_bridge.telemetry.policy import FILTERED_OUT, MAX_CACHED_DECISIONS, ControlPolicy
+from snakepit_bridge.telemetry.policy import (
+    FILTERED_OUT,
+    MAX_CACHED_DECISIONS,
+    MAX_CACHED_NAME_LENGTH,
+    ControlPolicy,
+    InvalidControlError,
+)
 from snakepit_bridge.telemetry.stream import TelemetryStream
 
 
@@ -64,12 +70,12 @@ def test_rate_zero_and_one() -> None:
     assert len(stream.buffer) == 100
 
 
-def test_rates_are_clamped_and_nan_ignored() -> None:
-    policy = ControlPolicy()
-    assert policy.with_sampling(3.0).default_rate == 1.0
-    assert policy.with_sampling(-1.0).default_rate == 0.0
-    half = policy.with_sampling(0.5)
-    assert half.with_sampling(float("nan")) is half
+def test_out_of_range_and_non_finite_rates_raise_instead_of_being_clamped() -> None:
+    half = ControlPolicy().with_sampling(0.5)
+    for rate in (3.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(InvalidControlError, match="rate"):
+            half.with_sampling(rate)
+    assert half.default_rate == 0.5
 
 
 def test_pattern_sampling_applies_to_matching_events_only() -> None:
@@ -193,6 +199,17 @@ def test_cache_is_bounded() -> None:
     for index in range(MAX_CACHED_DECISIONS + 10):
         policy.decide(f"rnd_{index}.x")
     assert len(policy.decisions) <= MAX_CACHED_DECISIONS
+
+
+def test_long_names_are_decided_but_not_cached() -> None:
+    policy = ControlPolicy().with_filter(allow=("a*",), deny=())
+    long_name = "a" * (MAX_CACHED_NAME_LENGTH + 1)
+    assert policy.decide(long_name) == 1.0
+    assert policy.decide("b" * (MAX_CACHED_NAME_LENGTH + 1)) == FILTERED_OUT
+    assert policy.decisions == {}
+    short_name = "a" * MAX_CACHED_NAME_LENGTH
+    assert policy.decide(short_name) == 1.0
+    assert policy.decisions == {short_name: 1.0}
 
 
 def test_glob_star_matches_across_dots_and_is_case_sensitive() -> None:

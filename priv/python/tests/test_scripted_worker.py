@@ -193,3 +193,23 @@ def test_exits_when_stdin_closes(start_scripted: StartScripted) -> None:
     worker.close_stdin()
     assert worker.wait() == 0
     assert client.wait_end() == grpc.StatusCode.OK
+
+
+def test_byte_bound_flags_are_honoured(start_scripted: StartScripted) -> None:
+    worker, client = start_scripted("--max-event-bytes", "1000", "--max-buffer-bytes", "50000")
+    for index, size in enumerate((10, 5_000, 10)):
+        reply = _command(
+            worker,
+            op="emit",
+            id=index,
+            event="tool.execution.stop",
+            measurements={"duration": 1},
+            metadata={"tool": "t" * size},
+        )
+        assert reply == f"ACK {index}"
+    assert [len(event.metadata["tool"]) for event in client.events(2)] == [10, 10]
+    stats = _stats(worker)
+    assert stats["dropped"]["oversize"] == 1  # type: ignore[index]
+    assert stats["sent"] == 2
+    assert stats["buffered_bytes"] == 0
+    assert stats["controls_rejected"] == 0

@@ -83,8 +83,8 @@ def test_emit_never_blocks_when_full_from_many_threads() -> None:
     assert elapsed < 5.0
     stats = stream.stats()
     assert stats.emitted == 4 * per_thread  # every emit is accounted for, exactly
-    # The size check races with append: at most (threads - 1) events over the bound.
-    assert 10 <= stats.buffered <= 13
+    # Admission checks the bound and appends under one lock: never over the bound.
+    assert stats.buffered == 10
     assert stats.dropped["overflow"] == 4 * per_thread - stats.buffered
 
 
@@ -184,6 +184,7 @@ def test_stats_to_dict_is_json_ready() -> None:
         "emitted": 2,
         "enqueued": 1,
         "buffered": 1,
+        "buffered_bytes": len(stream.buffer[0]),
         "sent": 0,
         "dropped_total": 1,
         "dropped": {
@@ -191,7 +192,9 @@ def test_stats_to_dict_is_json_ready() -> None:
             "sampled_out": 0,
             "filtered_out": 0,
             "overflow": 1,
+            "oversize": 0,
             "encode_error": 0,
             "closed": 0,
         },
+        "controls_rejected": 0,
     }

@@ -14,6 +14,8 @@ from stream_client import StreamClient
 from worker_process import WorkerProcess
 
 from snakepit_bridge.server import CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS
+from snakepit_bridge.worker import build_arg_parser, stream_bounds
+from snakepit_bridge.worker import start_worker as start_worker_in_process
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -81,4 +83,44 @@ def test_port_in_use_exits_nonzero_without_ready_line() -> None:
         )
     assert result.returncode == 1
     assert "cannot bind" in result.stderr
+    assert "GRPC_READY" not in result.stdout
+
+
+def test_byte_bound_flags_reach_the_stream() -> None:
+    parser = build_arg_parser()
+    args = parser.parse_args(
+        ["--max-buffer", "7", "--max-buffer-bytes", "5000", "--max-event-bytes", "300"]
+    )
+    worker = start_worker_in_process(port=0, **stream_bounds(args))
+    try:
+        assert worker.stream.max_buffer == 7
+        assert worker.stream.max_buffer_bytes == 5000
+        assert worker.stream.max_event_bytes == 300
+    finally:
+        worker.stop(grace=0)
+    defaults = stream_bounds(parser.parse_args([]))
+    assert defaults == {
+        "max_buffer": 1024,
+        "max_buffer_bytes": 4_194_304,
+        "max_event_bytes": 262_144,
+    }
+
+
+def test_worker_accepts_the_byte_bound_flags(start_worker: StartWorker) -> None:
+    worker = start_worker("--max-buffer-bytes", "65536", "--max-event-bytes", "1024")
+    assert worker.port > 0
+
+
+@pytest.mark.parametrize("flag", ["--max-buffer", "--max-buffer-bytes", "--max-event-bytes"])
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "lots"])
+def test_invalid_bound_flags_exit_with_a_usage_error(flag: str, value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakepit_bridge.worker", "--port", "0", flag, value],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert flag in result.stderr
     assert "GRPC_READY" not in result.stdout

@@ -1,7 +1,8 @@
 """A scriptable telemetry worker for the Elixir integration tests.
 
 Run as ``.venv/bin/python test/support/python/scripted_worker.py --port 0
-[--ignore-control] [--max-buffer N]``. Starts the same server as
+[--ignore-control] [--max-buffer N] [--max-buffer-bytes N] [--max-event-bytes N]``
+(the bounds as in ``python -m snakepit_bridge.worker``). Starts the same server as
 ``python -m snakepit_bridge.worker``, prints ``GRPC_READY:<port>``, then runs JSON
 commands read from stdin, one per line, in order. After a command with an ``"id"`` it
 prints ``ACK <id>`` once the command's events are enqueued. Exits when stdin closes.
@@ -60,6 +61,7 @@ from snakepit_bridge.worker import (  # noqa: E402
     announce_ready,
     build_arg_parser,
     start_worker,
+    stream_bounds,
 )
 
 Command = Mapping[str, Any]
@@ -247,8 +249,8 @@ def main() -> int:
     worker = start_worker(
         host=args.host,
         port=args.port,
-        max_buffer=args.max_buffer,
         honour_control=not args.ignore_control,
+        **stream_bounds(args),
     )
     announce_ready(worker.port)
     runner = ScriptRunner(worker)
