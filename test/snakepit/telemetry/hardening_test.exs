@@ -256,14 +256,15 @@ defmodule Snakepit.Telemetry.HardeningTest do
   end
 
   describe "crashes of our own processes" do
-    test "killing GrpcStream and the Dispatcher in a loop loses no registration, setting or counter" do
+    test "killing GrpcStream and the Dispatcher in turn, 5 times each, loses no registration, setting or counter" do
       {worker, id} = start_worker()
       Forwarder.attach([@stop])
       register!(id, worker, pool_name: :kill_loop)
       :ok = GrpcStream.update_filter(id, deny: ["python.gc.*"])
       generation_before = stream(id)
 
-      for round <- 1..10, process <- [GrpcStream, Dispatcher] do
+      # 10 kills: within the supervisor's tolerance of 20 restarts in 5 s, with other tests' kills.
+      for round <- 1..5, process <- [GrpcStream, Dispatcher] do
         pid = Process.whereis(process)
         ref = Process.monitor(pid)
         Process.exit(pid, :kill)
@@ -289,7 +290,7 @@ defmodule Snakepit.Telemetry.HardeningTest do
       assert info.connected_since == generation_before.connected_since,
              "the stream never reconnected"
 
-      wait_until(fn -> stream(id).emitted == 20 end)
+      wait_until(fn -> stream(id).emitted == 10 end)
       assert :ok = GrpcStream.toggle(id, false)
     end
 
