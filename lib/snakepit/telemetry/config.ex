@@ -141,17 +141,8 @@ defmodule Snakepit.Telemetry.Config do
     :max_patterns,
     :runtime_threads
   ]
-  @positive_integers [
-    :max_buffer_size,
-    :max_batch_size,
-    :max_in_flight_batches,
-    :max_buffer_bytes,
-    :max_event_bytes,
-    :max_metadata_keys,
-    :max_batch_bytes,
-    :max_patterns,
-    :runtime_threads
-  ]
+  # Every key but these is a positive integer.
+  @positive_integers @keys -- [:enabled, :sampling_rate, :excluded_events, :grpc_stream, :events]
   @worker_names MapSet.new(Catalog.worker_events(), & &1.worker_name)
   @catalog_events MapSet.new(Catalog.events(), & &1.event)
   @event_name ~r/^[a-z0-9_]+(\.[a-z0-9_]+)*$/

@@ -302,19 +302,7 @@ defmodule Snakepit.Telemetry.LiveControlTest do
 
   @tag :capture_log
   test "config: defaults for new workers, excluded_events denied everywhere, grpc_stream: false" do
-    original = Application.get_all_env(:snakepit_telemetry)
-
-    on_exit(fn ->
-      :ok = Application.stop(:snakepit_telemetry)
-
-      for {key, _} <- Application.get_all_env(:snakepit_telemetry),
-          do: Application.delete_env(:snakepit_telemetry, key)
-
-      for {key, value} <- original, do: Application.put_env(:snakepit_telemetry, key, value)
-      {:ok, _} = Application.ensure_all_started(:snakepit_telemetry)
-    end)
-
-    restart_app(excluded_events: ["tool.*"], sampling_rate: 0.5)
+    restart_app_for_test(excluded_events: ["tool.*"], sampling_rate: 0.5)
     {worker, id} = start_worker()
     table = EventCounter.attach(@events)
     register!(id, worker)
