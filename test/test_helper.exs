@@ -3,5 +3,4 @@
 exclude =
   if Snakepit.Telemetry.Backend.telemetry_impl() == :standin, do: [], else: [:telemetry_standin]
 
-# :memory_bound is a measurement that does not hold yet (see hardening_test.exs).
-ExUnit.start(exclude: [:memory_bound | exclude])
+ExUnit.start(exclude: exclude)

@@ -54,7 +54,7 @@ def test_invalid_rate_is_rejected_and_the_policy_stays(rate: float) -> None:
 def test_valid_rates_including_the_bounds_are_applied(rate: float) -> None:
     stream = TelemetryStream()
     assert stream.apply_control(sampling(rate))
-    assert stream.policy.default_rate == rate
+    assert stream.policy.sampling_rate == rate
     assert stream.controls_rejected == 0
 
 

@@ -75,7 +75,7 @@ def test_out_of_range_and_non_finite_rates_raise_instead_of_being_clamped() -> N
     for rate in (3.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(InvalidControlError, match="rate"):
             half.with_sampling(rate)
-    assert half.default_rate == 0.5
+    assert half.sampling_rate == 0.5
 
 
 def test_pattern_sampling_applies_to_matching_events_only() -> None:
@@ -106,7 +106,7 @@ def test_pattern_sampling_rate_is_statistical_and_others_keep_their_rate() -> No
 def test_same_pattern_set_overrides_and_newest_overlapping_wins() -> None:
     policy = ControlPolicy().with_sampling(0.2, ("tool.*", "python.*"))
     policy = policy.with_sampling(0.7, ("python.*", "tool.*", "tool.*"))  # same set
-    assert len(policy.scoped_rates) == 1
+    assert len(policy.sampling_rules) == 1
     assert policy.decide("tool.x") == 0.7
     policy = policy.with_sampling(0.3, ("tool.execution.*",))
     assert policy.decide("tool.execution.stop") == 0.3  # newest matching set
@@ -119,7 +119,7 @@ def test_same_pattern_set_overrides_and_newest_overlapping_wins() -> None:
 
 def test_sampling_without_patterns_applies_to_every_event() -> None:
     policy = ControlPolicy().with_sampling(0.1, ("tool.*",)).with_sampling(0.4)
-    assert policy.scoped_rates == ()
+    assert policy.sampling_rules == ()
     assert policy.decide("tool.execution.stop") == 0.4
     assert policy.decide("python.call.stop") == 0.4
 

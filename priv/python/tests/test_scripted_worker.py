@@ -152,8 +152,8 @@ def test_stats_report_overflow_and_control(start_scripted: StartScripted) -> Non
     stats = _stats(worker)
     assert stats["policy"] == {
         "enabled": False,
-        "default_rate": 1.0,
-        "scoped_rates": [],
+        "sampling_rate": 1.0,
+        "sampling_rules": [],
         "allow": [],
         "deny": [],
     }

@@ -62,7 +62,7 @@ defmodule Snakepit.Telemetry.LiveControlTest do
     register!(id, worker)
 
     assert :ok = GrpcStream.update_sampling(id, 0.1)
-    PythonWorker.await_policy(worker, &(&1["default_rate"] == 0.1))
+    PythonWorker.await_policy(worker, &(&1["sampling_rate"] == 0.1))
     for _ <- 1..4, do: emit(worker, "tool.execution.stop", 5_000)
     settle(worker, id, table)
 
@@ -80,7 +80,7 @@ defmodule Snakepit.Telemetry.LiveControlTest do
     register!(id, worker)
 
     assert :ok = GrpcStream.update_sampling(id, 0.1, ["python.call.*"])
-    PythonWorker.await_policy(worker, &(&1["scoped_rates"] != []))
+    PythonWorker.await_policy(worker, &(&1["sampling_rules"] != []))
     for _ <- 1..4, do: emit(worker, "python.call.start", 5_000)
     emit(worker, "tool.execution.stop", 2_000)
     settle(worker, id, table)
@@ -307,13 +307,13 @@ defmodule Snakepit.Telemetry.LiveControlTest do
     table = EventCounter.attach(@events)
     register!(id, worker)
     assert %{enabled: true, sampling_rate: 0.5, deny: []} = settings(id)
-    PythonWorker.await_policy(worker, &(&1["deny"] == ["tool.*"] and &1["default_rate"] == 0.5))
+    PythonWorker.await_policy(worker, &(&1["deny"] == ["tool.*"] and &1["sampling_rate"] == 0.5))
 
     # The worker's own deny list comes on top of the excluded events.
     assert :ok = GrpcStream.update_filter(id, deny: ["python.gc.*"])
     PythonWorker.await_policy(worker, &(Enum.sort(&1["deny"]) == ["python.gc.*", "tool.*"]))
     assert :ok = GrpcStream.update_sampling(id, 1.0)
-    PythonWorker.await_policy(worker, &(&1["default_rate"] == 1.0))
+    PythonWorker.await_policy(worker, &(&1["sampling_rate"] == 1.0))
     emit(worker, "tool.execution.stop", 10)
     emit(worker, "python.call.stop", 10)
     settle(worker, id, table)

@@ -9,8 +9,10 @@ prints ``ACK <id>`` once the command's events are enqueued. Exits when stdin clo
 
 Commands (``op``):
 
-* ``emit``: ``event``, ``measurements``, ``metadata``, ``correlation_id``, ``count`` (1):
-  calls ``telemetry.emit`` ``count`` times.
+* ``emit``: ``event``, ``measurements``, ``metadata``, ``correlation_id``, ``count`` (1),
+  ``pad`` (``{key: n}``, none): calls ``telemetry.emit`` ``count`` times; ``pad`` adds a
+  metadata string of ``n`` ``"z"`` under ``key``, built here so that a large event does
+  not cross the test's stdin (or its JSON encoder) at all.
 * ``span``: ``operation``, ``metadata``, ``correlation_id``, ``sleep_ms`` (0), ``raise``
   (false): runs ``telemetry.span``; with ``raise`` a ``RuntimeError("boom")`` is raised
   inside and swallowed after the span re-raised it.
@@ -164,6 +166,10 @@ class ScriptRunner:
         event = command["event"]
         measurements = command.get("measurements") or {}
         metadata = command.get("metadata")
+        pad = command.get("pad") or {}
+        if pad:
+            metadata = dict(metadata or {})
+            metadata.update({key: "z" * int(size) for key, size in pad.items()})
         correlation_id = command.get("correlation_id")
         for _ in range(int(command.get("count", 1))):
             telemetry.emit(event, measurements, metadata, correlation_id)
@@ -206,10 +212,10 @@ class ScriptRunner:
         policy = self.stream.policy
         stats["policy"] = {
             "enabled": policy.enabled,
-            "default_rate": policy.default_rate,
-            "scoped_rates": [
+            "sampling_rate": policy.sampling_rate,
+            "sampling_rules": [
                 {"patterns": list(rule.patterns.patterns), "rate": rule.rate}
-                for rule in policy.scoped_rates
+                for rule in policy.sampling_rules
             ],
             "allow": list(policy.allow.patterns),
             "deny": list(policy.deny.patterns),

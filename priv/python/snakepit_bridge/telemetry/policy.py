@@ -195,8 +195,8 @@ class ControlPolicy:
     """Immutable telemetry settings plus a per-event decision cache."""
 
     enabled: bool = True
-    default_rate: float = 1.0
-    scoped_rates: tuple[SamplingRule, ...] = ()
+    sampling_rate: float = 1.0
+    sampling_rules: tuple[SamplingRule, ...] = ()
     """Pattern-scoped rates, oldest first; the last matching rule wins."""
     allow: PatternSet = field(default_factory=lambda: PatternSet(()))
     deny: PatternSet = field(default_factory=lambda: PatternSet(()))
@@ -225,10 +225,10 @@ class ControlPolicy:
             return FILTERED_OUT
         if self.allow and not self.allow.matches(event):
             return FILTERED_OUT
-        for rule in reversed(self.scoped_rates):
+        for rule in reversed(self.sampling_rules):
             if rule.patterns.matches(event):
                 return rule.rate
-        return self.default_rate
+        return self.sampling_rate
 
     def with_enabled(self, enabled: bool) -> ControlPolicy:
         """Return a policy with telemetry switched on or off."""
@@ -243,9 +243,9 @@ class ControlPolicy:
         checked = check_rate(rate)
         pattern_set = PatternSet.of(patterns)
         if not pattern_set:
-            return replace(self, default_rate=checked, scoped_rates=(), decisions={})
-        kept = tuple(rule for rule in self.scoped_rates if rule.patterns != pattern_set)
-        return replace(self, scoped_rates=(*kept, SamplingRule(pattern_set, checked)), decisions={})
+            return replace(self, sampling_rate=checked, sampling_rules=(), decisions={})
+        kept = tuple(rule for rule in self.sampling_rules if rule.patterns != pattern_set)
+        return replace(self, sampling_rules=(*kept, SamplingRule(pattern_set, checked)), decisions={})
 
     def with_filter(self, allow: Iterable[str], deny: Iterable[str]) -> ControlPolicy:
         """Return a policy with new allow and deny lists (both replaced).
