@@ -68,7 +68,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
       * Measurements: `:message_count` (events handed to the Dispatcher on this stream).
       * Metadata: `:node`, `:worker_id`, `:stream_id`, `:reason` (`:unregistered`,
         `:replaced`, `:worker_closed`, `{:stream_error, text}`, `{:connect_failed, text}`,
-        `:receiver_gone`, `:panicked` or `:shutdown`).
+        `:panicked` or `:shutdown`).
   """
 
   use GenServer

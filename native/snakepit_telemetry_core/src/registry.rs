@@ -29,8 +29,6 @@ pub enum CloseReason {
     Panicked,
     /// The runtime is shutting down (the owning resource was dropped).
     Shutdown,
-    /// The process receiving the batches is gone.
-    ReceiverGone,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

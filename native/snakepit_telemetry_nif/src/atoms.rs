@@ -25,7 +25,6 @@ rustler::atoms! {
     connect_failed,
     panicked,
     shutdown,
-    receiver_gone,
     // Errors at the API.
     invalid_endpoint,
     invalid_metadata,

@@ -50,7 +50,6 @@ pub fn close_reason_term<'a>(env: Env<'a>, reason: &CloseReason) -> Term<'a> {
         CloseReason::ConnectFailed(m) => (atoms::connect_failed(), m.as_str()).encode(env),
         CloseReason::Panicked => atoms::panicked().encode(env),
         CloseReason::Shutdown => atoms::shutdown().encode(env),
-        CloseReason::ReceiverGone => atoms::receiver_gone().encode(env),
     }
 }
 

@@ -12,7 +12,8 @@ Commands (``op``):
 * ``emit``: ``event``, ``measurements``, ``metadata``, ``correlation_id``, ``count`` (1),
   ``pad`` (``{key: n}``, none): calls ``telemetry.emit`` ``count`` times; ``pad`` adds a
   metadata string of ``n`` ``"z"`` under ``key``, built here so that a large event does
-  not cross the test's stdin (or its JSON encoder) at all.
+  not cross the test's stdin (or its JSON encoder) at all; ``wide`` (0) adds that many
+  metadata keys ``w0000``, ``w0001``, ... with short string values.
 * ``span``: ``operation``, ``metadata``, ``correlation_id``, ``sleep_ms`` (0), ``raise``
   (false): runs ``telemetry.span``; with ``raise`` a ``RuntimeError("boom")`` is raised
   inside and swallowed after the span re-raised it.
@@ -170,6 +171,10 @@ class ScriptRunner:
         if pad:
             metadata = dict(metadata or {})
             metadata.update({key: "z" * int(size) for key, size in pad.items()})
+        wide = int(command.get("wide", 0))
+        if wide:
+            metadata = dict(metadata or {})
+            metadata.update({f"w{i:04d}": f"v{i}" for i in range(wide)})
         correlation_id = command.get("correlation_id")
         for _ in range(int(command.get("count", 1))):
             telemetry.emit(event, measurements, metadata, correlation_id)

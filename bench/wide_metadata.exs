@@ -1,0 +1,198 @@
+# Wide metadata: what maps over 32 keys cost, built on a scheduler (the Dispatcher's
+# `:maps.from_list/1`) instead of by the NIF off the schedulers (which crashes OTP 25 for
+# hash maps, Erlang/OTP issue 8208), against capping the keys.
+#
+#     MIX_ENV=test ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
+#       mix run bench/wide_metadata.exs [--events 20000] [--runs 5] [--widths 0,16,27,28,64,120,480]
+#
+# (MIX_ENV=test: the worker driver lives in test/support.) `--widths` are the extra
+# metadata keys the worker adds to each `tool.execution.stop` event (`w0000`, `w0001`, ...
+# with short values, passed through by the NIF as binary keys); the event also carries
+# `tool`, `operation` and the keys the NIF adds (worker id, pool, node, ...), so the
+# delivered map has more: the table shows that size. The application runs with
+# `max_metadata_keys: 1024`, `max_buffer_size: 1000000` and `max_buffer_bytes` 512 MiB
+# (nothing dropped).
+#
+# Each run starts one fresh worker (`scripted_worker.py --max-buffer 1000000`), has it
+# emit `--events` events up front, then registers it and times until a `:telemetry`
+# handler (a `:counters` increment) has seen them all. Widths run interleaved, `--runs`
+# rounds after one warm-up round. Per event: the NIF runtime's threads' CPU (receive,
+# check, build terms), the normal schedulers' CPU (Dispatcher, map building for wide
+# events, `:telemetry.execute/3`, acks) and wall time; medians over the runs.
+#
+# Capping instead (dropping keys beyond 32, or the event) would cost what the widest
+# NIF-built row costs, or nothing, and lose the data: the difference between the rows
+# just below and just above 32 keys is the price of building on a scheduler.
+
+defmodule Bench.WideMetadata do
+  @moduledoc false
+
+  alias Snakepit.Telemetry.GrpcStream
+  alias Snakepit.Telemetry.Test.{PythonWorker, Streams}
+
+  @event [:snakepit, :python, :tool, :execution, :stop]
+  @defaults [events: 20_000, runs: 5, widths: "0,16,27,28,64,120,480", timeout_s: 120]
+  @switches [events: :integer, runs: :integer, widths: :string, timeout_s: :integer]
+  @nif_thread "snakepit-teleme"
+
+  def main(argv) do
+    {opts, []} = OptionParser.parse!(argv, strict: @switches)
+    opts = Keyword.merge(@defaults, opts)
+    widths = opts[:widths] |> String.split(",") |> Enum.map(&String.to_integer/1)
+
+    Streams.restart_app(
+      max_metadata_keys: 1024,
+      max_buffer_size: 1_000_000,
+      max_buffer_bytes: 512 * 1024 * 1024
+    )
+
+    :erlang.system_flag(:scheduler_wall_time, true)
+
+    IO.puts("events per run: #{opts[:events]}, runs: #{opts[:runs]}, widths: #{inspect(widths)}")
+    for w <- widths, do: run_case(w, div(opts[:events], 10), opts)
+
+    results =
+      for run <- 1..opts[:runs], w <- widths do
+        r = run_case(w, opts[:events], opts)
+        IO.puts("run #{run} width #{w}: #{format(r)}")
+        {w, r}
+      end
+
+    print_table(widths, results)
+  end
+
+  defp run_case(width, events, opts) do
+    worker =
+      PythonWorker.start([
+        "--max-buffer",
+        "1000000",
+        "--max-buffer-bytes",
+        "1073741824",
+        "--max-event-bytes",
+        "1048576"
+      ])
+
+    id = "wide-#{width}-#{System.unique_integer([:positive])}"
+
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 123_456},
+      "metadata" => %{"tool" => "resize", "operation" => "run"},
+      "wide" => width,
+      "count" => events
+    })
+
+    counter = :counters.new(2, [])
+    handler = "bench-wide-#{id}"
+    :ok = :telemetry.attach(handler, @event, &__MODULE__.handle_event/4, {counter, id})
+
+    try do
+      before = snapshot()
+      :ok = GrpcStream.register_worker(id, worker.endpoint)
+      deadline = System.monotonic_time(:millisecond) + opts[:timeout_s] * 1000
+      await(counter, events, id, worker, deadline)
+      after_ = snapshot()
+
+      %{
+        events: events,
+        map_keys: :counters.get(counter, 2),
+        wall_ns: after_.t - before.t,
+        nif_ns: after_.nif - before.nif,
+        sched_ns: after_.schedulers - before.schedulers
+      }
+    after
+      :telemetry.detach(handler)
+      GrpcStream.unregister_worker(id)
+      PythonWorker.stop(worker)
+    end
+  end
+
+  def handle_event(_event, _measurements, metadata, {counter, id}) do
+    if metadata.worker_id == id do
+      :counters.add(counter, 1, 1)
+      :counters.put(counter, 2, map_size(metadata))
+    end
+  end
+
+  defp await(counter, events, id, worker, deadline) do
+    cond do
+      :counters.get(counter, 1) >= events ->
+        :ok
+
+      System.monotonic_time(:millisecond) > deadline ->
+        raise "timed out: #{:counters.get(counter, 1)} of #{events} events seen; " <>
+                "stream: #{inspect(Streams.stream(id))}; worker: #{PythonWorker.stats_line(worker)}"
+
+      true ->
+        Process.sleep(2)
+        await(counter, events, id, worker, deadline)
+    end
+  end
+
+  defp snapshot do
+    {:ok, tids} = File.ls("/proc/self/task")
+
+    Enum.reduce(tids, %{t: System.monotonic_time(:nanosecond), nif: 0, schedulers: 0}, fn tid,
+                                                                                          acc ->
+      with {:ok, comm} <- File.read("/proc/self/task/#{tid}/comm"),
+           {:ok, schedstat} <- File.read("/proc/self/task/#{tid}/schedstat") do
+        ns = schedstat |> String.split() |> hd() |> String.to_integer()
+
+        cond do
+          String.starts_with?(comm, @nif_thread) -> %{acc | nif: acc.nif + ns}
+          comm =~ ~r/^\d+_scheduler$/ -> %{acc | schedulers: acc.schedulers + ns}
+          true -> acc
+        end
+      else
+        _ -> acc
+      end
+    end)
+  end
+
+  defp format(r) do
+    "#{r.map_keys} keys, #{round(rate(r))} ev/s, NIF #{fmt(us(r.nif_ns, r))} µs/ev, " <>
+      "schedulers #{fmt(us(r.sched_ns, r))} µs/ev"
+  end
+
+  defp print_table(widths, results) do
+    rows = Enum.map(widths, fn w -> {w, for({^w, r} <- results, do: r)} end)
+    {_, base} = hd(rows)
+    base_sched = median(Enum.map(base, &us(&1.sched_ns, &1)))
+
+    IO.puts("""
+
+    | metadata keys delivered | built by | events/s median (min–max) | NIF CPU µs/ev | scheduler CPU µs/ev | scheduler CPU vs narrowest |
+    |---|---|---|---|---|---|\
+    """)
+
+    for {_w, rs} <- rows do
+      keys = hd(rs).map_keys
+      rates = Enum.map(rs, &rate/1)
+      sched = median(Enum.map(rs, &us(&1.sched_ns, &1)))
+
+      IO.puts(
+        "| #{keys} | #{if keys > 32, do: "scheduler (Dispatcher)", else: "NIF"} | " <>
+          "#{round(median(rates))} (#{round(Enum.min(rates))}–#{round(Enum.max(rates))}) | " <>
+          "#{fmt(median(Enum.map(rs, &us(&1.nif_ns, &1))))} | #{fmt(sched)} | #{fmt(sched / base_sched)} |"
+      )
+    end
+  end
+
+  defp rate(r), do: r.events * 1.0e9 / r.wall_ns
+  defp us(ns, r), do: ns / r.events / 1000
+
+  defp median(xs) do
+    sorted = Enum.sort(xs)
+    n = length(sorted)
+    mid = div(n, 2)
+
+    if rem(n, 2) == 1,
+      do: Enum.at(sorted, mid),
+      else: (Enum.at(sorted, mid - 1) + Enum.at(sorted, mid)) / 2
+  end
+
+  defp fmt(x), do: :erlang.float_to_binary(x * 1.0, decimals: 2)
+end
+
+Bench.WideMetadata.main(System.argv())
