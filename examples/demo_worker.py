@@ -25,7 +25,9 @@ def main() -> int:
     worker = start_worker(port=0)
     announce_ready(worker.port)
     for n in range(3):
-        with telemetry.span("tool.execution", {"tool": "predict"}, correlation_id=f"abc-{n}"):
+        with telemetry.span(
+            "tool.execution", {"tool": "predict"}, correlation_id=f"abc-{n}"
+        ):
             predict()
     # Stay up until the demo closes our stdin; events buffered before the stream
     # attached are delivered when it does.

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Final, TypedDict
+from typing import Any, Final, TypedDict
 
 from snakepit_bridge import telemetry
 from snakepit_bridge.server import DEFAULT_HOST, BridgeServer, ServerStartError
@@ -169,7 +169,7 @@ class ShutdownRequest:
     def __init__(self) -> None:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
-        self._signals_installed = False
+        self._previous_handlers: dict[signal.Signals, Any] = {}
 
     def install_signals(self, *signals: signal.Signals) -> None:
         """Make each of ``signals`` request shutdown (call from the main thread)."""
@@ -178,9 +178,8 @@ class ShutdownRequest:
             self.request()
 
         for signum in signals:
-            signal.signal(signum, on_signal)
+            self._previous_handlers[signum] = signal.signal(signum, on_signal)
         signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        self._signals_installed = True
 
     def request(self) -> None:
         """Ask the waiting thread to stop (safe from signal handlers and any thread)."""
@@ -192,10 +191,12 @@ class ShutdownRequest:
         os.read(self._read_fd, 1)
 
     def close(self) -> None:
-        """Close the pipe (and stop using it as the signal wake-up fd)."""
-        if self._signals_installed:
+        """Close the pipe; put back the signal handlers and wake-up fd it replaced."""
+        if self._previous_handlers:
             signal.set_wakeup_fd(-1)
-            self._signals_installed = False
+            for signum, handler in self._previous_handlers.items():
+                signal.signal(signum, handler)
+            self._previous_handlers.clear()
         os.close(self._read_fd)
         os.close(self._write_fd)
 
@@ -217,23 +218,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     shutdown = ShutdownRequest()
     shutdown.install_signals(signal.SIGTERM, signal.SIGINT)
-
     try:
-        worker = start_worker(host=args.host, port=args.port, **stream_bounds(args))
-    except ServerStartError as exc:
-        print(f"snakepit_bridge.worker: {exc}", file=sys.stderr)
-        return EXIT_START_FAILED
-    announce_ready(worker.port)
+        try:
+            worker = start_worker(host=args.host, port=args.port, **stream_bounds(args))
+        except ServerStartError as exc:
+            print(f"snakepit_bridge.worker: {exc}", file=sys.stderr)
+            return EXIT_START_FAILED
+        announce_ready(worker.port)
 
-    if args.exit_on_stdin_eof:
-        threading.Thread(
-            target=_watch_stdin_eof, args=(shutdown,), name="stdin-eof", daemon=True
-        ).start()
+        if args.exit_on_stdin_eof:
+            threading.Thread(
+                target=_watch_stdin_eof, args=(shutdown,), name="stdin-eof", daemon=True
+            ).start()
 
-    shutdown.wait()
-    worker.stop()
-    shutdown.close()
-    return 0
+        shutdown.wait()
+        worker.stop()
+        return 0
+    finally:
+        shutdown.close()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from stream_client import StreamClient
 from worker_process import WorkerProcess
 
 from snakepit_bridge.server import CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS
-from snakepit_bridge.worker import build_arg_parser, stream_bounds
+from snakepit_bridge.worker import EXIT_START_FAILED, build_arg_parser, stream_bounds
+from snakepit_bridge.worker import main as worker_main
 from snakepit_bridge.worker import start_worker as start_worker_in_process
 
 StartWorker = Callable[..., WorkerProcess]
@@ -84,6 +85,17 @@ def test_port_in_use_exits_nonzero_without_ready_line() -> None:
     assert result.returncode == 1
     assert "cannot bind" in result.stderr
     assert "GRPC_READY" not in result.stdout
+
+
+def test_main_that_cannot_bind_puts_back_signal_handlers_and_wakeup_fd() -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code = worker_main(["--port", str(taken.getsockname()[1])])
+    assert code == EXIT_START_FAILED
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert signal.set_wakeup_fd(-1) == -1  # no wake-up fd left pointing at a closed pipe
 
 
 def test_byte_bound_flags_reach_the_stream() -> None:

@@ -245,7 +245,9 @@ class ControlPolicy:
         if not pattern_set:
             return replace(self, sampling_rate=checked, sampling_rules=(), decisions={})
         kept = tuple(rule for rule in self.sampling_rules if rule.patterns != pattern_set)
-        return replace(self, sampling_rules=(*kept, SamplingRule(pattern_set, checked)), decisions={})
+        return replace(
+            self, sampling_rules=(*kept, SamplingRule(pattern_set, checked)), decisions={}
+        )
 
     def with_filter(self, allow: Iterable[str], deny: Iterable[str]) -> ControlPolicy:
         """Return a policy with new allow and deny lists (both replaced).
