@@ -68,6 +68,15 @@ defmodule Snakepit.Telemetry.Config do
       worker's settings may hold, counting allow, deny and every pattern-scoped
       sampling rule; a control call beyond it returns
       `{:error, {:too_many_patterns, limit}}` and changes nothing.
+    * `:connect_timeout` (positive integer, milliseconds, default `5_000`) - the
+      most one attempt to open a worker's stream may take, from connecting to
+      the worker's response headers; a worker that accepts and never answers
+      is a failed attempt, retried like any other.
+    * `:reconnect` (keyword list, default `[initial_ms: 100, max_ms: 5_000]`) -
+      the backoff between attempts when a stream fails to open or is lost:
+      attempt `n` waits a random time between half and all of
+      `min(max_ms, initial_ms * 2^(n - 1))`. Both positive integers,
+      `max_ms >= initial_ms`. A stream that stayed open 5 s resets it.
     * `:runtime_threads` (positive integer, default `2`) - threads of the NIF's
       tokio runtime, which reads every stream.
 
@@ -107,7 +116,9 @@ defmodule Snakepit.Telemetry.Config do
           grpc_stream: boolean(),
           events: [app_event()],
           max_batch_size: pos_integer(),
-          max_in_flight_batches: pos_integer()
+          max_in_flight_batches: pos_integer(),
+          connect_timeout: pos_integer(),
+          reconnect: [initial_ms: pos_integer(), max_ms: pos_integer()]
         }
 
   defstruct enabled: true,
@@ -123,7 +134,9 @@ defmodule Snakepit.Telemetry.Config do
             max_metadata_keys: 128,
             max_batch_bytes: 1_048_576,
             max_patterns: 64,
-            runtime_threads: 2
+            runtime_threads: 2,
+            connect_timeout: 5_000,
+            reconnect: [initial_ms: 100, max_ms: 5_000]
 
   @keys [
     :enabled,
@@ -139,10 +152,20 @@ defmodule Snakepit.Telemetry.Config do
     :max_metadata_keys,
     :max_batch_bytes,
     :max_patterns,
-    :runtime_threads
+    :runtime_threads,
+    :connect_timeout,
+    :reconnect
   ]
   # Every key but these is a positive integer.
-  @positive_integers @keys -- [:enabled, :sampling_rate, :excluded_events, :grpc_stream, :events]
+  @positive_integers @keys --
+                       [
+                         :enabled,
+                         :sampling_rate,
+                         :excluded_events,
+                         :grpc_stream,
+                         :events,
+                         :reconnect
+                       ]
   @worker_names MapSet.new(Catalog.worker_events(), & &1.worker_name)
   @catalog_events MapSet.new(Catalog.events(), & &1.event)
   @event_name ~r/^[a-z0-9_]+(\.[a-z0-9_]+)*$/
@@ -255,6 +278,20 @@ defmodule Snakepit.Telemetry.Config do
     if is_integer(value) and value > 0,
       do: value,
       else: invalid!(key, value, "a positive integer")
+  end
+
+  defp validate!(:reconnect, value) do
+    expected =
+      "a keyword list [initial_ms: pos_integer, max_ms: pos_integer] with max_ms >= initial_ms"
+
+    with true <- Keyword.keyword?(value) and Keyword.keys(value) -- [:initial_ms, :max_ms] == [],
+         initial = Keyword.get(value, :initial_ms, 100),
+         max = Keyword.get(value, :max_ms, 5_000),
+         true <- is_integer(initial) and initial > 0 and is_integer(max) and max >= initial do
+      [initial_ms: initial, max_ms: max]
+    else
+      _ -> invalid!(:reconnect, value, expected)
+    end
   end
 
   defp validate!(:excluded_events, value) do

@@ -14,8 +14,10 @@ defmodule Snakepit.Telemetry.Dispatcher do
   events of the batches that were in its mailbox are counted as `:undeliverable`, and the
   streams go on.
 
-  It emits every worker event of the catalog, and the stream events
-  `[:snakepit, :grpc, :stream, :opened | :closed]`; see `Snakepit.Telemetry.GrpcStream`.
+  It emits every worker event of the catalog, the stream events
+  `[:snakepit, :grpc, :stream, :opened | :closed]` and the connection events
+  `[:snakepit, :grpc, :connection, :established | :lost | :reconnected]`; see
+  `Snakepit.Telemetry.GrpcStream`.
   """
 
   use GenServer
@@ -84,15 +86,49 @@ defmodule Snakepit.Telemetry.Dispatcher do
 
   defp update_node(state, _batch_node, _node), do: state
 
-  defp emit_stream_event(worker_id, generation, :connected, _sent) do
+  defp emit_stream_event(worker_id, generation, {:opened, how}, _sent) do
+    meta = %{node: node(), worker_id: worker_id, stream_id: generation}
+
     :telemetry.execute(
       [:snakepit, :grpc, :stream, :opened],
       %{system_time: System.system_time()},
-      %{node: node(), worker_id: worker_id, stream_id: generation, rpc_method: "StreamTelemetry"}
+      Map.put(meta, :rpc_method, "StreamTelemetry")
+    )
+
+    case how do
+      :established ->
+        :telemetry.execute(
+          [:snakepit, :grpc, :connection, :established],
+          %{system_time: System.system_time()},
+          meta
+        )
+
+      {:reconnected, downtime_ms, attempts} ->
+        :telemetry.execute(
+          [:snakepit, :grpc, :connection, :reconnected],
+          %{downtime: downtime_ms, retry_count: attempts},
+          meta
+        )
+    end
+  end
+
+  defp emit_stream_event(worker_id, generation, {:lost, reason, uptime_ms}, sent) do
+    emit_closed(worker_id, generation, reason, sent)
+
+    :telemetry.execute(
+      [:snakepit, :grpc, :connection, :lost],
+      %{uptime: uptime_ms},
+      %{node: node(), worker_id: worker_id, stream_id: generation, reason: reason}
     )
   end
 
-  defp emit_stream_event(worker_id, generation, {:closed, reason}, sent) do
+  defp emit_stream_event(worker_id, generation, {:closed, reason}, sent),
+    do: emit_closed(worker_id, generation, reason, sent)
+
+  # The registration ended while no stream was open: nothing was closed.
+  defp emit_stream_event(_worker_id, _generation, {:ended, _reason}, _sent), do: :ok
+
+  defp emit_closed(worker_id, generation, reason, sent) do
     :telemetry.execute(
       [:snakepit, :grpc, :stream, :closed],
       %{message_count: sent},

@@ -60,15 +60,33 @@ defmodule Snakepit.Telemetry.GrpcStream do
   And, for each stream (emitted by `Snakepit.Telemetry.Dispatcher`, so a handler may call
   any function of this module):
 
-    * `[:snakepit, :grpc, :stream, :opened]` when a worker's stream opens.
+    * `[:snakepit, :grpc, :stream, :opened]` each time a worker's stream opens (the first
+      time and after every reconnection).
       * Measurements: `:system_time`.
-      * Metadata: `:node`, `:worker_id`, `:stream_id` (the stream's generation),
+      * Metadata: `:node`, `:worker_id`, `:stream_id` (the registration's generation),
         `:rpc_method` (`"StreamTelemetry"`).
-    * `[:snakepit, :grpc, :stream, :closed]` when it ends, for whatever reason.
+    * `[:snakepit, :grpc, :stream, :closed]` each time an open stream ends, for whatever
+      reason.
       * Measurements: `:message_count` (events handed to the Dispatcher on this stream).
-      * Metadata: `:node`, `:worker_id`, `:stream_id`, `:reason` (`:unregistered`,
-        `:replaced`, `:worker_closed`, `{:stream_error, text}`, `{:connect_failed, text}`,
-        `:panicked` or `:shutdown`).
+      * Metadata: `:node`, `:worker_id`, `:stream_id`, `:reason`: `:unregistered`,
+        `:replaced` or `:shutdown` (the registration ended), or `:worker_closed`,
+        `{:stream_error, text}` or `:panicked` (a reconnection follows).
+    * `[:snakepit, :grpc, :connection, :established]` when a registration's first stream
+      opens.
+      * Measurements: `:system_time`.
+      * Metadata: `:node`, `:worker_id`, `:stream_id`.
+    * `[:snakepit, :grpc, :connection, :lost]` when an open stream ends for any reason but
+      the registration ending; the stream is opened again with backoff (see `:reconnect`
+      in `Snakepit.Telemetry.Config`) until it is unregistered.
+      * Measurements: `:uptime` (ms the stream was open).
+      * Metadata: `:node`, `:worker_id`, `:stream_id`, `:reason` (as for `:closed`).
+    * `[:snakepit, :grpc, :connection, :reconnected]` when a stream opens again after a loss.
+      * Measurements: `:downtime` (ms since the loss), `:retry_count` (attempts it took,
+        at least 1).
+      * Metadata: `:node`, `:worker_id`, `:stream_id`.
+
+  Settings made while a stream is down are sent to the worker on the new stream and apply
+  to the first event after it (the NIF also applies them to what arrives).
   """
 
   use GenServer
@@ -77,11 +95,22 @@ defmodule Snakepit.Telemetry.GrpcStream do
 
   @type worker_id :: String.t()
   @type target :: worker_id() | :all
+  @typedoc "Why a stream ended or an attempt to open one failed."
+  @type close_reason ::
+          :unregistered
+          | :replaced
+          | :shutdown
+          | :worker_closed
+          | :panicked
+          | {:stream_error, String.t()}
+          | {:connect_failed, String.t()}
   @type stream_info :: %{
           worker_id: worker_id(),
           endpoint: String.t(),
-          status: :connecting | :connected | {:closed, term()} | :not_streaming,
+          status: :connecting | :connected | :reconnecting | :not_streaming,
           connected_since: DateTime.t() | nil,
+          attempt: non_neg_integer(),
+          last_error: close_reason() | nil,
           received: non_neg_integer(),
           emitted: non_neg_integer(),
           dropped: %{atom() => non_neg_integer()},
@@ -198,9 +227,15 @@ defmodule Snakepit.Telemetry.GrpcStream do
 
   @doc """
   One map per registered worker: its id, endpoint, status, when it connected, its
-  registration metadata, its settings (`:enabled`, `:sampling_rate`, `:sampling_rules`,
+  reconnection state, its registration metadata, its settings (`:enabled`, `:sampling_rate`, `:sampling_rules`,
   `:allow`, `:deny`; see `Snakepit.Telemetry.Settings`) and its counters (`:received`
   messages, `:emitted` events, and `:dropped` events by reason).
+
+  `:status` is `:connecting` until the first stream opens, `:connected` while one is open,
+  `:reconnecting` after it was lost (never a stream silently dead while registered), or
+  `:not_streaming` (config `grpc_stream: false`). While not connected, `:attempt` counts
+  the failed attempts since the last stream opened and `:last_error` says why the last
+  attempt failed or the stream ended (both `0` and `nil` while connected).
 
   It reads the NIF directly, so it answers even while handlers are busy or this process
   is restarting.
@@ -219,7 +254,8 @@ defmodule Snakepit.Telemetry.GrpcStream do
       settings = info.settings |> Settings.from_native() |> Settings.to_map()
 
       info
-      |> Map.take([:worker_id, :endpoint, :status, :received, :emitted, :dropped, :metadata])
+      |> Map.take([:worker_id, :endpoint, :status, :attempt, :last_error, :received, :emitted])
+      |> Map.merge(Map.take(info, [:dropped, :metadata]))
       |> Map.put(:connected_since, connected_since(info.connected_since))
       |> Map.merge(settings)
     end
@@ -335,6 +371,9 @@ defmodule Snakepit.Telemetry.GrpcStream do
       max_metadata_keys: config.max_metadata_keys,
       max_in_flight_batches: config.max_in_flight_batches,
       runtime_threads: config.runtime_threads,
+      connect_timeout_ms: config.connect_timeout,
+      reconnect_initial_ms: config.reconnect[:initial_ms],
+      reconnect_max_ms: config.reconnect[:max_ms],
       grpc_stream: config.grpc_stream,
       excluded_events: config.excluded_events
     }

@@ -14,8 +14,10 @@ defmodule Snakepit.Telemetry.Native do
       dropped unacknowledged counts its events as `:undeliverable`). `measurements` and
       `metadata` are maps, or lists of pairs when they have more than 32 keys.
     * `{:snakepit_telemetry_stream, worker_id, generation, status, sent}` with `status`
-      `:connected` or `{:closed, reason}` (the last message of every stream) and `sent` the
-      number of events handed over on that stream.
+      `{:opened, :established | {:reconnected, downtime_ms, attempts}}`,
+      `{:lost, reason, uptime_ms}` (a retry follows), and last `{:closed, reason}` (a stream
+      was open) or `{:ended, reason}` (none was); `sent` is the number of events handed
+      over on the stream that ended (0 otherwise).
 
   If the library cannot be loaded, `load_error/0` says why, and `Snakepit.Telemetry.GrpcStream`
   refuses to start with that reason rather than failing later with `:nif_not_loaded`.

@@ -58,7 +58,7 @@ fn parse_args() -> Result<Args, String> {
 
 /// Connects, opens the stream and counts messages until `count`. Returns how many arrived.
 async fn drain(address: WorkerAddress, count: u64) -> Result<u64, String> {
-    let channel = address.connect().await?;
+    let channel = address.connect(std::time::Duration::from_secs(5)).await?;
     // Kept open and empty: the request stream stays up and carries nothing.
     let controls = futures_util::stream::pending();
     let mut events = open_stream(channel, controls, usize::MAX).await?.events;

@@ -23,7 +23,6 @@ use crate::wire::{frame, Incoming, MessageReader};
 const STREAM_TELEMETRY: &str = "/snakepit.bridge.BridgeService/StreamTelemetry";
 /// Response header by which a worker says it applies sampling patterns itself.
 pub const CAPABILITIES_HEADER: &str = "x-snakepit-telemetry-capabilities";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 receive windows: what a worker may send before the stream task reads it. The
 /// connection carries one stream, so its window bounds the unread bytes per worker.
 const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -59,11 +58,12 @@ impl WorkerAddress {
         Ok(WorkerAddress::Tcp(uri))
     }
 
-    pub async fn connect(&self) -> Result<Channel, String> {
+    /// Connects (TCP or Unix socket, then HTTP/2), failing after `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> Result<Channel, String> {
         match self {
             WorkerAddress::Tcp(uri) => Endpoint::from_shared(uri.clone())
                 .map_err(|e| e.to_string())?
-                .connect_timeout(CONNECT_TIMEOUT)
+                .connect_timeout(timeout)
                 .initial_stream_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
                 .tcp_nodelay(true)
@@ -74,7 +74,7 @@ impl WorkerAddress {
                 let path = path.clone();
                 // The authority is unused: the connector below decides where to go.
                 Endpoint::from_static("http://localhost")
-                    .connect_timeout(CONNECT_TIMEOUT)
+                    .connect_timeout(timeout)
                     .initial_stream_window_size(STREAM_WINDOW)
                     .initial_connection_window_size(CONNECTION_WINDOW)
                     .connect_with_connector(tower::service_fn(move |_: Uri| {

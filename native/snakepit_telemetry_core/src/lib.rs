@@ -1,6 +1,7 @@
 //! The parts of snakepit_telemetry's stream manager that need no BEAM, so `cargo test`
 //! covers them directly:
 //!
+//! - `backoff`: when to retry a stream that failed to open or was lost
 //! - `catalog`: the event catalog, as Elixir hands it to the NIF at start
 //! - `translate`: the bytes of one gRPC message to a checked event, or its drop reason
 //! - `counters`, `registry`: per-stream counters and status that NIF calls read
@@ -10,6 +11,7 @@
 //!
 //! The NIF crate (`snakepit_telemetry_nif`) adds the runtime, the stream tasks and the terms.
 
+pub mod backoff;
 pub mod catalog;
 pub mod client;
 pub mod control;

@@ -2,7 +2,7 @@
 //! stream task (which writes it) and NIF calls (which read it without touching the task), and
 //! the [`Registry`] of registered workers by id.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use crate::counters::StreamCounters;
 use crate::settings::Settings;
 
-/// Why a stream ended. Every stream ends with exactly one, sent to the owner as its last message.
+/// Why a stream ended. The first three end the registration's task; any other is a loss (or a
+/// failed attempt to open) after which the task tries again with backoff.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     /// `unregister_worker/1` was called.
@@ -31,12 +32,22 @@ pub enum CloseReason {
     Shutdown,
 }
 
+impl CloseReason {
+    /// Whether the registration ends here (no retry follows).
+    pub fn is_final(&self) -> bool {
+        matches!(self, CloseReason::Unregistered | CloseReason::Replaced | CloseReason::Shutdown)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamStatus {
     /// Registered with `grpc_stream: false`: no stream is opened.
     NotStreaming,
+    /// Not connected yet (the first attempt, or retries before any stream opened).
     Connecting,
     Connected,
+    /// The stream was lost; the task is retrying.
+    Reconnecting,
     Closed(CloseReason),
 }
 
@@ -49,8 +60,11 @@ pub struct StreamState {
     pub settings: watch::Sender<Arc<Settings>>,
     status: Mutex<StreamStatus>,
     capabilities: Mutex<String>,
-    /// Unix milliseconds when the stream opened, 0 before.
+    /// Unix milliseconds when the current stream opened, 0 while there is none.
     connected_since_ms: AtomicI64,
+    /// Failed attempts since the last stream opened, and why the last attempt or stream ended.
+    attempt: AtomicU32,
+    last_error: Mutex<Option<CloseReason>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -78,6 +92,8 @@ impl StreamState {
             status: Mutex::new(status),
             capabilities: Mutex::new(String::new()),
             connected_since_ms: AtomicI64::new(0),
+            attempt: AtomicU32::new(0),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -92,13 +108,41 @@ impl StreamState {
             return false;
         }
         *status = StreamStatus::Connected;
+        self.attempt.store(0, Ordering::Release);
+        *lock(&self.last_error) = None;
         *lock(&self.capabilities) = capabilities.to_string();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         self.connected_since_ms.store(now, Ordering::Release);
         true
     }
 
-    /// Records the end of the stream; the first reason wins.
+    /// Records a lost stream or a failed attempt (`attempt` failures in a row; 0 for a loss):
+    /// `Connecting` until a stream has opened once, `Reconnecting` after. Returns false if
+    /// the registration has ended meanwhile.
+    pub fn set_retrying(&self, attempt: u32, error: CloseReason) -> bool {
+        let mut status = lock(&self.status);
+        match *status {
+            StreamStatus::Closed(_) => return false,
+            StreamStatus::Connected | StreamStatus::Reconnecting => *status = StreamStatus::Reconnecting,
+            StreamStatus::Connecting | StreamStatus::NotStreaming => {}
+        }
+        self.connected_since_ms.store(0, Ordering::Release);
+        self.attempt.store(attempt, Ordering::Release);
+        *lock(&self.last_error) = Some(error);
+        true
+    }
+
+    /// Failed attempts since the last stream opened.
+    pub fn attempt(&self) -> u32 {
+        self.attempt.load(Ordering::Acquire)
+    }
+
+    /// Why the last attempt failed or the last stream ended, while not connected.
+    pub fn last_error(&self) -> Option<CloseReason> {
+        lock(&self.last_error).clone()
+    }
+
+    /// Records the end of the registration's task; the first reason wins.
     pub fn set_closed(&self, reason: CloseReason) {
         let mut status = lock(&self.status);
         if !matches!(*status, StreamStatus::Closed(_)) {
@@ -198,10 +242,30 @@ mod tests {
         assert_eq!(state.status(), StreamStatus::Connected);
         assert!(state.connected_since_ms().is_some());
         assert_eq!(state.capabilities(), "sampling-patterns");
-        state.set_closed(CloseReason::WorkerClosed);
+        assert!(state.set_retrying(0, CloseReason::WorkerClosed));
+        assert_eq!(state.status(), StreamStatus::Reconnecting);
+        assert!(state.connected_since_ms().is_none());
+        assert!(state.set_retrying(2, CloseReason::ConnectFailed("refused".into())));
+        assert_eq!(
+            (state.attempt(), state.last_error()),
+            (2, Some(CloseReason::ConnectFailed("refused".into())))
+        );
+        assert!(state.set_connected(""));
+        assert_eq!((state.status(), state.attempt(), state.last_error()), (StreamStatus::Connected, 0, None));
         state.set_closed(CloseReason::Unregistered);
-        assert_eq!(state.status(), StreamStatus::Closed(CloseReason::WorkerClosed));
+        state.set_closed(CloseReason::Shutdown);
+        assert_eq!(state.status(), StreamStatus::Closed(CloseReason::Unregistered));
         assert!(!state.set_connected(""));
+        assert!(!state.set_retrying(1, CloseReason::WorkerClosed));
+    }
+
+    #[test]
+    fn failed_first_attempts_stay_connecting() {
+        let state = StreamState::new("w".into(), "e".into(), 1, Settings::default());
+        assert!(state.set_retrying(1, CloseReason::ConnectFailed("refused".into())));
+        assert_eq!(state.status(), StreamStatus::Connecting);
+        assert_eq!(state.attempt(), 1);
+        assert!(CloseReason::Replaced.is_final() && !CloseReason::WorkerClosed.is_final());
     }
 
     #[test]

@@ -204,7 +204,7 @@ pub fn samples_patterns(capabilities: &str) -> bool {
     capabilities.split(',').any(|c| c.trim() == SAMPLING_PATTERNS)
 }
 
-/// A small, fast random source for sampling (SplitMix64); one per stream task.
+/// A small, fast random source for sampling and backoff jitter (SplitMix64); one per stream task.
 pub struct Sampler {
     state: u64,
 }
@@ -222,6 +222,11 @@ impl Sampler {
         z ^ (z >> 31)
     }
 
+    /// Uniform in `[0, 1)`.
+    pub fn next_unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// True with probability `rate`.
     pub fn keep(&mut self, rate: f64) -> bool {
         if rate >= 1.0 {
@@ -230,7 +235,7 @@ impl Sampler {
         if rate <= 0.0 {
             return false;
         }
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < rate
+        self.next_unit() < rate
     }
 }
 

@@ -6,8 +6,10 @@
 //! `ArgumentError` (badarg) from rustler's decoding, which the Elixir layer rules out first.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustler::{Atom, Env, LocalPid, ResourceArc, Term};
+use snakepit_telemetry_core::backoff::BackoffPolicy;
 use snakepit_telemetry_core::catalog::Catalog;
 use snakepit_telemetry_core::client::WorkerAddress;
 use snakepit_telemetry_core::registry::{StreamState, StreamStatus};
@@ -18,7 +20,7 @@ use crate::decode::{self, option, positive};
 use crate::encode::{TermEncoder, WorkerMeta};
 use crate::flow::BatchTicket;
 use crate::runtime::{RuntimeOptions, TelemetryRuntime};
-use crate::stream_task::{StreamLimits, StreamTask};
+use crate::stream_task::{ConnectOptions, StreamLimits, StreamTask};
 use crate::terms::{self, ApiError};
 
 type NifResult<T> = Result<T, ApiError>;
@@ -27,7 +29,8 @@ type NifResult<T> = Result<T, ApiError>;
 /// Every option is required (the defaults live in `Snakepit.Telemetry.Config`): `catalog`,
 /// `native_time_per_second`, `max_buffer_size`, `max_buffer_bytes`, `max_batch_size`,
 /// `max_batch_bytes`, `max_event_bytes`, `max_metadata_keys`, `max_in_flight_batches`,
-/// `runtime_threads`, `grpc_stream`, `excluded_events`, `node`.
+/// `runtime_threads`, `connect_timeout_ms`, `reconnect_initial_ms`, `reconnect_max_ms`,
+/// `grpc_stream`, `excluded_events`, `node`.
 #[rustler::nif]
 fn start(env: Env, receiver: LocalPid, options: Term) -> NifResult<ResourceArc<TelemetryRuntime>> {
     let catalog_term =
@@ -53,9 +56,18 @@ fn start(env: Env, receiver: LocalPid, options: Term) -> NifResult<ResourceArc<T
             max_metadata_keys: positive(options, atoms::max_metadata_keys())?,
         },
     };
+    let millis = |key| positive(options, key).map(|ms| Duration::from_millis(ms as u64));
+    let connect = ConnectOptions {
+        timeout: millis(atoms::connect_timeout_ms())?,
+        backoff: BackoffPolicy {
+            initial: millis(atoms::reconnect_initial_ms())?,
+            max: millis(atoms::reconnect_max_ms())?,
+        },
+    };
     let runtime_options = RuntimeOptions {
         threads: positive(options, atoms::runtime_threads())?,
         limits,
+        connect,
         open_streams,
         excluded: Arc::from(excluded),
     };
@@ -126,6 +138,7 @@ fn register_worker(
         worker,
         encoder: runtime.encoder.clone(),
         limits: options.limits,
+        connect: options.connect,
         excluded: options.excluded.clone(),
         receiver: runtime.receiver.subscribe(),
     });

@@ -15,13 +15,14 @@ use tokio::sync::watch;
 
 use crate::encode::TermEncoder;
 use crate::manager::StreamManager;
-use crate::stream_task::StreamLimits;
+use crate::stream_task::{ConnectOptions, StreamLimits};
 
 /// Tuning of a runtime, from the application config.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
     pub threads: usize,
     pub limits: StreamLimits,
+    pub connect: ConnectOptions,
     /// Whether registering a worker opens its stream (`grpc_stream`).
     pub open_streams: bool,
     /// Patterns denied for every worker (`excluded_events`).

@@ -1,6 +1,13 @@
 //! One task per registered worker: connect, open the stream, then for every message check it
 //! against the catalog, keep it in a buffer bounded in events and bytes, and send it on in
-//! batches as flow control allows. Ends with exactly one terminal message.
+//! batches as flow control allows. A stream that fails to open or is lost for any reason but
+//! the registration ending (unregistered, replaced, shutdown) is opened again after a capped,
+//! jittered backoff; the buffer and the counters carry over, and so do the settings (the
+//! worker is sent them on every new stream).
+//!
+//! The receiver is told `{:opened, :established | {:reconnected, downtime_ms, retries}}` when
+//! a stream opens, `{:lost, reason, uptime_ms}` when it ends and a retry follows, and, last,
+//! `{:closed, reason}` (a stream was open) or `{:ended, reason}` (none was).
 //!
 //! Batches form by themselves: after a wake-up the task takes every message that is already
 //! there (up to a batch) before sending, and while the receiver holds `max_in_flight` batches
@@ -11,9 +18,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use rustler::{Encoder, LocalPid, OwnedEnv, ResourceArc};
+use snakepit_telemetry_core::backoff::BackoffPolicy;
 use snakepit_telemetry_core::catalog::EventIndex;
 use snakepit_telemetry_core::client::{open_stream, EventStream, StreamEnd, WorkerAddress};
 use snakepit_telemetry_core::control::control_stream;
@@ -41,6 +50,14 @@ pub struct StreamLimits {
     pub event: EventLimits,
 }
 
+/// How streams are (re)opened (from the application config).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectOptions {
+    /// The most an attempt may take: connecting and the worker's response headers.
+    pub timeout: Duration,
+    pub backoff: BackoffPolicy,
+}
+
 /// Everything one stream task needs; built by the `register_worker` NIF.
 pub struct StreamTask {
     pub state: Arc<StreamState>,
@@ -48,6 +65,7 @@ pub struct StreamTask {
     pub worker: Arc<WorkerMeta>,
     pub encoder: Arc<TermEncoder>,
     pub limits: StreamLimits,
+    pub connect: ConnectOptions,
     /// The config's `excluded_events`, denied for every worker.
     pub excluded: Arc<[String]>,
     /// The process that receives batches and status messages.
@@ -163,39 +181,50 @@ struct Flow {
     sent: u64,
 }
 
-impl StreamTask {
-    /// Runs the stream until it ends, then reports why. Panics inside are caught here.
-    pub async fn run(self, stop: oneshot::Receiver<CloseReason>) {
-        let state = self.state.clone();
-        let receiver = self.receiver.clone();
-        let worker = self.worker.clone();
-        let outcome = std::panic::AssertUnwindSafe(self.stream(stop)).catch_unwind().await;
-        let (reason, sent) = outcome.unwrap_or((CloseReason::Panicked, 0));
-        state.set_closed(reason.clone());
-        send_status(&receiver, &worker, StatusMessage::Closed(reason, sent));
+/// Where the task stands between wake-ups.
+enum Link {
+    /// No stream: the next attempt is due at `retry_at`; `failed` attempts since the stream
+    /// was lost at `lost_at` (or since the task started, if it never had one).
+    Down {
+        retry_at: Instant,
+        lost_at: Option<Instant>,
+        failed: u32,
+    },
+    Up {
+        events: EventStream,
+        since: Instant,
+        samples_patterns: bool,
+    },
+}
+
+/// How the task ended: why, and whether a stream was open then (with the events it sent).
+struct TaskEnd {
+    reason: CloseReason,
+    open: Option<u64>,
+}
+
+/// The backoff state of one task: failed attempts and short-lived streams in a row.
+struct Backoff {
+    random: Sampler,
+    streak: u32,
+}
+
+impl Backoff {
+    /// The delay before the next attempt; each call counts one more in the streak.
+    fn next(&mut self, policy: &BackoffPolicy) -> Duration {
+        self.streak = self.streak.saturating_add(1);
+        policy.delay(self.streak, &mut self.random)
     }
+}
 
-    async fn stream(self, mut stop: oneshot::Receiver<CloseReason>) -> (CloseReason, u64) {
-        let mut settings = self.state.settings.subscribe();
-        let mut receiver = self.receiver.clone();
-        let opened = tokio::select! {
-            reason = &mut stop => return (reason.unwrap_or(CloseReason::Shutdown), 0),
-            opened = self.open() => opened,
-        };
-        let (mut events, worker_samples_patterns) = match opened {
-            Ok(opened) => opened,
-            Err(reason) => return (reason, 0),
-        };
-        send_status(&receiver, &self.worker, StatusMessage::Connected);
+/// Streams live longer than this before a loss resets the backoff; shorter ones (a worker
+/// that keeps closing the stream, or two clients taking it from each other) keep backing off.
+const STABLE_STREAM: Duration = Duration::from_secs(5);
 
-        let catalog = &self.encoder.catalog;
-        let policy = |settings: &watch::Receiver<_>| {
-            let current: &Arc<snakepit_telemetry_core::settings::Settings> = &settings.borrow();
-            Policy::new(&current.effective(&self.excluded), catalog, worker_samples_patterns)
-        };
-        settings.mark_unchanged();
-        let mut gate =
-            Gate { policy: policy(&settings), sampler: Sampler::new(sampler_seed(self.worker.generation)) };
+impl StreamTask {
+    /// Runs the stream until the registration ends, then reports why. A panic inside is
+    /// caught, reported as a loss, and the stream is opened again like after any other loss.
+    pub async fn run(self, mut stop: oneshot::Receiver<CloseReason>) {
         let mut flow = Flow {
             credit: Arc::new(FlowCredit::new(self.limits.max_in_flight)),
             pending: Pending::default(),
@@ -203,45 +232,167 @@ impl StreamTask {
             blocked: false,
             sent: 0,
         };
+        let mut backoff = Backoff { random: Sampler::new(sampler_seed(self.worker.generation)), streak: 0 };
+        let end = loop {
+            let attempt = std::panic::AssertUnwindSafe(self.stream(&mut stop, &mut flow, &mut backoff))
+                .catch_unwind()
+                .await;
+            match attempt {
+                Ok(end) => break end,
+                Err(_) => {
+                    let left = flow.pending.clear();
+                    self.state.counters.add_dropped(DropReason::Undeliverable, left as u64);
+                    flow.blocked = false;
+                    if !self.state.set_retrying(0, CloseReason::Panicked) {
+                        break TaskEnd { reason: CloseReason::Unregistered, open: None };
+                    }
+                    let delay = backoff.next(&self.connect.backoff);
+                    tokio::select! {
+                        reason = &mut stop => break TaskEnd { reason: reason.unwrap_or(CloseReason::Shutdown), open: None },
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        };
+        self.state.set_closed(end.reason.clone());
+        let message = match end.open {
+            Some(sent) => StatusMessage::Closed(end.reason, sent),
+            None => StatusMessage::Ended(end.reason),
+        };
+        send_status(&self.receiver, &self.worker, message);
+    }
+
+    async fn stream(
+        &self,
+        stop: &mut oneshot::Receiver<CloseReason>,
+        flow: &mut Flow,
+        backoff: &mut Backoff,
+    ) -> TaskEnd {
+        let mut settings = self.state.settings.subscribe();
+        let mut receiver = self.receiver.clone();
+        let catalog = &self.encoder.catalog;
+        let policy = |settings: &mut watch::Receiver<_>, samples_patterns: bool| {
+            let current: &Arc<snakepit_telemetry_core::settings::Settings> = &settings.borrow_and_update();
+            Policy::new(&current.effective(&self.excluded), catalog, samples_patterns)
+        };
+        let seed = sampler_seed(self.worker.generation).rotate_left(17);
+        let mut gate = Gate { policy: policy(&mut settings, false), sampler: Sampler::new(seed) };
+        let mut link = Link::Down { retry_at: Instant::now(), lost_at: None, failed: 0 };
         let mut name = String::new();
         loop {
-            let wake = tokio::select! {
-                biased;
-                reason = &mut stop => Wake::Stop(reason.unwrap_or(CloseReason::Shutdown)),
-                changed = settings.changed() => match changed {
-                    Ok(()) => Wake::Settings,
-                    Err(_) => Wake::Stop(CloseReason::Shutdown),
+            if let Link::Down { retry_at, lost_at, failed } = link {
+                if Instant::now() >= retry_at {
+                    let opened = tokio::select! {
+                        biased;
+                        reason = &mut *stop => return self.stop(flow, reason, None),
+                        opened = tokio::time::timeout(self.connect.timeout, self.open()) => opened,
+                    };
+                    let opened = opened.unwrap_or_else(|_| {
+                        Err(CloseReason::ConnectFailed(format!(
+                            "no response within {} ms",
+                            self.connect.timeout.as_millis()
+                        )))
+                    });
+                    link = match opened {
+                        Ok((events, samples_patterns)) => {
+                            gate.policy = policy(&mut settings, samples_patterns);
+                            flow.sent = 0;
+                            let opened = match lost_at {
+                                None => StatusMessage::Established,
+                                Some(at) => StatusMessage::Reconnected(at.elapsed(), failed + 1),
+                            };
+                            send_status(&receiver, &self.worker, opened);
+                            Link::Up { events, since: Instant::now(), samples_patterns }
+                        }
+                        Err(reason) if reason.is_final() => return TaskEnd { reason, open: None },
+                        Err(reason) => {
+                            let failed = failed.saturating_add(1);
+                            self.state.set_retrying(failed, reason);
+                            let retry_at = Instant::now() + backoff.next(&self.connect.backoff);
+                            Link::Down { retry_at, lost_at, failed }
+                        }
+                    };
+                    continue;
+                }
+            }
+            let wake = match &mut link {
+                Link::Down { retry_at, .. } => tokio::select! {
+                    biased;
+                    reason = &mut *stop => Wake::Stop(reason.unwrap_or(CloseReason::Shutdown)),
+                    changed = settings.changed() => match changed {
+                        Ok(()) => Wake::Settings,
+                        Err(_) => Wake::Stop(CloseReason::Shutdown),
+                    },
+                    changed = receiver.changed(), if flow.blocked => match changed {
+                        Ok(()) => Wake::Receiver,
+                        Err(_) => Wake::Stop(CloseReason::Shutdown),
+                    },
+                    _ = flow.credit.freed(), if !flow.pending.is_empty() && !flow.blocked => Wake::Credit,
+                    _ = tokio::time::sleep_until((*retry_at).into()) => Wake::Credit,
                 },
-                changed = receiver.changed(), if flow.blocked => match changed {
-                    Ok(()) => Wake::Receiver,
-                    Err(_) => Wake::Stop(CloseReason::Shutdown),
+                Link::Up { events, .. } => tokio::select! {
+                    biased;
+                    reason = &mut *stop => Wake::Stop(reason.unwrap_or(CloseReason::Shutdown)),
+                    changed = settings.changed() => match changed {
+                        Ok(()) => Wake::Settings,
+                        Err(_) => Wake::Stop(CloseReason::Shutdown),
+                    },
+                    changed = receiver.changed(), if flow.blocked => match changed {
+                        Ok(()) => Wake::Receiver,
+                        Err(_) => Wake::Stop(CloseReason::Shutdown),
+                    },
+                    _ = flow.credit.freed(), if !flow.pending.is_empty() && !flow.blocked => Wake::Credit,
+                    message = events.next() => Wake::Message(message),
                 },
-                _ = flow.credit.freed(), if !flow.pending.is_empty() && !flow.blocked => Wake::Credit,
-                message = events.next() => Wake::Message(message),
             };
-            let ended = match wake {
-                Wake::Stop(reason) => return (self.abandon(&mut flow, reason), flow.sent),
+            let lost = match wake {
+                Wake::Stop(reason) => {
+                    let open = matches!(link, Link::Up { .. }).then_some(flow.sent);
+                    return self.stop(flow, Ok(reason), open);
+                }
                 Wake::Credit => None,
                 Wake::Receiver => {
                     flow.blocked = false;
                     None
                 }
                 Wake::Settings => {
-                    settings.mark_unchanged();
-                    gate.policy = policy(&settings);
+                    let samples_patterns = matches!(link, Link::Up { samples_patterns: true, .. });
+                    gate.policy = policy(&mut settings, samples_patterns);
                     self.refilter(&gate.policy, &mut flow.pending);
                     None
                 }
-                Wake::Message(message) => {
-                    self.receive(message, &mut events, &mut gate, &mut flow.pending, &mut name)
-                }
+                Wake::Message(message) => match &mut link {
+                    Link::Up { events, .. } => {
+                        self.receive(message, events, &mut gate, &mut flow.pending, &mut name)
+                    }
+                    Link::Down { .. } => None,
+                },
             };
-            if let Some(reason) = ended {
-                let reason = self.drain(&mut flow, &mut receiver, &mut stop, reason).await;
-                return (reason, flow.sent);
+            self.flush(flow, &receiver);
+            if let (Some(reason), Link::Up { since, .. }) = (lost, &link) {
+                let uptime = since.elapsed();
+                if uptime >= STABLE_STREAM {
+                    backoff.streak = 0;
+                }
+                send_status(&receiver, &self.worker, StatusMessage::Lost(reason.clone(), uptime, flow.sent));
+                self.state.set_retrying(0, reason);
+                let retry_at = Instant::now() + backoff.next(&self.connect.backoff);
+                link = Link::Down { retry_at, lost_at: Some(Instant::now()), failed: 0 };
             }
-            self.flush(&mut flow, &receiver);
         }
+    }
+
+    /// The registration ended (`reason` from the stop channel): what is still buffered cannot
+    /// be delivered any more and is counted.
+    fn stop(
+        &self,
+        flow: &mut Flow,
+        reason: Result<CloseReason, oneshot::error::RecvError>,
+        open: Option<u64>,
+    ) -> TaskEnd {
+        let left = flow.pending.clear();
+        self.state.counters.add_dropped(DropReason::Undeliverable, left as u64);
+        TaskEnd { reason: reason.unwrap_or(CloseReason::Shutdown), open }
     }
 
     /// Takes one message, then every message that has already arrived (up to a batch), so a
@@ -271,7 +422,7 @@ impl StreamTask {
     /// Opens the stream; its request stream sends the worker its settings once the response
     /// headers say what the worker honours. Returns the events and that capability.
     async fn open(&self) -> Result<(EventStream, bool), CloseReason> {
-        let channel = self.address.connect().await.map_err(CloseReason::ConnectFailed)?;
+        let channel = self.address.connect(self.connect.timeout).await.map_err(CloseReason::ConnectFailed)?;
         let (capability_tx, capability_rx) = oneshot::channel();
         let controls = control_stream(capability_rx, self.state.settings.subscribe(), self.excluded.clone());
         let opened = open_stream(channel, controls, self.limits.max_event_bytes)
@@ -334,38 +485,6 @@ impl StreamTask {
             }
         }
     }
-
-    /// After the worker ended the stream: deliver what is buffered, then report `reason`.
-    async fn drain(
-        &self,
-        flow: &mut Flow,
-        receiver: &mut watch::Receiver<LocalPid>,
-        stop: &mut oneshot::Receiver<CloseReason>,
-        reason: CloseReason,
-    ) -> CloseReason {
-        loop {
-            self.flush(flow, receiver);
-            if flow.pending.is_empty() {
-                return reason;
-            }
-            tokio::select! {
-                biased;
-                stopped = &mut *stop => return self.abandon(flow, stopped.unwrap_or(CloseReason::Shutdown)),
-                changed = receiver.changed(), if flow.blocked => match changed {
-                    Ok(()) => flow.blocked = false,
-                    Err(_) => return self.abandon(flow, CloseReason::Shutdown),
-                },
-                _ = flow.credit.freed(), if !flow.blocked => {}
-            }
-        }
-    }
-
-    /// The stream is stopped with events still buffered: they are counted as undeliverable.
-    fn abandon(&self, flow: &mut Flow, reason: CloseReason) -> CloseReason {
-        let left = flow.pending.clear();
-        self.state.counters.add_dropped(DropReason::Undeliverable, left as u64);
-        reason
-    }
 }
 
 /// A different seed per stream and per run.
@@ -378,23 +497,41 @@ fn sampler_seed(generation: u64) -> u64 {
 }
 
 enum StatusMessage {
-    Connected,
-    /// Why, and how many events were handed to a receiver on this stream.
+    /// The registration's first stream opened.
+    Established,
+    /// A stream opened again: time since the loss, and the attempts it took.
+    Reconnected(Duration, u32),
+    /// A stream ended and a retry follows: why, how long it was open, events it sent.
+    Lost(CloseReason, Duration, u64),
+    /// The registration ended with a stream open: why, and the events that stream sent.
     Closed(CloseReason, u64),
+    /// The registration ended with no stream open.
+    Ended(CloseReason),
 }
 
-/// `{:snakepit_telemetry_stream, worker_id, generation, :connected | {:closed, reason}, sent}`
-/// to the receiver. If it is gone at that moment the message is lost (the status itself
-/// stays readable through `stream_info`).
+/// `{:snakepit_telemetry_stream, worker_id, generation, status, sent}` to the receiver, where
+/// status is `{:opened, :established | {:reconnected, downtime_ms, attempts}}`,
+/// `{:lost, reason, uptime_ms}`, `{:closed, reason}` or `{:ended, reason}`. If the receiver
+/// is gone at that moment the message is lost (the status itself stays readable through
+/// `stream_info`).
 fn send_status(receiver: &watch::Receiver<LocalPid>, worker: &WorkerMeta, message: StatusMessage) {
     let pid = *receiver.borrow();
     let mut env = OwnedEnv::new();
     let _ = env.send_and_clear(&pid, |env| {
+        let millis = |d: &Duration| d.as_millis().min(u64::MAX as u128) as u64;
         let (status, sent) = match &message {
-            StatusMessage::Connected => (atoms::connected().encode(env), 0),
+            StatusMessage::Established => ((atoms::opened(), atoms::established()).encode(env), 0),
+            StatusMessage::Reconnected(downtime, attempts) => {
+                let how = (atoms::reconnected(), millis(downtime), *attempts).encode(env);
+                ((atoms::opened(), how).encode(env), 0)
+            }
+            StatusMessage::Lost(reason, uptime, sent) => {
+                ((atoms::lost(), close_reason_term(env, reason), millis(uptime)).encode(env), *sent)
+            }
             StatusMessage::Closed(reason, sent) => {
                 ((atoms::closed(), close_reason_term(env, reason)).encode(env), *sent)
             }
+            StatusMessage::Ended(reason) => ((atoms::ended(), close_reason_term(env, reason)).encode(env), 0),
         };
         (atoms::snakepit_telemetry_stream(), worker.worker_id.as_str(), worker.generation, status, sent)
             .encode(env)

@@ -58,6 +58,7 @@ pub fn status_term<'a>(env: Env<'a>, status: &StreamStatus) -> Term<'a> {
         StreamStatus::NotStreaming => atoms::not_streaming().encode(env),
         StreamStatus::Connecting => atoms::connecting().encode(env),
         StreamStatus::Connected => atoms::connected().encode(env),
+        StreamStatus::Reconnecting => atoms::reconnecting().encode(env),
         StreamStatus::Closed(reason) => (atoms::closed(), close_reason_term(env, reason)).encode(env),
     }
 }
@@ -99,6 +100,10 @@ pub fn stream_info_term<'a>(env: Env<'a>, registration: &Registration) -> Term<'
         Some(ms) => ms.encode(env),
         None => atoms::nil().encode(env),
     };
+    let last_error = match state.last_error() {
+        Some(reason) => close_reason_term(env, &reason),
+        None => atoms::nil().encode(env),
+    };
     let meta_keys: Vec<Term<'a>> =
         registration.meta.static_metadata.iter().map(|(k, _)| k.encode(env)).collect();
     let meta_values: Vec<Term<'a>> =
@@ -109,6 +114,8 @@ pub fn stream_info_term<'a>(env: Env<'a>, registration: &Registration) -> Term<'
         atoms::generation(),
         atoms::status(),
         atoms::connected_since(),
+        atoms::attempt(),
+        atoms::last_error(),
         atoms::capabilities(),
         atoms::received(),
         atoms::emitted(),
@@ -123,6 +130,8 @@ pub fn stream_info_term<'a>(env: Env<'a>, registration: &Registration) -> Term<'
         state.generation.encode(env),
         status_term(env, &state.status()),
         connected_since,
+        state.attempt().encode(env),
+        last_error,
         state.capabilities().encode(env),
         counters.received.encode(env),
         counters.emitted.encode(env),

@@ -3,7 +3,7 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
   # loopback, the real NIF, and the application's own GrpcStream process.
   use ExUnit.Case, async: false
 
-  alias Snakepit.Telemetry.{Catalog, GrpcStream, Native}
+  alias Snakepit.Telemetry.GrpcStream
   alias Snakepit.Telemetry.Test.{Forwarder, PythonWorker}
 
   import Snakepit.Telemetry.Test.Streams
@@ -282,7 +282,12 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
                    @timeout
 
     assert reason == :worker_closed or match?({:stream_error, _}, reason)
-    assert {:closed, ^reason} = stream(doomed_id).status
+    # Still registered: the NIF keeps trying to reopen it (see reconnect_test.exs).
+    wait_until(fn ->
+      match?(%{status: :reconnecting, attempt: n} when n >= 1, stream(doomed_id))
+    end)
+
+    assert {:connect_failed, _} = stream(doomed_id).last_error
 
     PythonWorker.run(survivor, Map.put(emit, "metadata", %{"tool" => "survivor"}))
 
@@ -384,18 +389,21 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
       assert stream("w") == nil
     end
 
-    test "an unreachable worker ends its stream with connect_failed" do
+    test "an unreachable worker stays :connecting, retrying, with the last error shown" do
       Forwarder.attach([[:snakepit, :grpc, :stream, :closed]])
       id = "unreachable-#{System.unique_integer([:positive])}"
       on_exit(fn -> GrpcStream.unregister_worker(id) end)
       # Nothing listens on port 1.
       assert :ok = GrpcStream.register_worker(id, "127.0.0.1:1")
 
-      assert_receive {:telemetry, [:snakepit, :grpc, :stream, :closed], %{message_count: 0},
-                      %{worker_id: ^id, reason: {:connect_failed, _}}},
-                     @timeout
+      wait_until(fn -> stream(id).attempt >= 3 end)
 
-      assert {:closed, {:connect_failed, _}} = stream(id).status
+      assert %{status: :connecting, last_error: {:connect_failed, _}, connected_since: nil} =
+               stream(id)
+
+      # No stream was ever open, so none was closed.
+      assert :ok = GrpcStream.unregister_worker(id)
+      refute_receive {:telemetry, [:snakepit, :grpc, :stream, :closed], _, %{worker_id: ^id}}, 300
     end
   end
 

@@ -1,0 +1,143 @@
+defmodule Snakepit.Telemetry.ReconnectTest do
+  # Streams that survive their worker: real Python workers killed with SIGKILL and started
+  # again, a port that accepts and never answers, the real NIF's retries.
+  use ExUnit.Case, async: false
+
+  alias Snakepit.Telemetry.GrpcStream
+  alias Snakepit.Telemetry.Test.{Forwarder, PythonWorker}
+
+  import Snakepit.Telemetry.Test.Streams
+
+  @stop [:snakepit, :python, :tool, :execution, :stop]
+  @memory [:snakepit, :python, :memory, :sampled]
+  @connection [:snakepit, :grpc, :connection]
+  @stream [:snakepit, :grpc, :stream]
+  @timeout 15_000
+
+  setup do
+    restart_app_for_test(reconnect: [initial_ms: 50, max_ms: 500])
+    :ok
+  end
+
+  defp emit(worker, event, extra) do
+    PythonWorker.run(
+      worker,
+      Map.merge(%{"op" => "emit", "event" => event, "measurements" => %{"duration" => 1}}, extra)
+    )
+  end
+
+  test "a hand-registered worker killed with SIGKILL and started again on its port streams again by itself, with the settings made while it was down" do
+    {first, id} = start_worker()
+
+    Forwarder.attach([
+      @stop,
+      @memory,
+      @connection ++ [:established],
+      @connection ++ [:lost],
+      @connection ++ [:reconnected],
+      @stream ++ [:opened],
+      @stream ++ [:closed]
+    ])
+
+    register!(id, first, pool_name: :survivors)
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :connection, :established], _,
+                    %{worker_id: ^id, stream_id: generation}},
+                   @timeout
+
+    emit(first, "tool.execution.stop", %{"metadata" => %{"tool" => "before"}})
+    assert_receive {:telemetry, @stop, _, %{worker_id: ^id, tool: "before"}}, @timeout
+
+    System.cmd("kill", ["-9", Integer.to_string(first.os_pid)])
+    assert PythonWorker.await_exit(first) == 137
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :connection, :lost], %{uptime: uptime},
+                    %{worker_id: ^id, stream_id: ^generation, reason: reason}},
+                   @timeout
+
+    assert is_integer(uptime) and uptime >= 0
+    assert reason == :worker_closed or match?({:stream_error, _}, reason)
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :closed], %{message_count: 1},
+                    %{worker_id: ^id, reason: ^reason}},
+                   @timeout
+
+    wait_until(fn -> match?(%{status: :reconnecting, attempt: n} when n >= 1, stream(id)) end)
+    assert %{connected_since: nil, last_error: {:connect_failed, _}} = stream(id)
+
+    # Made while no stream is open: the new worker must get it, and the NIF applies it too.
+    :ok = GrpcStream.update_filter(id, deny: ["python.memory.*"])
+
+    second = PythonWorker.start(["--port", first.tcp_port])
+    on_exit(fn -> PythonWorker.stop(second) end)
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :connection, :reconnected],
+                    %{downtime: downtime, retry_count: retries},
+                    %{worker_id: ^id, stream_id: ^generation}},
+                   @timeout
+
+    assert downtime > 0 and retries >= 1
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :opened], _, %{worker_id: ^id}},
+                   @timeout
+
+    PythonWorker.await_policy(second, &(&1["deny"] == ["python.memory.*"]))
+
+    emit(second, "python.memory.sampled", %{"measurements" => %{"rss_bytes" => 1}})
+    emit(second, "tool.execution.stop", %{"metadata" => %{"tool" => "after"}})
+
+    assert_receive {:telemetry, @stop, _,
+                    %{worker_id: ^id, tool: "after", pool_name: :survivors}},
+                   @timeout
+
+    refute_received {:telemetry, @memory, _, _}
+    assert %{status: :connected, attempt: 0, last_error: nil, emitted: 2} = stream(id)
+    assert PythonWorker.stats(second)["dropped"]["filtered_out"] == 1
+  end
+
+  test "a port that accepts and never answers is a failed attempt after connect_timeout, not a hang" do
+    restart_app_for_test(connect_timeout: 200, reconnect: [initial_ms: 20, max_ms: 50])
+    {:ok, listener} = :gen_tcp.listen(0, [:binary, active: false, reuseaddr: true])
+    {:ok, port} = :inet.port(listener)
+    silent = spawn_link(fn -> accept_and_hold(listener, []) end)
+    on_exit(fn -> Process.exit(silent, :kill) end)
+
+    id = "silent-#{System.unique_integer([:positive])}"
+    on_exit(fn -> GrpcStream.unregister_worker(id) end)
+    assert :ok = GrpcStream.register_worker(id, "127.0.0.1:#{port}")
+
+    wait_until(fn -> stream(id).attempt >= 2 end, @timeout)
+
+    assert %{status: :connecting, last_error: {:connect_failed, "no response within 200 ms"}} =
+             stream(id)
+
+    # The manager answers all along.
+    assert :ok = GrpcStream.toggle(id, false)
+    assert :ok = GrpcStream.unregister_worker(id)
+    assert stream(id) == nil
+  end
+
+  test "an invalid reconnect or connect_timeout config is refused with the key named" do
+    assert_raise ArgumentError, ~r/invalid :reconnect .* max_ms >= initial_ms/, fn ->
+      Snakepit.Telemetry.Config.load!(reconnect: [initial_ms: 500, max_ms: 100])
+    end
+
+    assert_raise ArgumentError, ~r/invalid :reconnect/, fn ->
+      Snakepit.Telemetry.Config.load!(reconnect: [initial: 5])
+    end
+
+    assert_raise ArgumentError, ~r/invalid :connect_timeout .* positive integer/, fn ->
+      Snakepit.Telemetry.Config.load!(connect_timeout: 0)
+    end
+
+    assert Snakepit.Telemetry.Config.load!(reconnect: [max_ms: 900]).reconnect ==
+             [initial_ms: 100, max_ms: 900]
+  end
+
+  defp accept_and_hold(listener, held) do
+    case :gen_tcp.accept(listener) do
+      {:ok, socket} -> accept_and_hold(listener, [socket | held])
+      {:error, _} -> :ok
+    end
+  end
+end
