@@ -1,7 +1,8 @@
-"""The worker's gRPC server: ``snakepit.bridge.BridgeService/StreamTelemetry``.
+"""The worker's gRPC server: ``snakepit.bridge.BridgeService`` (StreamTelemetry, ExecuteTool).
 
-The Python worker is the server; the client (the NIF) opens one bidirectional call, sends
-``TelemetryControl`` messages and receives ``TelemetryEvent`` messages. The handler
+The Python worker is the server; the client (the NIF) opens one bidirectional
+``StreamTelemetry`` call, sends ``TelemetryControl`` messages and receives
+``TelemetryEvent`` messages. The handler
 
 * sends its response headers first, before any event, including the capability header
   ``x-snakepit-telemetry-capabilities: sampling-patterns`` when it honours control
@@ -15,6 +16,13 @@ The Python worker is the server; the client (the NIF) opens one bidirectional ca
 
 The response serializer accepts a ``TelemetryEvent`` or bytes that are already a
 serialized message, so tests can put arbitrary bytes on the wire.
+
+``ExecuteTool`` runs a tool from a :class:`~snakepit_bridge.tools.registry.ToolRegistry`
+(:class:`ToolService`; the call's correlation id comes from the
+``x-snakepit-correlation-id`` header, else the request's ``metadata["correlation_id"]``).
+
+With a token (``SNAKEPIT_WORKER_TOKEN`` or ``token=``), every method is behind
+:class:`~snakepit_bridge.auth.BearerTokenInterceptor`.
 """
 
 from __future__ import annotations
@@ -26,33 +34,42 @@ from typing import Final
 
 import grpc
 
+from snakepit_bridge.auth import BearerToken, BearerTokenInterceptor, TokenSource, resolve_token
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry.counters import Counter
 from snakepit_bridge.telemetry.stream import OutgoingMessage, StreamConsumer, TelemetryStream
+from snakepit_bridge.tools import DEFAULT_REGISTRY, ToolRegistry
+from snakepit_bridge.tools.execution import correlation_id_of, run_tool_call
 
 __all__ = [
     "CAPABILITIES_HEADER",
     "CAPABILITY_SAMPLING_PATTERNS",
     "DEFAULT_HOST",
+    "EXECUTE_TOOL_METHOD",
+    "EXECUTE_TOOL_PATH",
     "SERVICE_NAME",
     "STREAM_TELEMETRY_METHOD",
     "STREAM_TELEMETRY_PATH",
     "BridgeServer",
     "ServerStartError",
     "TelemetryService",
+    "ToolService",
     "serialize_outgoing",
 ]
 
 SERVICE_NAME: Final = "snakepit.bridge.BridgeService"
 STREAM_TELEMETRY_METHOD: Final = "StreamTelemetry"
 STREAM_TELEMETRY_PATH: Final = f"/{SERVICE_NAME}/{STREAM_TELEMETRY_METHOD}"
+EXECUTE_TOOL_METHOD: Final = "ExecuteTool"
+EXECUTE_TOOL_PATH: Final = f"/{SERVICE_NAME}/{EXECUTE_TOOL_METHOD}"
 
 CAPABILITIES_HEADER: Final = "x-snakepit-telemetry-capabilities"
 CAPABILITY_SAMPLING_PATTERNS: Final = "sampling-patterns"
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_MAX_WORKERS: Final = 8
-"""Server threads: one per live call (the current one plus replaced calls winding down)."""
+"""Server threads: one per live call (the current stream, replaced streams winding down,
+and each running tool call; calls beyond that wait for a free thread)."""
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -138,18 +155,57 @@ class TelemetryService:
             # The call ended (cancelled or closed); nothing more to read.
             return
 
-    def rpc_handler(self) -> grpc.GenericRpcHandler:
-        """Return the generic handler that routes ``StreamTelemetry`` to this service."""
-        method = grpc.stream_stream_rpc_method_handler(
+    def method_handler(self) -> grpc.RpcMethodHandler[pb.TelemetryControl, OutgoingMessage]:
+        """Return the ``StreamTelemetry`` method handler."""
+        return grpc.stream_stream_rpc_method_handler(
             self.stream_telemetry,
             request_deserializer=pb.TelemetryControl.FromString,
             response_serializer=serialize_outgoing,
         )
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {STREAM_TELEMETRY_METHOD: method})
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        """Return the generic handler that routes ``StreamTelemetry`` to this service."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME, {STREAM_TELEMETRY_METHOD: self.method_handler()}
+        )
+
+
+class ToolService:
+    """The ``ExecuteTool`` handler over one :class:`ToolRegistry`."""
+
+    def __init__(self, registry: ToolRegistry) -> None:
+        """Serve the tools of ``registry`` (looked up at each call)."""
+        self._registry = registry
+
+    @property
+    def registry(self) -> ToolRegistry:
+        """The tools served."""
+        return self._registry
+
+    def execute_tool(
+        self, request: pb.ExecuteToolRequest, context: grpc.ServicerContext
+    ) -> pb.ExecuteToolResponse:
+        """Run one tool call; failures are responses with ``success: false``, never raised."""
+        correlation_id = correlation_id_of(request, context.invocation_metadata())
+        return run_tool_call(self._registry, request, correlation_id)
+
+    def method_handler(
+        self,
+    ) -> grpc.RpcMethodHandler[pb.ExecuteToolRequest, pb.ExecuteToolResponse]:
+        """Return the ``ExecuteTool`` method handler."""
+        return grpc.unary_unary_rpc_method_handler(
+            self.execute_tool,
+            request_deserializer=pb.ExecuteToolRequest.FromString,
+            response_serializer=pb.ExecuteToolResponse.SerializeToString,
+        )
 
 
 class BridgeServer:
-    """A sync gRPC server bound to one address, serving :class:`TelemetryService`."""
+    """A sync gRPC server bound to one address, serving ``BridgeService``.
+
+    ``StreamTelemetry`` (:class:`TelemetryService`) and ``ExecuteTool``
+    (:class:`ToolService`), both behind the bearer-token check when there is a token.
+    """
 
     def __init__(
         self,
@@ -159,23 +215,70 @@ class BridgeServer:
         port: int = 0,
         honour_control: bool = True,
         max_workers: int = DEFAULT_MAX_WORKERS,
+        tools: ToolRegistry | None = None,
+        token: str | BearerToken | TokenSource | None = TokenSource.FROM_ENV,
     ) -> None:
-        """Prepare a server for ``stream`` on ``host:port`` (port 0 picks a free one)."""
+        """Prepare a server for ``stream`` on ``host:port`` (port 0 picks a free one).
+
+        Args:
+            stream: the telemetry buffer served by ``StreamTelemetry``.
+            host: address to bind; loopback by default.
+            port: port to bind; 0 picks a free one.
+            honour_control: see :class:`TelemetryService`.
+            max_workers: server threads (see :data:`DEFAULT_MAX_WORKERS`).
+            tools: the tools ``ExecuteTool`` runs (default: the default registry).
+            token: the bearer token every call must carry. By default it is read from
+                ``SNAKEPIT_WORKER_TOKEN`` (unset: no check); None turns the check off.
+
+        Raises:
+            ValueError: if the token is empty or not visible ASCII (the message never
+                includes it).
+        """
+        bearer = resolve_token(token)
         self._stream = stream
         self._address = f"{host}:{port}"
         self._service = TelemetryService(stream, honour_control=honour_control)
+        self._tool_service = ToolService(DEFAULT_REGISTRY if tools is None else tools)
+        self._token_required = bearer is not None
         self._executor = ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="snakepit-grpc"
         )
+        interceptors: list[grpc.ServerInterceptor] = (
+            [] if bearer is None else [BearerTokenInterceptor(bearer)]
+        )
         # SO_REUSEPORT off: two workers must never share a port by accident.
-        self._server = grpc.server(self._executor, options=[("grpc.so_reuseport", 0)])
-        self._server.add_generic_rpc_handlers((self._service.rpc_handler(),))
+        self._server = grpc.server(
+            self._executor,
+            options=[("grpc.so_reuseport", 0)],
+            interceptors=interceptors,
+        )
+        self._server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE_NAME,
+                    {
+                        STREAM_TELEMETRY_METHOD: self._service.method_handler(),
+                        EXECUTE_TOOL_METHOD: self._tool_service.method_handler(),
+                    },
+                ),
+            )
+        )
         self._port: int | None = None
 
     @property
     def service(self) -> TelemetryService:
         """The ``StreamTelemetry`` handler."""
         return self._service
+
+    @property
+    def tool_service(self) -> ToolService:
+        """The ``ExecuteTool`` handler."""
+        return self._tool_service
+
+    @property
+    def token_required(self) -> bool:
+        """True when every call must carry the bearer token."""
+        return self._token_required
 
     @property
     def port(self) -> int:

@@ -1,8 +1,18 @@
 """Worker entry point: ``python -m snakepit_bridge.worker --port 0``.
 
-Starts the ``StreamTelemetry`` gRPC server, installs a :class:`GrpcBackend` as the
+Starts the ``BridgeService`` gRPC server (``StreamTelemetry`` and ``ExecuteTool``) on
+127.0.0.1 unless ``--host`` says otherwise, installs a :class:`GrpcBackend` as the
 telemetry backend, prints exactly one ``GRPC_READY:<port>`` line on stdout once serving,
 and runs until SIGTERM or SIGINT (or stdin closes, with ``--exit-on-stdin-eof``).
+
+* ``--tools MODULE`` (repeatable): import MODULE (a dotted name found on ``sys.path``:
+  ``PYTHONPATH`` or the current directory) before serving, so its ``@tool`` functions
+  are served by ``ExecuteTool``; a module that cannot be imported is an error on stderr
+  and exit code 1, before any ``GRPC_READY`` line. Tool modules must not write to stdout.
+* ``SNAKEPIT_WORKER_TOKEN``: when set, every call must carry ``authorization: Bearer
+  <token>`` (else ``UNAUTHENTICATED``). The worker removes it from its own environment
+  once read, so processes its tools start do not inherit it; an empty or invalid value
+  is an error and exit code 1.
 
 The buffer's bounds are set on the command line (and as the keyword arguments of the same
 names, with ``_`` for ``-``, when calling :func:`start_worker` from code):
@@ -25,12 +35,14 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final, TypedDict
 
 from snakepit_bridge import telemetry
+from snakepit_bridge.auth import TOKEN_ENV, BearerToken, TokenSource
 from snakepit_bridge.server import DEFAULT_HOST, BridgeServer, ServerStartError
 from snakepit_bridge.telemetry.stream import (
     DEFAULT_MAX_BUFFER,
@@ -38,12 +50,14 @@ from snakepit_bridge.telemetry.stream import (
     DEFAULT_MAX_EVENT_BYTES,
     TelemetryStream,
 )
+from snakepit_bridge.tools import ToolImportError, ToolRegistry, import_tool_modules
 
 __all__ = [
     "READY_PREFIX",
     "RunningWorker",
     "ShutdownRequest",
     "StreamBounds",
+    "add_tools_argument",
     "announce_ready",
     "build_arg_parser",
     "main",
@@ -78,11 +92,18 @@ def start_worker(
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     honour_control: bool = True,
+    tools: ToolRegistry | None = None,
+    token: str | BearerToken | TokenSource | None = TokenSource.FROM_ENV,
 ) -> RunningWorker:
     """Create the stream, install it as the telemetry backend and start the server.
 
+    ``tools`` is the registry ``ExecuteTool`` serves (default: the default registry, where
+    ``@tool`` registers). ``token`` is the bearer token every call must carry: read from
+    ``SNAKEPIT_WORKER_TOKEN`` by default (unset: none), None for no check.
+
     Raises:
-        ValueError: if a bound is not a positive integer.
+        ValueError: if a bound is not a positive integer, or the token is empty or
+            invalid.
         ServerStartError: if the address cannot be bound.
     """
     stream = TelemetryStream(
@@ -90,7 +111,14 @@ def start_worker(
         max_buffer_bytes=max_buffer_bytes,
         max_event_bytes=max_event_bytes,
     )
-    server = BridgeServer(stream, host=host, port=port, honour_control=honour_control)
+    server = BridgeServer(
+        stream,
+        host=host,
+        port=port,
+        honour_control=honour_control,
+        tools=tools,
+        token=token,
+    )
     bound_port = server.start()
     telemetry.set_backend(telemetry.GrpcBackend(stream))
     return RunningWorker(stream=stream, server=server, port=bound_port)
@@ -126,6 +154,20 @@ def build_arg_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help=f"largest serialized event sent; larger ones are dropped ({DEFAULT_MAX_EVENT_BYTES})",
     )
     return parser
+
+
+def add_tools_argument(parser: argparse.ArgumentParser) -> None:
+    """Add the repeatable ``--tools MODULE`` option (``args.tools``: list of names).
+
+    Pass ``args.tools`` to :func:`snakepit_bridge.tools.import_tool_modules`.
+    """
+    parser.add_argument(
+        "--tools",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE so its @tool functions are served (repeatable)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -214,13 +256,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--exit-on-stdin-eof", action="store_true", help="exit when stdin is closed"
     )
+    add_tools_argument(parser)
     args = parser.parse_args(argv)
+    # Read once and removed, so that processes started by tools don't inherit it.
+    token_text = os.environ.pop(TOKEN_ENV, None)
+    try:
+        token = None if token_text is None else BearerToken(token_text)
+    except ValueError as exc:  # the message never includes the token
+        print(f"snakepit_bridge.worker: {TOKEN_ENV}: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
 
     shutdown = ShutdownRequest()
     shutdown.install_signals(signal.SIGTERM, signal.SIGINT)
     try:
         try:
-            worker = start_worker(host=args.host, port=args.port, **stream_bounds(args))
+            import_tool_modules(args.tools)
+            worker = start_worker(
+                host=args.host, port=args.port, token=token, **stream_bounds(args)
+            )
+        except ToolImportError as exc:
+            print(f"snakepit_bridge.worker: {exc}", file=sys.stderr)
+            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+            return EXIT_START_FAILED
         except ServerStartError as exc:
             print(f"snakepit_bridge.worker: {exc}", file=sys.stderr)
             return EXIT_START_FAILED

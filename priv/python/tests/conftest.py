@@ -5,11 +5,13 @@ from dataclasses import dataclass, field
 
 import pytest
 from stream_client import StreamClient
+from tool_client import ToolClient
 
 from snakepit_bridge import telemetry
 from snakepit_bridge.server import BridgeServer
 from snakepit_bridge.telemetry.backends import TelemetryBackend
 from snakepit_bridge.telemetry.stream import TelemetryStream
+from snakepit_bridge.tools import ToolRegistry
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,17 @@ def serve() -> Iterator[Callable[..., ServedStream]]:
     """Start in-process servers on 127.0.0.1 (port 0); stop them after the test."""
     servers: list[BridgeServer] = []
 
-    def start(max_buffer: int = 1024, honour_control: bool = True) -> ServedStream:
+    def start(
+        max_buffer: int = 1024,
+        honour_control: bool = True,
+        tools: ToolRegistry | None = None,
+        token: str | None = None,
+    ) -> ServedStream:
         stream = TelemetryStream(max_buffer=max_buffer)
-        server = BridgeServer(stream, port=0, honour_control=honour_control)
+        # token is explicit (None: no check), whatever SNAKEPIT_WORKER_TOKEN says.
+        server = BridgeServer(
+            stream, port=0, honour_control=honour_control, tools=tools, token=token
+        )
         port = server.start()
         servers.append(server)
         return ServedStream(stream, server, port)
@@ -92,6 +102,21 @@ def connect() -> Iterator[Callable[[int], StreamClient]]:
 
     def open_client(port: int) -> StreamClient:
         client = StreamClient(port)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def tool_client() -> Iterator[Callable[[int], ToolClient]]:
+    """Open ExecuteTool channels; close them after the test."""
+    clients: list[ToolClient] = []
+
+    def open_client(port: int) -> ToolClient:
+        client = ToolClient(port)
         clients.append(client)
         return client
 

@@ -29,7 +29,7 @@ class StreamEnded:
 class StreamClient:
     """Opens one StreamTelemetry call; collects raw response messages on a thread."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, metadata: tuple[tuple[str, str], ...] | None = None) -> None:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         method: grpc.StreamStreamMultiCallable[pb.TelemetryControl, bytes] = (
             self.channel.stream_stream(
@@ -42,7 +42,8 @@ class StreamClient:
         self.messages: queue.Queue[bytes | StreamEnded] = queue.Queue()
         self.headers: tuple[tuple[str, str], ...] | None = None
         self.headers_received = threading.Event()
-        self.call = method(self._requests())
+        self.error: grpc.RpcError | None = None
+        self.call = method(self._requests(), metadata=metadata)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -63,6 +64,7 @@ class StreamClient:
                 self.messages.put(message)
             code = self.call.code()
         except grpc.RpcError as error:
+            self.error = error
             code = error.code()
         finally:
             self.headers_received.set()

@@ -6,7 +6,7 @@ import contextlib
 import queue
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 READY_TIMEOUT = 20.0
 LINE_TIMEOUT = 10.0
@@ -15,9 +15,10 @@ LINE_TIMEOUT = 10.0
 class WorkerProcess:
     """A worker subprocess with piped stdin/stdout and a readiness handshake."""
 
-    def __init__(self, argv: Sequence[str]) -> None:
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             list(argv),
+            env=None if env is None else dict(env),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
