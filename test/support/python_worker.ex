@@ -15,8 +15,11 @@ defmodule Snakepit.Telemetry.Test.PythonWorker do
       Path.expand("../../.venv/bin/python", __DIR__)
   end
 
-  @doc "Starts a worker; `args` are extra command-line flags such as `--ignore-control`."
-  def start(args \\ []) do
+  @doc """
+  Starts a worker; `args` are extra command-line flags such as `--ignore-control`, `env`
+  extra environment variables (`[{"SNAKEPIT_WORKER_TOKEN", "..."}]`).
+  """
+  def start(args \\ [], env \\ []) do
     script = Path.expand("python/scripted_worker.py", __DIR__)
     pythonpath = Path.expand("../../priv/python", __DIR__)
 
@@ -26,7 +29,10 @@ defmodule Snakepit.Telemetry.Test.PythonWorker do
         :exit_status,
         {:line, 1_000_000},
         args: ["-u", script, "--port", "0" | args],
-        env: [{~c"PYTHONPATH", String.to_charlist(pythonpath)}]
+        env: [
+          {~c"PYTHONPATH", String.to_charlist(pythonpath)}
+          | for({k, v} <- env, do: {String.to_charlist(k), String.to_charlist(v)})
+        ]
       ])
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)

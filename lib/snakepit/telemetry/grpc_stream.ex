@@ -143,6 +143,13 @@ defmodule Snakepit.Telemetry.GrpcStream do
   of the catalog, each an atom, integer, float or string. Registering an id again replaces
   its stream (and keeps its settings).
 
+  `token: token` (a string of visible ASCII, at most 4096 bytes) is sent as
+  `authorization: Bearer <token>` on every call to a worker started with
+  `SNAKEPIT_WORKER_TOKEN` (see `Snakepit.Telemetry.Worker`, which does this for you); a
+  worker that refuses it shows `{:connect_failed, "Unauthenticated: ..."}` as `:last_error`
+  in `list_streams/0` and is retried like any failed attempt. The token is never shown in
+  `list_streams/0`, errors or logs.
+
   Returns `:ok` at once: connecting happens on the NIF's runtime. The result of connecting
   shows in `list_streams/0`. Registration never fails because of other calls made at the
   same time: calls queue in this process, which hands each to the NIF in microseconds.
@@ -151,13 +158,16 @@ defmodule Snakepit.Telemetry.GrpcStream do
       {:error, {:invalid_worker_id, ""}}
       iex> Snakepit.Telemetry.GrpcStream.register_worker("w", "127.0.0.1:1", colour: :red)
       {:error, {:invalid_option, :colour}}
+      iex> Snakepit.Telemetry.GrpcStream.register_worker("w", "127.0.0.1:1", token: "with space")
+      {:error, {:invalid_option, :token}}
   """
   @spec register_worker(worker_id(), String.t(), keyword()) :: :ok | {:error, term()}
   def register_worker(worker_id, endpoint, opts \\ []) do
     with :ok <- check_worker_id(worker_id),
          :ok <- check_endpoint(endpoint),
+         {:ok, token, opts} <- take_token(opts),
          {:ok, metadata} <- registration_metadata(opts) do
-      GenServer.call(__MODULE__, {:register, worker_id, endpoint, metadata})
+      GenServer.call(__MODULE__, {:register, worker_id, endpoint, metadata, token})
     end
   end
 
@@ -323,6 +333,26 @@ defmodule Snakepit.Telemetry.GrpcStream do
 
   defp registration_metadata(opts), do: {:error, {:invalid_option, opts}}
 
+  # The worker's bearer token; what a header value can carry. Never echoed in errors.
+  defp take_token(opts) when is_list(opts) do
+    {tokens, opts} = Enum.split_with(opts, &match?({:token, _}, &1))
+
+    case {Enum.map(tokens, &elem(&1, 1)), opts} do
+      {[], opts} ->
+        {:ok, nil, opts}
+
+      {[token], opts} when is_binary(token) and byte_size(token) in 1..4096 ->
+        if token =~ ~r/^[\x21-\x7e]+$/,
+          do: {:ok, token, opts},
+          else: {:error, {:invalid_option, :token}}
+
+      {_, _} ->
+        {:error, {:invalid_option, :token}}
+    end
+  end
+
+  defp take_token(opts), do: {:error, {:invalid_option, opts}}
+
   ## Server
 
   @impl GenServer
@@ -380,7 +410,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
   end
 
   @impl GenServer
-  def handle_call({:register, worker_id, endpoint, metadata}, _from, state) do
+  def handle_call({:register, worker_id, endpoint, metadata, token}, _from, state) do
     settings =
       case Native.worker_settings(state.runtime, worker_id) do
         {:ok, native} -> native
@@ -393,7 +423,8 @@ defmodule Snakepit.Telemetry.GrpcStream do
              worker_id,
              endpoint,
              Map.to_list(metadata),
-             settings
+             settings,
+             token
            ) do
         {:ok, _generation} -> :ok
         {:error, _} = error -> error

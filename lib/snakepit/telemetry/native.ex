@@ -60,7 +60,7 @@ defmodule Snakepit.Telemetry.Native do
   def set_node(_runtime, _node), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def register_worker(_runtime, _worker_id, _endpoint, _metadata, _settings),
+  def register_worker(_runtime, _worker_id, _endpoint, _metadata, _settings, _token),
     do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false

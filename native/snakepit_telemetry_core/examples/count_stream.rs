@@ -61,7 +61,7 @@ async fn drain(address: WorkerAddress, count: u64) -> Result<u64, String> {
     let channel = address.connect(std::time::Duration::from_secs(5)).await?;
     // Kept open and empty: the request stream stays up and carries nothing.
     let controls = futures_util::stream::pending();
-    let mut events = open_stream(channel, controls, usize::MAX).await?.events;
+    let mut events = open_stream(channel, controls, usize::MAX, None).await?.events;
     let mut received = 0;
     while received < count {
         match events.next().await {

@@ -172,19 +172,27 @@ pub fn status_text(status: &Status) -> String {
 /// Opens StreamTelemetry; `controls` is the request stream (every control message for the
 /// stream's lifetime). No deadline is set: the stream lives until either side ends it.
 /// Messages longer than `max_message` bytes are skipped and reported, never buffered.
+/// `token` goes in an `authorization: Bearer` header, marked sensitive.
 pub async fn open_stream(
     mut channel: Channel,
     controls: impl Stream<Item = TelemetryControl> + Send + 'static,
     max_message: usize,
+    token: Option<&str>,
 ) -> Result<OpenStream, String> {
     let frames = controls.map(|control| Ok::<_, Status>(Frame::data(frame(&control.encode_to_vec()))));
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method(http::Method::POST)
         .uri(STREAM_TELEMETRY)
         .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers")
-        .body(Body::new(StreamBody::new(frames)))
-        .map_err(|e| e.to_string())?;
+        .header(http::header::TE, "trailers");
+    if let Some(token) = token {
+        // Checked by the Elixir layer (visible ASCII); the error never repeats the value.
+        let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "the worker token is not a valid header value".to_string())?;
+        value.set_sensitive(true);
+        request = request.header(http::header::AUTHORIZATION, value);
+    }
+    let request = request.body(Body::new(StreamBody::new(frames))).map_err(|e| e.to_string())?;
     std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| error_chain(&e))?;
     let response = channel.call(request).await.map_err(|e| error_chain(&e))?;
     if response.status() != http::StatusCode::OK {

@@ -111,6 +111,7 @@ fn register_worker(
     endpoint: String,
     metadata: Vec<(Atom, Term)>,
     settings: Term,
+    token: Option<String>,
 ) -> NifResult<u64> {
     if !runtime.is_running() {
         return Err(ApiError::RuntimeFailed("the runtime is stopped".into()));
@@ -139,6 +140,7 @@ fn register_worker(
         encoder: runtime.encoder.clone(),
         limits: options.limits,
         connect: options.connect,
+        token: token.map(Arc::from),
         excluded: options.excluded.clone(),
         receiver: runtime.receiver.subscribe(),
     });

@@ -66,6 +66,8 @@ pub struct StreamTask {
     pub encoder: Arc<TermEncoder>,
     pub limits: StreamLimits,
     pub connect: ConnectOptions,
+    /// Sent as `authorization: Bearer <token>` on every stream (never shown anywhere).
+    pub token: Option<Arc<str>>,
     /// The config's `excluded_events`, denied for every worker.
     pub excluded: Arc<[String]>,
     /// The process that receives batches and status messages.
@@ -425,7 +427,7 @@ impl StreamTask {
         let channel = self.address.connect(self.connect.timeout).await.map_err(CloseReason::ConnectFailed)?;
         let (capability_tx, capability_rx) = oneshot::channel();
         let controls = control_stream(capability_rx, self.state.settings.subscribe(), self.excluded.clone());
-        let opened = open_stream(channel, controls, self.limits.max_event_bytes)
+        let opened = open_stream(channel, controls, self.limits.max_event_bytes, self.token.as_deref())
             .await
             .map_err(CloseReason::ConnectFailed)?;
         let worker_samples_patterns = samples_patterns(&opened.capabilities);
