@@ -49,8 +49,8 @@ defmodule Snakepit.Telemetry.MixProject do
 
   defp extra_applications do
     case telemetry_source() do
-      :code_path -> [:logger, :telemetry]
-      _ -> [:logger]
+      :code_path -> [:logger, :crypto, :telemetry]
+      _ -> [:logger, :crypto]
     end
   end
 
@@ -134,6 +134,7 @@ defmodule Snakepit.Telemetry.MixProject do
         "proto",
         "priv/python",
         "priv/catalog.txt",
+        "priv/bin",
         "Cargo.toml",
         "Cargo.lock",
         ".formatter.exs",

@@ -5,10 +5,11 @@ defmodule Snakepit.Telemetry.Application do
   At start it validates the configuration with
   `Snakepit.Telemetry.Config.load!/0`: an invalid configuration makes the
   start fail with the `ArgumentError` that explains it. It then starts a
-  supervisor with `Snakepit.Telemetry.Dispatcher` (which runs the handlers)
-  and, after it, `{Snakepit.Telemetry.GrpcStream, config}` (which starts the
-  NIF runtime; with `grpc_stream: false` it registers workers without opening
-  their streams).
+  supervisor with `Snakepit.Telemetry.Dispatcher` (which runs the handlers),
+  a small ledger of worker restarts (for `Snakepit.Telemetry.Worker`'s
+  `:restarted` event) and, after them, `{Snakepit.Telemetry.GrpcStream, config}`
+  (which starts the NIF runtime; with `grpc_stream: false` it registers workers
+  without opening their streams).
 
   Neither process holds state that a crash could lose (registrations, settings
   and counters live in the NIF runtime, kept until the application stops), so
@@ -39,5 +40,9 @@ defmodule Snakepit.Telemetry.Application do
   @doc false
   @spec children(Config.t()) :: [Supervisor.child_spec() | {module(), term()}]
   def children(%Config{} = config),
-    do: [Snakepit.Telemetry.Dispatcher, {Snakepit.Telemetry.GrpcStream, config}]
+    do: [
+      Snakepit.Telemetry.Dispatcher,
+      Snakepit.Telemetry.WorkerLedger,
+      {Snakepit.Telemetry.GrpcStream, config}
+    ]
 end

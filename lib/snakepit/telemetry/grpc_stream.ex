@@ -141,7 +141,9 @@ defmodule Snakepit.Telemetry.GrpcStream do
   `endpoint` is `"host:port"`, `"http://host:port"` or `"unix:/path"`. `opts` are metadata
   added to every event of this worker: `:pool_name`, `:python_pid` or any other metadata key
   of the catalog, each an atom, integer, float or string. Registering an id again replaces
-  its stream (and keeps its settings).
+  its stream and keeps its settings and counters; if the old stream had been lost and not
+  reopened, the new stream's first open is reported as `[:snakepit, :grpc, :connection,
+  :reconnected]` (this is how a restarted `Snakepit.Telemetry.Worker` comes back).
 
   `token: token` (a string of visible ASCII, at most 4096 bytes) is sent as
   `authorization: Bearer <token>` on every call to a worker started with

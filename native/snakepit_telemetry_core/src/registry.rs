@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
 use tokio::sync::watch;
@@ -55,7 +55,8 @@ pub struct StreamState {
     pub worker_id: String,
     pub endpoint: String,
     pub generation: u64,
-    pub counters: StreamCounters,
+    /// Shared with the registration this one replaced, if any: counts survive re-registering.
+    pub counters: Arc<StreamCounters>,
     /// The worker's desired settings; the stream task watches it.
     pub settings: watch::Sender<Arc<Settings>>,
     status: Mutex<StreamStatus>,
@@ -65,6 +66,15 @@ pub struct StreamState {
     /// Failed attempts since the last stream opened, and why the last attempt or stream ended.
     attempt: AtomicU32,
     last_error: Mutex<Option<CloseReason>>,
+    /// When the last open stream was lost, while none is open again.
+    lost_at: Mutex<Option<Instant>>,
+}
+
+/// What a registration that replaces another takes over from it.
+pub struct Inherited {
+    pub counters: Arc<StreamCounters>,
+    /// The old one had lost its stream and not reopened it: when, and the attempts since.
+    pub lost: Option<(Instant, u32)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,13 +97,14 @@ impl StreamState {
             worker_id,
             endpoint,
             generation,
-            counters: StreamCounters::default(),
+            counters: Arc::default(),
             settings: watch::Sender::new(Arc::new(settings)),
             status: Mutex::new(status),
             capabilities: Mutex::new(String::new()),
             connected_since_ms: AtomicI64::new(0),
             attempt: AtomicU32::new(0),
             last_error: Mutex::new(None),
+            lost_at: Mutex::new(None),
         }
     }
 
@@ -110,6 +121,7 @@ impl StreamState {
         *status = StreamStatus::Connected;
         self.attempt.store(0, Ordering::Release);
         *lock(&self.last_error) = None;
+        *lock(&self.lost_at) = None;
         *lock(&self.capabilities) = capabilities.to_string();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         self.connected_since_ms.store(now, Ordering::Release);
@@ -123,13 +135,30 @@ impl StreamState {
         let mut status = lock(&self.status);
         match *status {
             StreamStatus::Closed(_) => return false,
-            StreamStatus::Connected | StreamStatus::Reconnecting => *status = StreamStatus::Reconnecting,
-            StreamStatus::Connecting | StreamStatus::NotStreaming => {}
+            StreamStatus::Connected => {
+                *status = StreamStatus::Reconnecting;
+                *lock(&self.lost_at) = Some(Instant::now());
+            }
+            StreamStatus::Reconnecting | StreamStatus::Connecting | StreamStatus::NotStreaming => {}
         }
         self.connected_since_ms.store(0, Ordering::Release);
         self.attempt.store(attempt, Ordering::Release);
         *lock(&self.last_error) = Some(error);
         true
+    }
+
+    /// Takes over the counters of the registration this one replaces and, if that one had
+    /// lost its stream, the loss: the new stream's first open is then a reconnection.
+    pub fn inherit(&mut self, from: &StreamState) -> Inherited {
+        self.counters = from.counters.clone();
+        let lost = lock(&from.lost_at).map(|at| (at, from.attempt()));
+        if let Some((at, attempt)) = lost {
+            *lock(&self.status) = StreamStatus::Reconnecting;
+            *lock(&self.lost_at) = Some(at);
+            self.attempt.store(attempt, Ordering::Release);
+            *lock(&self.last_error) = from.last_error();
+        }
+        Inherited { counters: self.counters.clone(), lost }
     }
 
     /// Failed attempts since the last stream opened.
@@ -257,6 +286,28 @@ mod tests {
         assert_eq!(state.status(), StreamStatus::Closed(CloseReason::Unregistered));
         assert!(!state.set_connected(""));
         assert!(!state.set_retrying(1, CloseReason::WorkerClosed));
+    }
+
+    #[test]
+    fn a_replacement_takes_over_counters_and_an_unrepaired_loss() {
+        let old = StreamState::new("w".into(), "e".into(), 1, Settings::default());
+        old.counters.add_received(7);
+        assert!(old.set_connected(""));
+        assert!(old.set_retrying(0, CloseReason::WorkerClosed));
+        assert!(old.set_retrying(3, CloseReason::ConnectFailed("refused".into())));
+        let mut new = StreamState::new("w".into(), "e2".into(), 2, Settings::default());
+        let inherited = new.inherit(&old);
+        assert_eq!(new.counters.snapshot().received, 7);
+        assert_eq!(inherited.lost.map(|(_, attempts)| attempts), Some(3));
+        assert_eq!((new.status(), new.attempt()), (StreamStatus::Reconnecting, 3));
+        new.counters.add_received(1);
+        assert_eq!(old.counters.snapshot().received, 8, "one set of counters");
+
+        let healthy = StreamState::new("w".into(), "e".into(), 3, Settings::default());
+        assert!(healthy.set_connected(""));
+        let mut next = StreamState::new("w".into(), "e".into(), 4, Settings::default());
+        assert!(next.inherit(&healthy).lost.is_none());
+        assert_eq!(next.status(), StreamStatus::Connecting);
     }
 
     #[test]

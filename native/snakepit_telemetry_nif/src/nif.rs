@@ -126,15 +126,22 @@ fn register_worker(
     let generation = runtime.next_generation();
     let worker = Arc::new(WorkerMeta { worker_id: worker_id.clone(), generation, static_metadata, reserved });
     let options = &runtime.options;
+    // Registering an id again keeps its counters, and a loss its stream had not repaired.
+    let replaced = runtime.manager.get(&worker_id);
     if !options.open_streams {
-        let state =
+        let mut state =
             StreamState::with_status(worker_id, endpoint, generation, settings, StreamStatus::NotStreaming);
+        if let Some(old) = replaced {
+            state.counters = old.state.counters.clone();
+        }
         runtime.manager.register_idle(Arc::new(state), worker);
         return Ok(generation);
     }
-    let state = Arc::new(StreamState::new(worker_id, endpoint, generation, settings));
+    let mut state = StreamState::new(worker_id, endpoint, generation, settings);
+    let resume = replaced.and_then(|old| state.inherit(&old.state).lost);
     runtime.manager.start(StreamTask {
-        state,
+        state: Arc::new(state),
+        resume,
         address,
         worker,
         encoder: runtime.encoder.clone(),

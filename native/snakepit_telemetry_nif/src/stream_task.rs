@@ -61,6 +61,9 @@ pub struct ConnectOptions {
 /// Everything one stream task needs; built by the `register_worker` NIF.
 pub struct StreamTask {
     pub state: Arc<StreamState>,
+    /// The registration this one replaced had lost its stream (when, and the attempts
+    /// since): the first open here is reported as a reconnection.
+    pub resume: Option<(Instant, u32)>,
     pub address: WorkerAddress,
     pub worker: Arc<WorkerMeta>,
     pub encoder: Arc<TermEncoder>,
@@ -279,7 +282,11 @@ impl StreamTask {
         };
         let seed = sampler_seed(self.worker.generation).rotate_left(17);
         let mut gate = Gate { policy: policy(&mut settings, false), sampler: Sampler::new(seed) };
-        let mut link = Link::Down { retry_at: Instant::now(), lost_at: None, failed: 0 };
+        let (lost_at, failed) = match self.resume {
+            Some((at, failed)) => (Some(at), failed),
+            None => (None, 0),
+        };
+        let mut link = Link::Down { retry_at: Instant::now(), lost_at, failed };
         let mut name = String::new();
         loop {
             if let Link::Down { retry_at, lost_at, failed } = link {

@@ -124,8 +124,24 @@ def start_worker(
     return RunningWorker(stream=stream, server=server, port=bound_port)
 
 
+READY_FILE_ENV: Final = "SNAKEPIT_READY_FILE"
+
+
 def announce_ready(port: int) -> None:
-    """Print the one readiness line the Elixir side waits for."""
+    """Tell the Elixir side the worker serves on ``port``.
+
+    Prints the ``GRPC_READY:<port>`` line, and, when ``SNAKEPIT_READY_FILE`` names a file
+    (Snakepit's convention), writes the port there too, atomically (a temporary file
+    renamed over it), so a reader never sees a partial number.
+    """
+    ready_file = os.environ.get(READY_FILE_ENV)
+    if ready_file:
+        tmp_path = f"{ready_file}.tmp"
+        with open(tmp_path, "w", encoding="utf-8") as handle:
+            handle.write(str(port))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, ready_file)
     sys.stdout.write(f"{READY_PREFIX}{port}\n")
     sys.stdout.flush()
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -62,6 +64,19 @@ def test_exits_cleanly_on_signal_and_ends_the_call(
         assert worker.remaining_lines() == []  # nothing after the one readiness line
     finally:
         client.close()
+
+
+def test_writes_the_port_to_snakepit_ready_file_when_set(tmp_path: Path) -> None:
+    ready_file = tmp_path / "ready"
+    worker = WorkerProcess(
+        [sys.executable, "-m", "snakepit_bridge.worker", "--port", "0"],
+        env={**os.environ, "SNAKEPIT_READY_FILE": str(ready_file)},
+    )
+    try:
+        assert ready_file.read_text(encoding="utf-8") == str(worker.port)
+        assert not (tmp_path / "ready.tmp").exists()
+    finally:
+        worker.kill()
 
 
 def test_exits_when_stdin_closes_if_asked(start_worker: StartWorker) -> None:

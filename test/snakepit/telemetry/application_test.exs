@@ -6,11 +6,12 @@ defmodule Snakepit.Telemetry.ApplicationTest do
 
   alias Snakepit.Telemetry.Config
 
-  test "the supervisor runs the Dispatcher, then GrpcStream with the config" do
+  test "the supervisor runs the Dispatcher, the worker ledger, then GrpcStream with the config" do
     config = Config.load!([])
 
     assert Snakepit.Telemetry.Application.children(config) == [
              Snakepit.Telemetry.Dispatcher,
+             Snakepit.Telemetry.WorkerLedger,
              {Snakepit.Telemetry.GrpcStream, config}
            ]
   end

@@ -36,11 +36,14 @@ defmodule Snakepit.Telemetry.LiveControlTest do
   end
 
   # Everything the worker sent has arrived and its handlers have run. `earlier` counts the
-  # events of this id delivered by earlier streams (the NIF's counters are per stream).
-  defp settle(worker, id, table, earlier \\ 0) do
+  # events of this id delivered under an earlier registration (unregistering resets the
+  # NIF's counters; registering again keeps them); `base` is `baseline/2` taken before the
+  # events were emitted when the worker or the registration changed since they started.
+  defp settle(worker, id, table, earlier \\ 0, base \\ {0, 0}) do
+    {sent_before, received_before} = base
     PythonWorker.run(worker, %{"op" => "wait_sent", "timeout_ms" => @timeout})
     sent = PythonWorker.stats(worker)["sent"]
-    wait_until(fn -> stream(id).received == sent end)
+    wait_until(fn -> stream(id).received - received_before == sent - sent_before end)
 
     wait_until(fn ->
       info = stream(id)
@@ -49,6 +52,8 @@ defmodule Snakepit.Telemetry.LiveControlTest do
         EventCounter.total(table, id) == earlier + info.emitted
     end)
   end
+
+  defp baseline(worker, id), do: {PythonWorker.stats(worker)["sent"], stream(id).received}
 
   # Binomial(n, p): within 5 standard deviations of n * p.
   defp assert_binomial(observed, n, p) do
@@ -221,8 +226,10 @@ defmodule Snakepit.Telemetry.LiveControlTest do
     end)
 
     PythonWorker.await_policy(restarted, &(&1["allow"] == ["python.call.*"]))
+    base = baseline(restarted, id)
     emit(restarted, "tool.execution.stop", 10)
-    settle(restarted, id, table, 20)
+    # The counters carried over: the first worker's 20 delivered events are in `emitted`.
+    settle(restarted, id, table, 0, base)
     assert EventCounter.get(table, id, @stop) == 0
     assert settings(id) == expected
 
@@ -240,8 +247,9 @@ defmodule Snakepit.Telemetry.LiveControlTest do
 
     wait_until(fn -> stream(id).status == :connected end)
     PythonWorker.await_policy(restarted, &(&1["allow"] == []))
+    base = baseline(restarted, id)
     emit(restarted, "tool.execution.stop", 10)
-    settle(restarted, id, table, 20)
+    settle(restarted, id, table, 20, base)
     assert EventCounter.get(table, id, @stop) == 10
   end
 

@@ -1,0 +1,247 @@
+defmodule Snakepit.Telemetry.WorkerTest do
+  # Supervised Python workers: real OS processes under real supervisors, checked against
+  # the OS process table; kill -9 of the worker and of a whole BEAM.
+  use ExUnit.Case, async: false
+
+  alias Snakepit.Telemetry.Worker
+  alias Snakepit.Telemetry.Test.{Forwarder, PythonWorker}
+
+  import Snakepit.Telemetry.Test.Streams
+
+  doctest Worker
+
+  @stop [:snakepit, :python, :tool, :execution, :stop]
+  @pool [:snakepit, :pool, :worker]
+  @connection [:snakepit, :grpc, :connection]
+  @timeout 20_000
+  @script Path.expand("../../support/python/emitting_worker.py", __DIR__)
+
+  setup do
+    restart_app_for_test(reconnect: [initial_ms: 50, max_ms: 500])
+    %{id: "sup-#{System.unique_integer([:positive])}"}
+  end
+
+  defp worker_opts(id, extra \\ []) do
+    [
+      id: id,
+      pool_name: :test_pool,
+      command: [PythonWorker.python(), @script, "--every-ms", "20"],
+      shutdown_grace: 500
+    ] ++ extra
+  end
+
+  defp alive?(os_pid), do: File.exists?("/proc/#{os_pid}")
+
+  defp events(names), do: Forwarder.attach(Enum.map(names, &(@pool ++ [&1])) ++ [@stop])
+
+  test "a supervised worker spawns, registers its stream with a fresh token, and its events flow",
+       %{id: id} do
+    events([:spawn_started, :spawned])
+    pid = start_supervised!({Worker, worker_opts(id)})
+    %{python_pid: python_pid, python_port: python_port} = Worker.info(pid)
+
+    assert_receive {:telemetry, [:snakepit, :pool, :worker, :spawn_started], %{system_time: _},
+                    %{worker_id: ^id, pool_name: :test_pool, worker_module: Worker}}
+
+    assert_receive {:telemetry, [:snakepit, :pool, :worker, :spawned], %{duration: duration},
+                    %{
+                      worker_id: ^id,
+                      worker_pid: ^pid,
+                      python_pid: ^python_pid,
+                      python_port: ^python_port
+                    }}
+
+    assert duration > 0
+    assert alive?(python_pid)
+    # The OS pid is the Python process itself, not the wrapper.
+    assert File.read!("/proc/#{python_pid}/cmdline") =~ "emitting_worker.py"
+
+    assert_receive {:telemetry, @stop, _,
+                    %{
+                      worker_id: ^id,
+                      pool_name: :test_pool,
+                      python_pid: ^python_pid,
+                      tool: "tick"
+                    }},
+                   @timeout
+
+    assert %{status: :connected, endpoint: endpoint} = stream(id)
+    assert endpoint == "127.0.0.1:#{python_port}"
+    refute inspect(stream(id)) =~ "SNAKEPIT_WORKER_TOKEN"
+  end
+
+  test "kill -9 of the worker's OS process: lost, restarted by the supervisor, reconnected, events flow again with no manual step",
+       %{id: id} do
+    events([:spawned, :terminated, :restarted])
+    Forwarder.attach([@connection ++ [:lost], @connection ++ [:reconnected]])
+    pid = start_supervised!({Worker, worker_opts(id)})
+    %{python_pid: first} = Worker.info(pid)
+    assert_receive {:telemetry, [:snakepit, :pool, :worker, :spawned], _, %{python_pid: ^first}}
+    assert_receive {:telemetry, @stop, _, %{worker_id: ^id, python_pid: ^first}}, @timeout
+
+    System.cmd("kill", ["-9", Integer.to_string(first)])
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :connection, :lost], _, %{worker_id: ^id}},
+                   @timeout
+
+    assert_receive {:telemetry, [:snakepit, :pool, :worker, :terminated], %{lifetime: _},
+                    %{worker_id: ^id, planned: false, exit_code: 137}},
+                   @timeout
+
+    assert_receive {:telemetry, [:snakepit, :pool, :worker, :spawned], _,
+                    %{worker_id: ^id, python_pid: second}},
+                   @timeout
+
+    assert second != first
+
+    assert_receive {:telemetry, [:snakepit, :pool, :worker, :restarted],
+                    %{downtime: downtime, restart_count: 1}, %{worker_id: ^id}},
+                   @timeout
+
+    assert downtime > 0
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :connection, :reconnected],
+                    %{downtime: _, retry_count: _}, %{worker_id: ^id}},
+                   @timeout
+
+    assert_receive {:telemetry, @stop, _, %{worker_id: ^id, python_pid: ^second}}, @timeout
+    refute alive?(first)
+    assert %{status: :connected, received: received} = stream(id)
+    # The counters of the first process's stream carried over to the second.
+    assert received > 1
+  end
+
+  test "stopping the supervisor (or the Worker) leaves no Python process and no registration",
+       %{id: id} do
+    events([:terminated])
+    pid = start_supervised!({Worker, worker_opts(id)})
+    %{python_pid: python_pid} = Worker.info(pid)
+    wait_until(fn -> stream(id)[:status] == :connected end)
+
+    :ok = stop_supervised(Worker.child_spec(id: id).id)
+
+    refute alive?(python_pid)
+    assert stream(id) == nil
+
+    assert_receive {:telemetry, [:snakepit, :pool, :worker, :terminated], _,
+                    %{worker_id: ^id, planned: true, reason: :shutdown}}
+  end
+
+  test "Process.exit(worker, :kill) takes its OS process (and the processes it started) with it",
+       %{id: id} do
+    Process.flag(:trap_exit, true)
+    # The command leaves a process of its own behind: the whole process group must go.
+    marker = "grandchild-#{System.unique_integer([:positive])}"
+
+    command = [
+      "bash",
+      "-c",
+      "(exec -a #{marker} sleep 300) & exec #{PythonWorker.python()} #{@script}"
+    ]
+
+    {:ok, pid} = Worker.start_link(id: id, command: command, shutdown_grace: 500)
+    %{python_pid: python_pid} = Worker.info(pid)
+    assert {_, 0} = System.cmd("pgrep", ["-f", marker])
+    Process.exit(pid, :kill)
+    assert_receive {:EXIT, ^pid, :killed}
+    wait_until(fn -> not alive?(python_pid) end, 5_000)
+    wait_until(fn -> match?({"", 1}, System.cmd("pgrep", ["-f", marker])) end, 5_000)
+  end
+
+  test "kill -9 of the whole BEAM leaves no Python process" do
+    ebin = Application.app_dir(:snakepit_telemetry, "ebin")
+
+    code = """
+    {:ok, _} = Application.ensure_all_started(:snakepit_telemetry)
+    {:ok, pid} = Snakepit.Telemetry.Worker.start_link(
+      id: "orphan-check", command: [#{inspect(PythonWorker.python())}, #{inspect(@script)}])
+    IO.puts("PIDS \#{System.pid()} \#{Snakepit.Telemetry.Worker.info(pid).python_pid}")
+    Process.sleep(:infinity)
+    """
+
+    port =
+      Port.open({:spawn_executable, System.find_executable("elixir")}, [
+        :binary,
+        :exit_status,
+        {:line, 4096},
+        args: ["-pa", ebin, "-e", code]
+      ])
+
+    {beam, python} = await_pids(port)
+    assert alive?(python)
+    System.cmd("kill", ["-9", Integer.to_string(beam)])
+    wait_until(fn -> not alive?(beam) end, 5_000)
+    wait_until(fn -> not alive?(python) end, 10_000)
+  end
+
+  defp await_pids(port) do
+    receive do
+      {^port, {:data, {:eol, "PIDS " <> pids}}} ->
+        [beam, python] = pids |> String.split() |> Enum.map(&String.to_integer/1)
+        {beam, python}
+
+      {^port, {:data, _other}} ->
+        await_pids(port)
+
+      {^port, {:exit_status, status}} ->
+        flunk("the second BEAM exited with #{status}")
+    after
+      @timeout -> flunk("no PIDS line from the second BEAM")
+    end
+  end
+
+  describe "a worker that never serves" do
+    setup do
+      Process.flag(:trap_exit, true)
+      :ok
+    end
+
+    test "a command that exits at once gives :spawn_failed with its exit code and output", %{
+      id: id
+    } do
+      events([:spawn_failed])
+      command = ["sh", "-c", "echo 'cannot start: no model' >&2; exit 3"]
+
+      assert {:error, {:spawn_failed, %{reason: :exited, exit_code: 3, output: output}}} =
+               Worker.start_link(id: id, command: command)
+
+      assert output =~ "cannot start: no model"
+
+      assert_receive {:telemetry, [:snakepit, :pool, :worker, :spawn_failed], %{duration: _},
+                      %{worker_id: ^id, reason: :exited, exit_code: 3, failure_reason: reason}}
+
+      assert reason =~ "cannot start: no model"
+      assert stream(id) == nil
+    end
+
+    test "a command that never becomes ready gives :spawn_failed after ready_timeout, and is stopped",
+         %{id: id} do
+      marker = "never-ready-#{System.unique_integer([:positive])}"
+      command = ["bash", "-c", "exec -a #{marker} sleep 30"]
+
+      assert {:error, {:spawn_failed, %{reason: :ready_timeout, exit_code: nil}}} =
+               Worker.start_link(id: id, command: command, ready_timeout: 300)
+
+      {out, _} = System.cmd("pgrep", ["-f", marker])
+      assert out == ""
+    end
+  end
+
+  test "invalid options raise ArgumentError naming the option" do
+    assert_raise ArgumentError, ~r/invalid :command .* on PATH/, fn ->
+      Worker.start_link(id: "x", command: ["no-such-executable-anywhere"])
+    end
+
+    assert_raise ArgumentError, ~r/invalid :colour/, fn ->
+      Worker.start_link(id: "x", colour: 1)
+    end
+
+    assert_raise ArgumentError, ~r/invalid :env/, fn ->
+      Worker.start_link(id: "x", env: [{"A", 1}])
+    end
+
+    assert_raise ArgumentError, ~r/invalid :ready_timeout/, fn ->
+      Worker.start_link(id: "x", ready_timeout: 0)
+    end
+  end
+end
