@@ -106,7 +106,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
           | {:connect_failed, String.t()}
   @type stream_info :: %{
           worker_id: worker_id(),
-          endpoint: String.t(),
+          endpoint: String.t() | :none,
           status: :connecting | :connected | :reconnecting | :not_streaming,
           connected_since: DateTime.t() | nil,
           attempt: non_neg_integer(),
@@ -123,6 +123,8 @@ defmodule Snakepit.Telemetry.GrpcStream do
         }
 
   @runtime_key {__MODULE__, :runtime}
+  # What the NIF takes for `:none` (no stream: stderr telemetry lines only).
+  @no_endpoint "none"
   @allowed_metadata MapSet.new(Catalog.metadata_keys())
   # Set by the NIF on every event: not accepted as registration metadata.
   @reserved_metadata [:worker_id, :node, :timestamp_ns, :correlation_id]
@@ -138,7 +140,9 @@ defmodule Snakepit.Telemetry.GrpcStream do
   @doc """
   Opens a telemetry stream to the worker `worker_id` serving at `endpoint`.
 
-  `endpoint` is `"host:port"`, `"http://host:port"` or `"unix:/path"`. `opts` are metadata
+  `endpoint` is `"host:port"`, `"http://host:port"` or `"unix:/path"`, or `:none` for a
+  worker with no gRPC stream whose events arrive only as `TELEMETRY:` lines on its output
+  (see `Snakepit.Telemetry.Worker`); its status is `:not_streaming`. `opts` are metadata
   added to every event of this worker: `:pool_name`, `:python_pid` or any other metadata key
   of the catalog, each an atom, integer, float or string. Registering an id again replaces
   its stream and keeps its settings and counters; if the old stream had been lost and not
@@ -163,12 +167,13 @@ defmodule Snakepit.Telemetry.GrpcStream do
       iex> Snakepit.Telemetry.GrpcStream.register_worker("w", "127.0.0.1:1", token: "with space")
       {:error, {:invalid_option, :token}}
   """
-  @spec register_worker(worker_id(), String.t(), keyword()) :: :ok | {:error, term()}
+  @spec register_worker(worker_id(), String.t() | :none, keyword()) :: :ok | {:error, term()}
   def register_worker(worker_id, endpoint, opts \\ []) do
     with :ok <- check_worker_id(worker_id),
          :ok <- check_endpoint(endpoint),
          {:ok, token, opts} <- take_token(opts),
          {:ok, metadata} <- registration_metadata(opts) do
+      endpoint = if endpoint == :none, do: @no_endpoint, else: endpoint
       GenServer.call(__MODULE__, {:register, worker_id, endpoint, metadata, token})
     end
   end
@@ -269,6 +274,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
       |> Map.take([:worker_id, :endpoint, :status, :attempt, :last_error, :received, :emitted])
       |> Map.merge(Map.take(info, [:dropped, :metadata]))
       |> Map.put(:connected_since, connected_since(info.connected_since))
+      |> Map.update!(:endpoint, &if(&1 == @no_endpoint, do: :none, else: &1))
       |> Map.merge(settings)
     end
   end
@@ -305,6 +311,10 @@ defmodule Snakepit.Telemetry.GrpcStream do
   end
 
   defp check_worker_id(id), do: {:error, {:invalid_worker_id, id}}
+
+  defp check_endpoint(:none), do: :ok
+
+  defp check_endpoint("none"), do: {:error, {:invalid_endpoint, "none"}}
 
   defp check_endpoint(endpoint) when is_binary(endpoint) and byte_size(endpoint) in 1..1024 do
     if String.valid?(endpoint), do: :ok, else: {:error, {:invalid_endpoint, endpoint}}

@@ -67,6 +67,9 @@ defmodule Snakepit.Telemetry.Native do
   def unregister_worker(_runtime, _worker_id), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
+  def stderr_line(_runtime, _worker_id, _line, _complete), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
   def worker_settings(_runtime, _worker_id), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false

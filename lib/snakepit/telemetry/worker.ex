@@ -35,8 +35,11 @@ defmodule Snakepit.Telemetry.Worker do
     * `:shutdown_grace` (ms, default `2_000`) - after SIGTERM, how long the process may take
       to exit before SIGKILL.
     * `:metadata` - more registration metadata (see `GrpcStream.register_worker/3`).
-    * `:max_line_bytes` (default `65_536`) - longer output lines are cut to this size in
-      the log.
+    * `:mode` (`:grpc` or `:stderr`, default `:grpc`) - `:stderr` is a worker with no gRPC
+      server: it is ready as soon as it runs, and its events arrive only as `TELEMETRY:`
+      lines (its stream is registered with endpoint `:none`).
+    * `:max_line_bytes` (default `65_536`) - the longest output line: a longer
+      `TELEMETRY:` line is dropped and counted as `:oversize`, another is cut in the log.
 
   ## What it does
 
@@ -55,7 +58,13 @@ defmodule Snakepit.Telemetry.Worker do
   reported as reconnected. A planned stop unregisters the stream.
 
   Its stdout and stderr (merged) go to `Logger` (`:info`) with `worker_id` and `pool_name`
-  in the metadata; a line longer than `:max_line_bytes` is cut there.
+  in the metadata; a line longer than `:max_line_bytes` is cut there. Lines in Snakepit's
+  stderr-backend format, `TELEMETRY:{json}`, are events instead: once the stream is
+  registered, each goes to the NIF, which checks it off the schedulers against the same
+  catalog and with the same counters as a gRPC event (unknown events, bad JSON and unknown
+  measurement keys are counted by reason in `GrpcStream.list_streams/0`; no atom is made).
+  Such lines printed before the stream is registered are held (at most 256) and handed
+  over right after; beyond that they are logged.
 
   ## Telemetry events
 
@@ -92,6 +101,7 @@ defmodule Snakepit.Telemetry.Worker do
   @child_prefix "SNAKEPIT_CHILD_PID:"
   @telemetry_prefix "TELEMETRY:"
   @output_tail 20
+  @max_early_lines 256
   @defaults [
     pool_name: :default,
     ready_timeout: 30_000,
@@ -100,6 +110,7 @@ defmodule Snakepit.Telemetry.Worker do
     cd: nil,
     tools: [],
     metadata: [],
+    mode: :grpc,
     max_line_bytes: 65_536
   ]
   @keys [:id, :command, :python | Keyword.keys(@defaults)]
@@ -115,6 +126,7 @@ defmodule Snakepit.Telemetry.Worker do
           | {:ready_timeout, pos_integer()}
           | {:shutdown_grace, pos_integer()}
           | {:metadata, keyword()}
+          | {:mode, :grpc | :stderr}
           | {:max_line_bytes, pos_integer()}
 
   @doc """
@@ -179,6 +191,7 @@ defmodule Snakepit.Telemetry.Worker do
       do: invalid!(:id, id, "a non-empty string of at most 256 bytes")
 
     unless is_atom(opts[:pool_name]), do: invalid!(:pool_name, opts[:pool_name], "an atom")
+    unless opts[:mode] in [:grpc, :stderr], do: invalid!(:mode, opts[:mode], ":grpc or :stderr")
 
     for key <- [:ready_timeout, :shutdown_grace, :max_line_bytes] do
       unless is_integer(opts[key]) and opts[key] > 0,
@@ -209,6 +222,7 @@ defmodule Snakepit.Telemetry.Worker do
       ready_timeout: opts[:ready_timeout],
       shutdown_grace: opts[:shutdown_grace],
       metadata: opts[:metadata],
+      mode: opts[:mode],
       max_line_bytes: opts[:max_line_bytes]
     }
   end
@@ -277,7 +291,8 @@ defmodule Snakepit.Telemetry.Worker do
       spawned: nil,
       token: token,
       tail: [],
-      partial: nil
+      partial: nil,
+      early: []
     }
 
     deadline = started + System.convert_time_unit(config.ready_timeout, :millisecond, :native)
@@ -310,7 +325,9 @@ defmodule Snakepit.Telemetry.Worker do
       |> Keyword.merge(config.metadata)
       |> Keyword.put(:token, state.token)
 
-    case GrpcStream.register_worker(config.id, "127.0.0.1:#{state.python_port}", registration) do
+    endpoint = if config.mode == :stderr, do: :none, else: "127.0.0.1:#{state.python_port}"
+
+    case GrpcStream.register_worker(config.id, endpoint, registration) do
       :ok ->
         now = System.monotonic_time()
 
@@ -321,7 +338,7 @@ defmodule Snakepit.Telemetry.Worker do
             worker_pid: self(),
             python_pid: state.python_pid,
             python_port: state.python_port,
-            mode: :grpc
+            mode: config.mode
           })
         )
 
@@ -337,7 +354,13 @@ defmodule Snakepit.Telemetry.Worker do
             :ok
         end
 
-        {:ok, %{state | spawned: now}}
+        state = %{state | spawned: now}
+        early = Enum.reverse(state.early)
+
+        {:ok,
+         Enum.reduce(early, %{state | early: []}, fn {line, complete}, acc ->
+           stderr_line(acc, line, complete)
+         end)}
 
       {:error, reason} ->
         close_port(state)
@@ -350,7 +373,7 @@ defmodule Snakepit.Telemetry.Worker do
   defp await_ready(state, ready_file, deadline) do
     state = %{state | python_port: state.python_port || read_ready_file(ready_file)}
 
-    if state.python_port && state.python_pid do
+    if state.python_pid && (state.python_port || state.config.mode == :stderr) do
       {:ok, state}
     else
       wait = System.convert_time_unit(deadline - System.monotonic_time(), :native, :millisecond)
@@ -522,15 +545,14 @@ defmodule Snakepit.Telemetry.Worker do
     end
   end
 
-  defp output(state, {:eol, chunk}) do
-    line =
-      case state.partial do
-        nil -> chunk
-        kept -> kept <> " [cut]"
-      end
+  defp output(%{partial: nil} = state, {:eol, chunk}), do: line(state, chunk)
 
-    line(%{state | partial: nil}, line)
+  defp output(%{partial: @telemetry_prefix <> _} = state, {:eol, _rest}) do
+    stderr_line(%{state | partial: nil}, state.partial, false)
   end
+
+  defp output(%{partial: kept} = state, {:eol, _rest}),
+    do: log(%{state | partial: nil}, kept <> " [cut]")
 
   defp line(state, @child_prefix <> pid) do
     case Integer.parse(pid) do
@@ -546,9 +568,26 @@ defmodule Snakepit.Telemetry.Worker do
     end
   end
 
-  defp line(state, @telemetry_prefix <> _ = line), do: log(state, line)
+  defp line(state, @telemetry_prefix <> _ = line), do: stderr_line(state, line, true)
 
   defp line(state, line), do: log(state, line)
+
+  # A telemetry line goes to the NIF (which counts a cut one as :oversize); before the
+  # stream is registered, it waits.
+  defp stderr_line(%{spawned: nil, early: early} = state, line, complete)
+       when length(early) < @max_early_lines,
+       do: %{state | early: [{line, complete} | early]}
+
+  defp stderr_line(%{spawned: nil} = state, line, _complete), do: log(state, line)
+
+  defp stderr_line(state, line, complete) do
+    case GrpcStream.runtime() do
+      nil -> :ok
+      runtime -> Snakepit.Telemetry.Native.stderr_line(runtime, state.config.id, line, complete)
+    end
+
+    state
+  end
 
   defp log(state, line) do
     Logger.info(line, worker_id: state.config.id, pool_name: state.config.pool_name)

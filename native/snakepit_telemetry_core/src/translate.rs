@@ -88,7 +88,20 @@ pub fn translate(
     gate: impl FnOnce(EventIndex) -> Result<(), DropReason>,
 ) -> Result<EventRecord, DropReason> {
     let decoded = TelemetryEvent::decode(bytes).map_err(|_| DropReason::DecodeError)?;
+    check(catalog, limits, decoded, bytes.len(), name, gate)
+}
 
+/// Checks an already decoded event against the catalog (what [`translate`] does after
+/// decoding; the stderr line reader builds the same message from JSON). `wire_bytes` is how
+/// large the event was as it arrived.
+pub fn check(
+    catalog: &Catalog,
+    limits: EventLimits,
+    decoded: TelemetryEvent,
+    wire_bytes: usize,
+    name: &mut String,
+    gate: impl FnOnce(EventIndex) -> Result<(), DropReason>,
+) -> Result<EventRecord, DropReason> {
     name.clear();
     for (i, part) in decoded.event_parts.iter().enumerate() {
         if part.is_empty() || part.contains('.') {
@@ -134,7 +147,7 @@ pub fn translate(
 
     Ok(EventRecord {
         event,
-        wire_bytes: bytes.len(),
+        wire_bytes,
         measurements,
         metadata,
         timestamp_ns: decoded.timestamp_ns,

@@ -1,21 +1,28 @@
-//! The stream manager: the registry of workers, and starting and stopping their stream tasks
-//! on the runtime. Every operation takes a short lock and returns: spawning onto the runtime
+//! The stream manager: the registry of workers, starting and stopping their stream tasks on
+//! the runtime, and handing them stderr telemetry lines. Every operation takes a short lock and returns: spawning onto the runtime
 //! never waits, so registration needs no command queue and is never refused as busy.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use snakepit_telemetry_core::counters::DropReason;
 use snakepit_telemetry_core::registry::{CloseReason, Registry, StreamState};
 use tokio::runtime::Handle;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::oneshot;
 
 use crate::encode::WorkerMeta;
-use crate::stream_task::StreamTask;
+use crate::stream_task::{StderrLine, StreamTask};
 
-/// One registered worker: its state, its registration metadata, and how to stop its task.
+/// Stderr telemetry lines queued per worker before its task takes them; beyond, `:overflow`.
+const LINE_QUEUE: usize = 1024;
+
+/// One registered worker: its state, its registration metadata, how to stop its task and
+/// how to hand it stderr lines.
 pub struct Registration {
     pub state: Arc<StreamState>,
     pub meta: Arc<WorkerMeta>,
     stop: Mutex<Option<oneshot::Sender<CloseReason>>>,
+    lines: mpsc::Sender<StderrLine>,
 }
 
 impl Registration {
@@ -37,28 +44,33 @@ impl StreamManager {
         StreamManager { registry: Registry::default(), runtime }
     }
 
-    /// Registers the task's worker and starts its stream, replacing (and stopping) a stream
+    /// Registers the task's worker and starts its task, replacing (and stopping) the one
     /// registered under the same id.
     pub fn start(&self, task: StreamTask) {
         let (stop, stopped) = oneshot::channel();
+        let (lines, queued) = mpsc::channel(LINE_QUEUE);
         let registration = Registration {
             state: task.state.clone(),
             meta: task.worker.clone(),
             stop: Mutex::new(Some(stop)),
+            lines,
         };
         let worker_id = task.worker.worker_id.clone();
         if let Some(old) = self.registry.insert(&worker_id, Arc::new(registration)) {
             old.stop(CloseReason::Replaced);
         }
-        self.runtime.spawn(task.run(stopped));
+        self.runtime.spawn(task.run(stopped, queued));
     }
 
-    /// Registers a worker without opening a stream (`grpc_stream: false`).
-    pub fn register_idle(&self, state: Arc<StreamState>, meta: Arc<WorkerMeta>) {
-        let registration = Registration { state, meta: meta.clone(), stop: Mutex::new(None) };
-        if let Some(old) = self.registry.insert(&meta.worker_id, Arc::new(registration)) {
-            old.stop(CloseReason::Replaced);
+    /// Hands a stderr telemetry line to the worker's task without waiting: a full queue
+    /// drops it as `:overflow`. Returns false if the worker is not registered.
+    pub fn stderr_line(&self, worker_id: &str, line: StderrLine) -> bool {
+        let Some(registration) = self.registry.get(worker_id) else { return false };
+        if let Err(TrySendError::Full(_) | TrySendError::Closed(_)) = registration.lines.try_send(line) {
+            registration.state.counters.add_received(1);
+            registration.state.counters.add_dropped(DropReason::Overflow, 1);
         }
+        true
     }
 
     /// Stops the worker's stream and forgets it. Returns its generation.

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustler::{Atom, Env, LocalPid, ResourceArc, Term};
+use rustler::{Atom, Binary, Env, LocalPid, ResourceArc, Term};
 use snakepit_telemetry_core::backoff::BackoffPolicy;
 use snakepit_telemetry_core::catalog::Catalog;
 use snakepit_telemetry_core::client::WorkerAddress;
+use snakepit_telemetry_core::counters::DropReason;
 use snakepit_telemetry_core::registry::{StreamState, StreamStatus};
 use snakepit_telemetry_core::translate::{EventLimits, NativeTime};
 
@@ -20,7 +21,10 @@ use crate::decode::{self, option, positive};
 use crate::encode::{TermEncoder, WorkerMeta};
 use crate::flow::BatchTicket;
 use crate::runtime::{RuntimeOptions, TelemetryRuntime};
-use crate::stream_task::{ConnectOptions, StreamLimits, StreamTask};
+use crate::stream_task::{ConnectOptions, StderrLine, StreamLimits, StreamTask};
+
+/// The endpoint of a worker with no gRPC stream (stderr lines only).
+const NO_ENDPOINT: &str = "none";
 use crate::terms::{self, ApiError};
 
 type NifResult<T> = Result<T, ApiError>;
@@ -117,8 +121,13 @@ fn register_worker(
         return Err(ApiError::RuntimeFailed("the runtime is stopped".into()));
     }
     let settings = decode::settings(settings)?;
-    let address =
-        WorkerAddress::parse(&endpoint).map_err(|e| ApiError::InvalidEndpoint(format!("{endpoint}: {e}")))?;
+    let address = match endpoint.as_str() {
+        NO_ENDPOINT => None,
+        _ => Some(
+            WorkerAddress::parse(&endpoint)
+                .map_err(|e| ApiError::InvalidEndpoint(format!("{endpoint}: {e}")))?,
+        ),
+    };
     let (static_metadata, keys) = decode::metadata(env, metadata)?;
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let reserved = runtime.encoder.reserved_ids(&keys);
@@ -128,17 +137,23 @@ fn register_worker(
     let options = &runtime.options;
     // Registering an id again keeps its counters, and a loss its stream had not repaired.
     let replaced = runtime.manager.get(&worker_id);
-    if !options.open_streams {
-        let mut state =
-            StreamState::with_status(worker_id, endpoint, generation, settings, StreamStatus::NotStreaming);
-        if let Some(old) = replaced {
-            state.counters = old.state.counters.clone();
+    // No stream without an address (`:none`, a stderr-only worker) or with `grpc_stream: false`:
+    // its task then takes stderr lines only.
+    let address = address.filter(|_| options.open_streams);
+    let mut state = match address {
+        Some(_) => StreamState::new(worker_id, endpoint, generation, settings),
+        None => {
+            StreamState::with_status(worker_id, endpoint, generation, settings, StreamStatus::NotStreaming)
         }
-        runtime.manager.register_idle(Arc::new(state), worker);
-        return Ok(generation);
-    }
-    let mut state = StreamState::new(worker_id, endpoint, generation, settings);
-    let resume = replaced.and_then(|old| state.inherit(&old.state).lost);
+    };
+    let resume = match (replaced, &address) {
+        (Some(old), Some(_)) => state.inherit(&old.state).lost,
+        (Some(old), None) => {
+            state.counters = old.state.counters.clone();
+            None
+        }
+        (None, _) => None,
+    };
     runtime.manager.start(StreamTask {
         state: Arc::new(state),
         resume,
@@ -152,6 +167,30 @@ fn register_worker(
         receiver: runtime.receiver.subscribe(),
     });
     Ok(generation)
+}
+
+/// `stderr_line(runtime, worker_id, line, complete)`: a line of the worker's output that
+/// starts with `TELEMETRY:`. A complete line is queued for the worker's task, which checks it
+/// like a gRPC message off the schedulers; an incomplete one (longer than the Worker's
+/// maximum, cut) is counted as received and `:oversize` here.
+#[rustler::nif]
+fn stderr_line(
+    runtime: ResourceArc<TelemetryRuntime>,
+    worker_id: String,
+    line: Binary,
+    complete: bool,
+) -> NifResult<Atom> {
+    if !complete {
+        let registration = runtime.manager.get(&worker_id).ok_or(ApiError::UnknownWorker)?;
+        registration.state.counters.add_received(1);
+        registration.state.counters.add_dropped(DropReason::Oversize, 1);
+        return Ok(atoms::ok());
+    }
+    if runtime.manager.stderr_line(&worker_id, StderrLine(line.as_slice().to_vec())) {
+        Ok(atoms::ok())
+    } else {
+        Err(ApiError::UnknownWorker)
+    }
 }
 
 /// `unregister_worker(runtime, worker_id)`: stops the worker's stream and forgets it.

@@ -29,9 +29,10 @@ use snakepit_telemetry_core::control::control_stream;
 use snakepit_telemetry_core::counters::DropReason;
 use snakepit_telemetry_core::registry::{CloseReason, StreamState};
 use snakepit_telemetry_core::settings::{samples_patterns, Decision, Policy, Removal, Sampler};
+use snakepit_telemetry_core::stderr_line::{parse_line, LineOutcome};
 use snakepit_telemetry_core::translate::{translate, EventLimits, EventRecord};
 use snakepit_telemetry_core::wire::Incoming;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::atoms;
 use crate::encode::{TermEncoder, WorkerMeta};
@@ -64,7 +65,8 @@ pub struct StreamTask {
     /// The registration this one replaced had lost its stream (when, and the attempts
     /// since): the first open here is reported as a reconnection.
     pub resume: Option<(Instant, u32)>,
-    pub address: WorkerAddress,
+    /// None: no stream is opened (stderr lines only).
+    pub address: Option<WorkerAddress>,
     pub worker: Arc<WorkerMeta>,
     pub encoder: Arc<TermEncoder>,
     pub limits: StreamLimits,
@@ -79,6 +81,7 @@ pub struct StreamTask {
 
 enum Wake {
     Message(Result<Incoming, StreamEnd>),
+    Line(StderrLine),
     Credit,
     Settings,
     Receiver,
@@ -200,7 +203,28 @@ enum Link {
         since: Instant,
         samples_patterns: bool,
     },
+    /// No stream is ever opened (no endpoint, or `grpc_stream: false`): stderr lines only.
+    Idle,
 }
+
+impl Link {
+    /// What the link has next: a message while up, the time to retry while down, never
+    /// while idle.
+    async fn next(&mut self) -> Wake {
+        match self {
+            Link::Up { events, .. } => Wake::Message(events.next().await),
+            Link::Down { retry_at, .. } => {
+                tokio::time::sleep_until((*retry_at).into()).await;
+                Wake::Credit
+            }
+            Link::Idle => std::future::pending().await,
+        }
+    }
+}
+
+/// A line of the worker's output that starts with `TELEMETRY:`, handed over by the Worker
+/// process (`stderr_line` NIF); lines longer than its maximum are counted there instead.
+pub struct StderrLine(pub Vec<u8>);
 
 /// How the task ended: why, and whether a stream was open then (with the events it sent).
 struct TaskEnd {
@@ -229,7 +253,7 @@ const STABLE_STREAM: Duration = Duration::from_secs(5);
 impl StreamTask {
     /// Runs the stream until the registration ends, then reports why. A panic inside is
     /// caught, reported as a loss, and the stream is opened again like after any other loss.
-    pub async fn run(self, mut stop: oneshot::Receiver<CloseReason>) {
+    pub async fn run(self, mut stop: oneshot::Receiver<CloseReason>, mut lines: mpsc::Receiver<StderrLine>) {
         let mut flow = Flow {
             credit: Arc::new(FlowCredit::new(self.limits.max_in_flight)),
             pending: Pending::default(),
@@ -239,9 +263,10 @@ impl StreamTask {
         };
         let mut backoff = Backoff { random: Sampler::new(sampler_seed(self.worker.generation)), streak: 0 };
         let end = loop {
-            let attempt = std::panic::AssertUnwindSafe(self.stream(&mut stop, &mut flow, &mut backoff))
-                .catch_unwind()
-                .await;
+            let attempt =
+                std::panic::AssertUnwindSafe(self.stream(&mut stop, &mut lines, &mut flow, &mut backoff))
+                    .catch_unwind()
+                    .await;
             match attempt {
                 Ok(end) => break end,
                 Err(_) => {
@@ -270,6 +295,7 @@ impl StreamTask {
     async fn stream(
         &self,
         stop: &mut oneshot::Receiver<CloseReason>,
+        lines: &mut mpsc::Receiver<StderrLine>,
         flow: &mut Flow,
         backoff: &mut Backoff,
     ) -> TaskEnd {
@@ -286,7 +312,10 @@ impl StreamTask {
             Some((at, failed)) => (Some(at), failed),
             None => (None, 0),
         };
-        let mut link = Link::Down { retry_at: Instant::now(), lost_at, failed };
+        let mut link = match self.address {
+            Some(_) => Link::Down { retry_at: Instant::now(), lost_at, failed },
+            None => Link::Idle,
+        };
         let mut name = String::new();
         loop {
             if let Link::Down { retry_at, lost_at, failed } = link {
@@ -324,35 +353,23 @@ impl StreamTask {
                     continue;
                 }
             }
-            let wake = match &mut link {
-                Link::Down { retry_at, .. } => tokio::select! {
-                    biased;
-                    reason = &mut *stop => Wake::Stop(reason.unwrap_or(CloseReason::Shutdown)),
-                    changed = settings.changed() => match changed {
-                        Ok(()) => Wake::Settings,
-                        Err(_) => Wake::Stop(CloseReason::Shutdown),
-                    },
-                    changed = receiver.changed(), if flow.blocked => match changed {
-                        Ok(()) => Wake::Receiver,
-                        Err(_) => Wake::Stop(CloseReason::Shutdown),
-                    },
-                    _ = flow.credit.freed(), if !flow.pending.is_empty() && !flow.blocked => Wake::Credit,
-                    _ = tokio::time::sleep_until((*retry_at).into()) => Wake::Credit,
+            let wake = tokio::select! {
+                biased;
+                reason = &mut *stop => Wake::Stop(reason.unwrap_or(CloseReason::Shutdown)),
+                changed = settings.changed() => match changed {
+                    Ok(()) => Wake::Settings,
+                    Err(_) => Wake::Stop(CloseReason::Shutdown),
                 },
-                Link::Up { events, .. } => tokio::select! {
-                    biased;
-                    reason = &mut *stop => Wake::Stop(reason.unwrap_or(CloseReason::Shutdown)),
-                    changed = settings.changed() => match changed {
-                        Ok(()) => Wake::Settings,
-                        Err(_) => Wake::Stop(CloseReason::Shutdown),
-                    },
-                    changed = receiver.changed(), if flow.blocked => match changed {
-                        Ok(()) => Wake::Receiver,
-                        Err(_) => Wake::Stop(CloseReason::Shutdown),
-                    },
-                    _ = flow.credit.freed(), if !flow.pending.is_empty() && !flow.blocked => Wake::Credit,
-                    message = events.next() => Wake::Message(message),
+                changed = receiver.changed(), if flow.blocked => match changed {
+                    Ok(()) => Wake::Receiver,
+                    Err(_) => Wake::Stop(CloseReason::Shutdown),
                 },
+                _ = flow.credit.freed(), if !flow.pending.is_empty() && !flow.blocked => Wake::Credit,
+                line = lines.recv(), if !lines.is_closed() || !lines.is_empty() => match line {
+                    Some(line) => Wake::Line(line),
+                    None => Wake::Credit,
+                },
+                wake = link.next() => wake,
             };
             let lost = match wake {
                 Wake::Stop(reason) => {
@@ -374,8 +391,12 @@ impl StreamTask {
                     Link::Up { events, .. } => {
                         self.receive(message, events, &mut gate, &mut flow.pending, &mut name)
                     }
-                    Link::Down { .. } => None,
+                    Link::Down { .. } | Link::Idle => None,
                 },
+                Wake::Line(line) => {
+                    self.accept_line(line, &mut gate, &mut flow.pending, &mut name);
+                    None
+                }
             };
             self.flush(flow, &receiver);
             if let (Some(reason), Link::Up { since, .. }) = (lost, &link) {
@@ -431,7 +452,8 @@ impl StreamTask {
     /// Opens the stream; its request stream sends the worker its settings once the response
     /// headers say what the worker honours. Returns the events and that capability.
     async fn open(&self) -> Result<(EventStream, bool), CloseReason> {
-        let channel = self.address.connect(self.connect.timeout).await.map_err(CloseReason::ConnectFailed)?;
+        let address = self.address.as_ref().ok_or(CloseReason::Unregistered)?;
+        let channel = address.connect(self.connect.timeout).await.map_err(CloseReason::ConnectFailed)?;
         let (capability_tx, capability_rx) = oneshot::channel();
         let controls = control_stream(capability_rx, self.state.settings.subscribe(), self.excluded.clone());
         let opened = open_stream(channel, controls, self.limits.max_event_bytes, self.token.as_deref())
@@ -470,6 +492,22 @@ impl StreamTask {
         let checked =
             translate(&self.encoder.catalog, self.limits.event, &bytes, name, |event| gate.check(event))
                 .and_then(|record| pending.push(record, &self.limits));
+        if let Err(reason) = checked {
+            counters.add_dropped(reason, 1);
+        }
+    }
+
+    /// Checks one stderr telemetry line like a gRPC message and buffers it, or counts why not.
+    fn accept_line(&self, line: StderrLine, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
+        let counters = &self.state.counters;
+        counters.add_received(1);
+        let outcome =
+            parse_line(&self.encoder.catalog, self.limits.event, &line.0, name, |event| gate.check(event));
+        let checked = match outcome {
+            LineOutcome::Telemetry(result) => result.and_then(|record| pending.push(record, &self.limits)),
+            // The Worker sends only lines with the prefix.
+            LineOutcome::NotTelemetry => Err(DropReason::DecodeError),
+        };
         if let Err(reason) = checked {
             counters.add_dropped(reason, 1);
         }

@@ -140,6 +140,8 @@ defmodule Snakepit.Telemetry.WorkerTest do
     ]
 
     {:ok, pid} = Worker.start_link(id: id, command: command, shutdown_grace: 500)
+    # A killed Worker cannot unregister: its registration stays for its next incarnation.
+    on_exit(fn -> Snakepit.Telemetry.GrpcStream.unregister_worker(id) end)
     %{python_pid: python_pid} = Worker.info(pid)
     assert {_, 0} = System.cmd("pgrep", ["-f", marker])
     Process.exit(pid, :kill)
@@ -226,6 +228,68 @@ defmodule Snakepit.Telemetry.WorkerTest do
       assert out == ""
     end
   end
+
+  describe "TELEMETRY: lines on the worker's output" do
+    test "a stderr-only worker reaches handlers; broken, unknown, oversize and overflowing lines are counted; no atom is made",
+         %{id: id} do
+      Forwarder.attach([@stop])
+
+      good =
+        ~s(TELEMETRY:{"event":"tool.execution.stop","measurements":{"duration":5},) <>
+          ~s("metadata":{"tool":"stderr-only","zz_never_an_atom_4711":"v"},"timestamp_ns":1,"correlation_id":"c-1"})
+
+      lines = [
+        good,
+        ~s(TELEMETRY:{broken),
+        ~s(TELEMETRY:{"event":"never.heard.of","measurements":{}}),
+        ~s(TELEMETRY:{"event":"tool.execution.stop","measurements":{"zz_not_a_key_4711":1}}),
+        ~s(TELEMETRY:{"event":"tool.execution.stop","measurements":{"duration":NaN}}),
+        "TELEMETRY:" <> String.duplicate("x", 3_000),
+        "an ordinary log line",
+        String.replace(good, "stderr-only", "last")
+      ]
+
+      script =
+        Enum.map_join(lines, "\n", &"printf '%s\\n' #{shell_quote(&1)} >&2") <> "\nexec sleep 30"
+
+      atoms = :erlang.system_info(:atom_count)
+
+      _pid =
+        start_supervised!(
+          {Worker, id: id, mode: :stderr, command: ["bash", "-c", script], max_line_bytes: 1_024}
+        )
+
+      assert_receive {:telemetry, @stop, %{duration: _},
+                      %{worker_id: ^id, tool: "stderr-only", correlation_id: "c-1"} = meta},
+                     @timeout
+
+      assert meta["zz_never_an_atom_4711"] == "v"
+      assert_receive {:telemetry, @stop, _, %{worker_id: ^id, tool: "last"}}, @timeout
+
+      wait_until(fn -> stream(id).received == 7 end)
+
+      assert %{status: :not_streaming, endpoint: :none, emitted: 2, dropped: dropped} = stream(id)
+
+      assert %{decode_error: 1, unknown_event: 1, invalid_measurement: 2, oversize: 1} = dropped
+
+      assert :erlang.system_info(:atom_count) == atoms
+    end
+
+    test "a gRPC worker's stderr lines arrive beside its stream", %{id: id} do
+      Forwarder.attach([@stop])
+
+      command = [PythonWorker.python(), @script, "--every-ms", "20", "--stderr-lines"]
+      start_supervised!({Worker, id: id, command: command})
+
+      assert_receive {:telemetry, @stop, %{duration: _}, %{worker_id: ^id, tool: "stderr"}},
+                     @timeout
+
+      assert_receive {:telemetry, @stop, _, %{worker_id: ^id, tool: "tick"}}, @timeout
+      assert stream(id).status == :connected
+    end
+  end
+
+  defp shell_quote(text), do: "'" <> String.replace(text, "'", "'\\''") <> "'"
 
   test "invalid options raise ArgumentError naming the option" do
     assert_raise ArgumentError, ~r/invalid :command .* on PATH/, fn ->
