@@ -70,6 +70,26 @@ defmodule Snakepit.Telemetry.Native do
   def stderr_line(_runtime, _worker_id, _line, _complete), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
+  def execute_tool(
+        _runtime,
+        _worker_id,
+        _tool,
+        _params,
+        _session_id,
+        _metadata,
+        _correlation_id,
+        _timeout_ms,
+        _caller
+      ),
+      do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def json_encode_params(_params), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def json_decode(_json), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
   def worker_settings(_runtime, _worker_id), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false

@@ -166,6 +166,30 @@ defmodule Snakepit.Telemetry.Worker do
   @spec stop(GenServer.server()) :: :ok
   def stop(worker), do: GenServer.stop(worker, :normal)
 
+  @doc """
+  Calls the tool `tool` of any registered worker (started by a Worker or registered by
+  hand) with `params`, a map or keyword list of JSON-able values (`nil`, booleans, numbers,
+  strings, atoms as strings, lists, maps with atom or string keys); a value without a JSON
+  form is `{:error, {:invalid_param, key}}` before anything is sent.
+
+  Options: `:correlation_id` (default: a new one in Snakepit's form, `"sp-"` and 24 hex
+  digits; it travels in the `x-snakepit-correlation-id` header and in the request's
+  `metadata["correlation_id"]`, and every event the tool emits carries it), `:timeout`
+  (ms, default `30_000`), `:session_id`, `:metadata` (a map of strings).
+
+  Returns `{:ok, result}` (the tool's JSON result, maps with string keys),
+  `{:error, :timeout}`, `{:error, :unknown_worker}`, `{:error, {:tool_failed, details}}`
+  (the worker's error payload, decoded when it is JSON) or
+  `{:error, {:grpc, status, message}}`. No scheduler waits on the network: the call runs on
+  the NIF's runtime. See `Snakepit.Telemetry.ToolCall` for its telemetry events.
+
+      iex> Snakepit.Telemetry.Worker.execute("nobody", "telemetry_demo", %{operation: "x"})
+      {:error, :unknown_worker}
+  """
+  @spec execute(String.t(), String.t(), map() | keyword(), keyword()) ::
+          Snakepit.Telemetry.ToolCall.result()
+  defdelegate execute(worker_id, tool, params, opts \\ []), to: Snakepit.Telemetry.ToolCall
+
   @doc "The OS pid and port of the running worker."
   @spec info(GenServer.server()) :: %{
           worker_id: String.t(),
@@ -463,11 +487,14 @@ defmodule Snakepit.Telemetry.Worker do
     grace = Float.to_string(config.shutdown_grace / 1000)
     pythonpath = Path.join(:code.priv_dir(:snakepit_telemetry), "python")
 
+    # priv/python first, then the PYTHONPATH given in :env (or else the BEAM's own).
+    {given, env} = Enum.split_with(config.env, fn {name, _} -> name == "PYTHONPATH" end)
+
     pythonpath =
-      case System.get_env("PYTHONPATH") do
-        nil -> pythonpath
-        "" -> pythonpath
-        existing -> pythonpath <> ":" <> existing
+      case List.last(given, {"PYTHONPATH", System.get_env("PYTHONPATH")}) do
+        {_, nil} -> pythonpath
+        {_, ""} -> pythonpath
+        {_, more} -> pythonpath <> ":" <> more
       end
 
     env =
@@ -475,7 +502,7 @@ defmodule Snakepit.Telemetry.Worker do
         {"PYTHONPATH", pythonpath},
         {"SNAKEPIT_READY_FILE", ready_file},
         {"SNAKEPIT_WORKER_TOKEN", token}
-        | config.env
+        | env
       ]
       |> Enum.map(fn {k, v} -> {String.to_charlist(k), String.to_charlist(v)} end)
 

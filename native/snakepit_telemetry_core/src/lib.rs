@@ -8,6 +8,7 @@
 //! - `settings`: a worker's toggle, sampling and filters, and the per-event policy they give
 //! - `client`, `control`, `proto`: the gRPC client of StreamTelemetry and its messages
 //! - `wire`: gRPC message framing, read with a bound on every message
+//! - `tool_client`: the unary ExecuteTool call
 //! - `stderr_line`: one `TELEMETRY:{json}` stderr line to a checked event, as `translate` does
 //!
 //! The NIF crate (`snakepit_telemetry_nif`) adds the runtime, the stream tasks and the terms.
@@ -21,5 +22,6 @@ pub mod proto;
 pub mod registry;
 pub mod settings;
 pub mod stderr_line;
+pub mod tool_client;
 pub mod translate;
 pub mod wire;

@@ -9,7 +9,20 @@ use snakepit_telemetry_core::catalog::{Catalog, NameId};
 
 rustler::atoms! {
     ok,
+    error,
     nil,
+    true_ = "true",
+    false_ = "false",
+    // Tool calls and their JSON.
+    snakepit_tool_result,
+    response,
+    timeout,
+    grpc,
+    transport,
+    response_too_large,
+    invalid_json,
+    invalid_param,
+    invalid_params,
     // Messages to the receiving process.
     snakepit_telemetry_batch,
     snakepit_telemetry_stream,

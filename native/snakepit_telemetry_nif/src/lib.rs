@@ -6,6 +6,7 @@
 //! - `runtime`, `manager`: the resource with its runtime, and the registry of streams
 //! - `stream_task`, `flow`: one worker's stream, and flow control towards Elixir
 //! - `encode`, `atoms`: checked events to terms, with atoms handed over at start
+//! - `tool_call`, `json`: tool calls on the runtime, and their JSON (dirty NIFs)
 //!
 //! The catalog, event translation, gRPC client and counters live in `snakepit_telemetry_core`.
 
@@ -13,10 +14,12 @@ mod atoms;
 mod decode;
 mod encode;
 mod flow;
+mod json;
 mod manager;
 mod nif;
 mod runtime;
 mod stream_task;
 mod terms;
+mod tool_call;
 
 rustler::init!("Elixir.Snakepit.Telemetry.Native");

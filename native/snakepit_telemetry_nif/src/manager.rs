@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::encode::WorkerMeta;
 use crate::stream_task::{StderrLine, StreamTask};
+use crate::tool_call::{self, ToolRequest, ToolTarget};
 
 /// Stderr telemetry lines queued per worker before its task takes them; beyond, `:overflow`.
 const LINE_QUEUE: usize = 1024;
@@ -23,6 +24,8 @@ pub struct Registration {
     pub meta: Arc<WorkerMeta>,
     stop: Mutex<Option<oneshot::Sender<CloseReason>>>,
     lines: mpsc::Sender<StderrLine>,
+    /// Where tool calls go (none for a worker without an endpoint).
+    pub tools: Option<Arc<ToolTarget>>,
 }
 
 impl Registration {
@@ -54,12 +57,26 @@ impl StreamManager {
             meta: task.worker.clone(),
             stop: Mutex::new(Some(stop)),
             lines,
+            tools: task.tool_target(),
         };
         let worker_id = task.worker.worker_id.clone();
         if let Some(old) = self.registry.insert(&worker_id, Arc::new(registration)) {
             old.stop(CloseReason::Replaced);
         }
         self.runtime.spawn(task.run(stopped, queued));
+    }
+
+    /// Starts a tool call on the runtime; its result goes to the caller as a message. False
+    /// if the worker is not registered or has no endpoint.
+    pub fn execute_tool(
+        &self,
+        worker_id: &str,
+        request: ToolRequest,
+        connect_timeout: std::time::Duration,
+    ) -> bool {
+        let Some(target) = self.registry.get(worker_id).and_then(|r| r.tools.clone()) else { return false };
+        self.runtime.spawn(tool_call::run(target, request, connect_timeout));
+        true
     }
 
     /// Hands a stderr telemetry line to the worker's task without waiting: a full queue

@@ -26,6 +26,7 @@ use crate::stream_task::{ConnectOptions, StderrLine, StreamLimits, StreamTask};
 /// The endpoint of a worker with no gRPC stream (stderr lines only).
 const NO_ENDPOINT: &str = "none";
 use crate::terms::{self, ApiError};
+use crate::tool_call::ToolRequest;
 
 type NifResult<T> = Result<T, ApiError>;
 
@@ -188,6 +189,41 @@ fn stderr_line(
     }
     if runtime.manager.stderr_line(&worker_id, StderrLine(line.as_slice().to_vec())) {
         Ok(atoms::ok())
+    } else {
+        Err(ApiError::UnknownWorker)
+    }
+}
+
+/// `execute_tool(runtime, worker_id, tool, params, session_id, metadata, correlation_id,
+/// timeout_ms, caller)`: starts a tool call (`tool_call.rs`) and returns its id at once;
+/// `params` are `{name, json}` pairs from `json_encode_params`. The result reaches `caller`
+/// as `{:snakepit_tool_result, id, result}`.
+#[rustler::nif]
+#[allow(clippy::too_many_arguments)]
+fn execute_tool(
+    runtime: ResourceArc<TelemetryRuntime>,
+    worker_id: String,
+    tool: String,
+    params: Vec<(String, Binary)>,
+    session_id: String,
+    metadata: Vec<(String, String)>,
+    correlation_id: String,
+    timeout_ms: u64,
+    caller: LocalPid,
+) -> NifResult<u64> {
+    let call_id = runtime.next_generation();
+    let request = ToolRequest {
+        call_id,
+        caller,
+        tool,
+        params: params.into_iter().map(|(name, json)| (name, json.as_slice().to_vec())).collect(),
+        session_id,
+        metadata,
+        correlation_id,
+        timeout: Duration::from_millis(timeout_ms),
+    };
+    if runtime.manager.execute_tool(&worker_id, request, runtime.options.connect.timeout) {
+        Ok(call_id)
     } else {
         Err(ApiError::UnknownWorker)
     }

@@ -38,6 +38,7 @@ use crate::atoms;
 use crate::encode::{TermEncoder, WorkerMeta};
 use crate::flow::{BatchTicket, FlowCredit};
 use crate::terms::close_reason_term;
+use crate::tool_call::ToolTarget;
 
 /// Buffer, batch and event bounds of one stream (from the application config).
 #[derive(Clone, Copy, Debug)]
@@ -251,6 +252,12 @@ impl Backoff {
 const STABLE_STREAM: Duration = Duration::from_secs(5);
 
 impl StreamTask {
+    /// Where this worker takes tool calls (its address and token), if it has an address.
+    pub fn tool_target(&self) -> Option<Arc<ToolTarget>> {
+        let address = self.address.clone()?;
+        Some(Arc::new(ToolTarget::new(address, self.token.clone())))
+    }
+
     /// Runs the stream until the registration ends, then reports why. A panic inside is
     /// caught, reported as a loss, and the stream is opened again like after any other loss.
     pub async fn run(self, mut stop: oneshot::Receiver<CloseReason>, mut lines: mpsc::Receiver<StderrLine>) {
