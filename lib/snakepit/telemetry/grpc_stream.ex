@@ -421,6 +421,19 @@ defmodule Snakepit.Telemetry.GrpcStream do
     }
   end
 
+  # A worker token in the message being handled never reaches a crash report or
+  # :sys.get_status/1 (OTP 25's format_status/1).
+  @doc false
+  def format_status(status) do
+    Map.update(status, :message, nil, fn
+      {:"$gen_call", from, {:register, id, endpoint, metadata, token}} when token != nil ->
+        {:"$gen_call", from, {:register, id, endpoint, metadata, :redacted}}
+
+      other ->
+        other
+    end)
+  end
+
   @impl GenServer
   def handle_call({:register, worker_id, endpoint, metadata, token}, _from, state) do
     settings =

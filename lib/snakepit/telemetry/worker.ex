@@ -480,6 +480,15 @@ defmodule Snakepit.Telemetry.Worker do
     )
   end
 
+  # The token never reaches a crash report or :sys.get_status/1 (OTP 25's format_status/1).
+  @doc false
+  def format_status(status) do
+    Map.update(status, :state, nil, fn
+      %{token: _} = state -> %{state | token: :redacted}
+      other -> other
+    end)
+  end
+
   ## The OS process
 
   defp open_port(config, ready_file, token) do
