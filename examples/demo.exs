@@ -1,6 +1,8 @@
-# The demo: a real Python worker streams three spans; an attached :telemetry handler prints them.
+# The demo: a supervised Python worker (the project's worker with examples/demo_tools.py)
+# runs a tool three times and the built-in telemetry_demo once; an attached :telemetry
+# handler prints the spans the tools emit, with the call's correlation id.
 # Run with scripts/demo (or `mix run examples/demo.exs` once set up).
-alias Snakepit.Telemetry.GrpcStream
+alias Snakepit.Telemetry.{GrpcStream, Worker}
 
 root = Path.expand("..", __DIR__)
 python = System.get_env("SNAKEPIT_TELEMETRY_PYTHON") || Path.join(root, ".venv/bin/python")
@@ -20,26 +22,30 @@ demo = self()
   nil
 )
 
-port =
-  Port.open({:spawn_executable, python}, [
-    :binary,
-    {:line, 4096},
-    args: [Path.join(root, "examples/demo_worker.py")],
-    env: [{~c"PYTHONPATH", String.to_charlist(Path.join(root, "priv/python"))}]
-  ])
+{:ok, supervisor} =
+  Supervisor.start_link(
+    [
+      {Worker,
+       id: "worker_1",
+       pool_name: :default,
+       python: python,
+       tools: ["demo_tools"],
+       env: [{"PYTHONPATH", Path.join(root, "examples")}]}
+    ],
+    strategy: :one_for_one
+  )
 
-{:os_pid, os_pid} = Port.info(port, :os_pid)
+for n <- 1..3 do
+  {:ok, %{"score" => _}} =
+    Worker.execute("worker_1", "predict", %{features: [1.0, 2.0]}, correlation_id: "abc-#{n}")
+end
 
-endpoint =
-  receive do
-    {^port, {:data, {:eol, "GRPC_READY:" <> tcp_port}}} -> "127.0.0.1:" <> tcp_port
-  after
-    30_000 -> raise "the Python worker did not start"
-  end
+{:ok, demo_result} =
+  Worker.execute("worker_1", "telemetry_demo", %{operation: "demo", delay_ms: 20})
 
-:ok = GrpcStream.register_worker("worker_1", endpoint, pool_name: :default, python_pid: os_pid)
+IO.puts("telemetry_demo returned #{inspect(demo_result)}")
 
-for _ <- 1..3 do
+for _ <- 1..4 do
   receive do
     :stop_seen -> :ok
   after
@@ -49,5 +55,4 @@ end
 
 [stream] = GrpcStream.list_streams()
 IO.puts("stream: #{inspect(Map.take(stream, [:worker_id, :status, :received, :emitted, :dropped]))}")
-:ok = GrpcStream.unregister_worker("worker_1")
-Port.close(port)
+Supervisor.stop(supervisor)

@@ -93,8 +93,8 @@ defmodule Snakepit.Telemetry.Config do
   With the defaults that is 4 MiB + 4 MiB + 256 KiB, about 8.3 MiB per worker
   (10.3 MiB with the window) when the handlers fall behind; an idle or
   keeping-up stream holds almost nothing. The process's RSS follows it: 300
-  events of 3 MB behind a stuck handler, with a bound of 38 MiB, grew the
-  BEAM's RSS by 14-19 MiB (`test/snakepit/telemetry/hardening_test.exs`).
+  events of 3 MB behind a stuck handler, with a bound of 38 MiB, grew a fresh
+  BEAM's RSS by 23-29 MiB (`test/snakepit/telemetry/hardening_test.exs`).
   """
 
   alias Snakepit.Telemetry.{Catalog, Control}
