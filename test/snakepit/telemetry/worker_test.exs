@@ -295,6 +295,40 @@ defmodule Snakepit.Telemetry.WorkerTest do
 
   defp shell_quote(text), do: "'" <> String.replace(text, "'", "'\\''") <> "'"
 
+  test "readiness from SNAKEPIT_READY_FILE alone (Snakepit's convention); the file is removed after",
+       %{id: id} do
+    Process.flag(:trap_exit, true)
+    on_exit(fn -> Snakepit.Telemetry.GrpcStream.unregister_worker(id) end)
+
+    script =
+      ~s(printf 4242 > "$SNAKEPIT_READY_FILE.tmp"; mv "$SNAKEPIT_READY_FILE.tmp" "$SNAKEPIT_READY_FILE"; ) <>
+        ~s(exec sleep 30)
+
+    {:ok, pid} = Worker.start_link(id: id, command: ["bash", "-c", script], shutdown_grace: 200)
+    assert %{python_port: 4242} = Worker.info(pid)
+    assert stream(id).endpoint == "127.0.0.1:4242"
+    ready_files = Path.wildcard(Path.join(System.tmp_dir!(), "snakepit-ready-*-#{:os.getpid()}"))
+    assert ready_files == []
+    Worker.stop(pid)
+  end
+
+  @tag :capture_log
+  test "the worker's output goes to Logger with its worker id", %{id: id} do
+    line = "hello from the worker #{System.unique_integer([:positive])}"
+    script = ~s(echo "#{line}"; echo "GRPC_READY:4243"; exec sleep 30)
+    on_exit(fn -> Snakepit.Telemetry.GrpcStream.unregister_worker(id) end)
+
+    log =
+      ExUnit.CaptureLog.capture_log([metadata: [:worker_id]], fn ->
+        pid = start_supervised!({Worker, id: id, command: ["bash", "-c", script]})
+        assert %{python_port: 4243} = Worker.info(pid)
+        stop_supervised!(Worker.child_spec(id: id).id)
+      end)
+
+    assert log =~ line
+    assert log =~ "worker_id=#{id}"
+  end
+
   test "invalid options raise ArgumentError naming the option" do
     assert_raise ArgumentError, ~r/invalid :command .* on PATH/, fn ->
       Worker.start_link(id: "x", command: ["no-such-executable-anywhere"])
