@@ -114,6 +114,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
           received: non_neg_integer(),
           emitted: non_neg_integer(),
           dropped: %{atom() => non_neg_integer()},
+          source_dropped: %{String.t() => non_neg_integer()},
           metadata: map(),
           enabled: boolean(),
           sampling_rate: float(),
@@ -246,7 +247,11 @@ defmodule Snakepit.Telemetry.GrpcStream do
   One map per registered worker: its id, endpoint, status, when it connected, its
   reconnection state, its registration metadata, its settings (`:enabled`, `:sampling_rate`, `:sampling_rules`,
   `:allow`, `:deny`; see `Snakepit.Telemetry.Settings`) and its counters (`:received`
-  messages, `:emitted` events, and `:dropped` events by reason).
+  messages, `:emitted` events, and `:dropped` events by reason), and `:source_dropped`:
+  what the worker reported it dropped itself before sending, by reason (string keys, as
+  the worker sends them: `"overflow"`, `"sampled_out"`, ...), from its
+  `[:snakepit, :python, :telemetry, :dropped]` events (which also reach handlers, and
+  which no setting or bound removes).
 
   `:status` is `:connecting` until the first stream opens, `:connected` while one is open,
   `:reconnecting` after it was lost (never a stream silently dead while registered), or
@@ -273,6 +278,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
       info
       |> Map.take([:worker_id, :endpoint, :status, :attempt, :last_error, :received, :emitted])
       |> Map.merge(Map.take(info, [:dropped, :metadata]))
+      |> Map.put(:source_dropped, Map.new(info.source_dropped))
       |> Map.put(:connected_since, connected_since(info.connected_since))
       |> Map.update!(:endpoint, &if(&1 == @no_endpoint, do: :none, else: &1))
       |> Map.merge(settings)

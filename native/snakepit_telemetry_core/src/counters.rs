@@ -1,6 +1,7 @@
 //! Per-stream counters: plain atomics written by the stream task and read by a NIF call
 //! without touching the task.
 
+use crate::source_drops::SourceDrops;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why an event did not reach `:telemetry.execute/3`. Every dropped event has exactly one.
@@ -48,6 +49,8 @@ pub struct StreamCounters {
     received: AtomicU64,
     emitted: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
+    /// What the worker reported it dropped before sending (`source_drops.rs`).
+    pub source: SourceDrops,
 }
 
 /// A consistent-enough copy of the counters for reporting.

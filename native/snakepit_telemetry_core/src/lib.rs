@@ -5,6 +5,7 @@
 //! - `catalog`: the event catalog, as Elixir hands it to the NIF at start
 //! - `translate`: the bytes of one gRPC message to a checked event, or its drop reason
 //! - `counters`, `registry`: per-stream counters and status that NIF calls read
+//! - `source_drops`: what a worker reports it dropped itself (`telemetry.dropped`)
 //! - `settings`: a worker's toggle, sampling and filters, and the per-event policy they give
 //! - `client`, `control`, `proto`: the gRPC client of StreamTelemetry and its messages
 //! - `wire`: gRPC message framing, read with a bound on every message
@@ -21,6 +22,7 @@ pub mod counters;
 pub mod proto;
 pub mod registry;
 pub mod settings;
+pub mod source_drops;
 pub mod stderr_line;
 pub mod tool_client;
 pub mod translate;

@@ -77,6 +77,7 @@ rustler::atoms! {
     received,
     emitted,
     dropped,
+    source_dropped,
     capabilities,
     // Drop reasons (see counters.rs).
     unknown_event,

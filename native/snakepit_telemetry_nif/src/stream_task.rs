@@ -29,6 +29,7 @@ use snakepit_telemetry_core::control::control_stream;
 use snakepit_telemetry_core::counters::DropReason;
 use snakepit_telemetry_core::registry::{CloseReason, StreamState};
 use snakepit_telemetry_core::settings::{samples_patterns, Decision, Policy, Removal, Sampler};
+use snakepit_telemetry_core::source_drops::ReportShape;
 use snakepit_telemetry_core::stderr_line::{parse_line, LineOutcome};
 use snakepit_telemetry_core::translate::{translate, EventLimits, EventRecord};
 use snakepit_telemetry_core::wire::Incoming;
@@ -94,10 +95,19 @@ enum Wake {
 struct Gate {
     policy: Policy,
     sampler: Sampler,
+    /// The worker's drop reports: never removed by settings or buffer bounds.
+    reports: Option<ReportShape>,
 }
 
 impl Gate {
+    fn is_report(&self, event: EventIndex) -> bool {
+        self.reports.is_some_and(|shape| shape.event == event)
+    }
+
     fn check(&mut self, event: EventIndex) -> Result<(), DropReason> {
+        if self.is_report(event) {
+            return Ok(());
+        }
         match self.policy.decision(event) {
             Decision::Remove(removal) => Err(removal_reason(removal)),
             Decision::Keep(rate) if self.sampler.keep(rate) => Ok(()),
@@ -121,6 +131,12 @@ struct Pending {
 }
 
 impl Pending {
+    /// Buffers a drop report whatever the bounds (reports are rate-limited at the worker).
+    fn push_report(&mut self, record: EventRecord) {
+        self.bytes += record.wire_bytes;
+        self.events.push_back(record);
+    }
+
     fn push(&mut self, record: EventRecord, limits: &StreamLimits) -> Result<(), DropReason> {
         if self.events.len() >= limits.max_buffer || self.bytes + record.wire_bytes > limits.max_buffer_bytes
         {
@@ -314,7 +330,8 @@ impl StreamTask {
             Policy::new(&current.effective(&self.excluded), catalog, samples_patterns)
         };
         let seed = sampler_seed(self.worker.generation).rotate_left(17);
-        let mut gate = Gate { policy: policy(&mut settings, false), sampler: Sampler::new(seed) };
+        let reports = ReportShape::of(catalog);
+        let mut gate = Gate { policy: policy(&mut settings, false), sampler: Sampler::new(seed), reports };
         let (lost_at, failed) = match self.resume {
             Some((at, failed)) => (Some(at), failed),
             None => (None, 0),
@@ -391,7 +408,7 @@ impl StreamTask {
                 Wake::Settings => {
                     let samples_patterns = matches!(link, Link::Up { samples_patterns: true, .. });
                     gate.policy = policy(&mut settings, samples_patterns);
-                    self.refilter(&gate.policy, &mut flow.pending);
+                    self.refilter(&gate, &mut flow.pending);
                     None
                 }
                 Wake::Message(message) => match &mut link {
@@ -476,14 +493,18 @@ impl StreamTask {
 
     /// New settings also apply to what is buffered but not yet sent (toggle and filters;
     /// buffered events were already sampled).
-    fn refilter(&self, policy: &Policy, pending: &mut Pending) {
+    fn refilter(&self, gate: &Gate, pending: &mut Pending) {
         let counters = &self.state.counters;
-        pending.retain(|record| match policy.decision(record.event) {
-            Decision::Remove(removal) => {
-                counters.add_dropped(removal_reason(removal), 1);
-                false
-            }
-            Decision::Keep(_) => true,
+        let policy = &gate.policy;
+        pending.retain(|record| {
+            gate.is_report(record.event)
+                || match policy.decision(record.event) {
+                    Decision::Remove(removal) => {
+                        counters.add_dropped(removal_reason(removal), 1);
+                        false
+                    }
+                    Decision::Keep(_) => true,
+                }
         });
     }
 
@@ -498,9 +519,22 @@ impl StreamTask {
         };
         let checked =
             translate(&self.encoder.catalog, self.limits.event, &bytes, name, |event| gate.check(event))
-                .and_then(|record| pending.push(record, &self.limits));
+                .and_then(|record| self.admit(record, gate, pending));
         if let Err(reason) = checked {
             counters.add_dropped(reason, 1);
+        }
+    }
+
+    /// Buffers a checked event; a drop report is tallied and always buffered.
+    fn admit(&self, record: EventRecord, gate: &Gate, pending: &mut Pending) -> Result<(), DropReason> {
+        match gate.reports {
+            Some(shape) if shape.event == record.event => {
+                let (reason, count) = shape.read(&record);
+                self.state.counters.source.add(reason, count);
+                pending.push_report(record);
+                Ok(())
+            }
+            _ => pending.push(record, &self.limits),
         }
     }
 
@@ -511,7 +545,7 @@ impl StreamTask {
         let outcome =
             parse_line(&self.encoder.catalog, self.limits.event, &line.0, name, |event| gate.check(event));
         let checked = match outcome {
-            LineOutcome::Telemetry(result) => result.and_then(|record| pending.push(record, &self.limits)),
+            LineOutcome::Telemetry(result) => result.and_then(|record| self.admit(record, gate, pending)),
             // The Worker sends only lines with the prefix.
             LineOutcome::NotTelemetry => Err(DropReason::DecodeError),
         };

@@ -120,6 +120,7 @@ pub fn stream_info_term<'a>(env: Env<'a>, registration: &Registration) -> Term<'
         atoms::received(),
         atoms::emitted(),
         atoms::dropped(),
+        atoms::source_dropped(),
         atoms::settings(),
         atoms::metadata(),
     ]
@@ -136,6 +137,7 @@ pub fn stream_info_term<'a>(env: Env<'a>, registration: &Registration) -> Term<'
         counters.received.encode(env),
         counters.emitted.encode(env),
         dropped_term(env, &counters),
+        state.counters.source.snapshot().encode(env),
         settings_term(env, &state.settings()),
         map(env, &meta_keys, &meta_values),
     ];

@@ -11,6 +11,7 @@ import pytest
 from stream_client import decode, event_filter
 
 from snakepit_bridge import telemetry
+from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry.policy import ControlPolicy
 from snakepit_bridge.telemetry.stream import (
     DEFAULT_MAX_BUFFER_BYTES,
@@ -240,12 +241,12 @@ def test_byte_accounting_is_exact_with_a_grpc_like_consumer(fast_switching: None
     """The real consumer (StreamConsumer.events) with several emitting threads."""
     stream = TelemetryStream(max_buffer=50, max_buffer_bytes=5_000)
     consumer = stream.attach()
-    received: list[int] = []
+    received: list[bytes] = []
 
     def consume() -> None:
         for message in consumer.events():
             assert isinstance(message, bytes)
-            received.append(len(message))
+            received.append(message)
 
     reader = threading.Thread(target=consume)
     reader.start()
@@ -263,9 +264,16 @@ def test_byte_accounting_is_exact_with_a_grpc_like_consumer(fast_switching: None
     reader.join(60)
     assert not reader.is_alive()
     stats = stream.stats()
-    assert stats.sent == stats.enqueued == len(received)
+    events = [pb.TelemetryEvent.FromString(message) for message in received]
+    reports = [e for e in events if list(e.event_parts) == ["telemetry", "dropped"]]
+    assert stats.sent == len(received)
+    assert stats.enqueued == len(events) - len(reports)
     assert stats.enqueued + stats.dropped["overflow"] == 9_000
     assert stats.buffered_bytes == 0
+    # Every drop was reported on the stream (the last report goes out on close).
+    reported = sum(e.measurements["count"].int_value for e in reports)
+    assert reported == stats.dropped["overflow"] > 0
+    assert {e.metadata["reason"] for e in reports} == {"overflow"}
 
 
 def test_attach_resets_the_policy_but_keeps_bytes_consistent() -> None:

@@ -45,7 +45,7 @@ defmodule Snakepit.Telemetry.CatalogTest do
     worker = Catalog.worker_events()
     assert worker == Enum.filter(Catalog.events(), &(&1.worker_name != nil))
     assert Enum.all?(worker, &match?([:snakepit, :python | _], &1.event))
-    assert length(worker) == 11
+    assert length(worker) == 12
   end
 
   test "every key an event uses is declared" do

@@ -12,7 +12,9 @@ defmodule Snakepit.Telemetry.LiveControlTest do
   @stop [:snakepit, :python, :tool, :execution, :stop]
   @call_start [:snakepit, :python, :call, :start]
   @call_stop [:snakepit, :python, :call, :stop]
-  @events [@stop, @call_start, @call_stop]
+  # The worker's drop reports are delivered events too (`settle/5` counts every event).
+  @dropped [:snakepit, :python, :telemetry, :dropped]
+  @events [@stop, @call_start, @call_stop, @dropped]
   @timeout 30_000
 
   # Workers here buffer enough that they never drop for lack of room.
@@ -42,8 +44,11 @@ defmodule Snakepit.Telemetry.LiveControlTest do
   defp settle(worker, id, table, earlier \\ 0, base \\ {0, 0}) do
     {sent_before, received_before} = base
     PythonWorker.run(worker, %{"op" => "wait_sent", "timeout_ms" => @timeout})
-    sent = PythonWorker.stats(worker)["sent"]
-    wait_until(fn -> stream(id).received - received_before == sent - sent_before end)
+
+    # `sent` is read again each time: the worker's drop reports (also sent) may still come.
+    wait_until(fn ->
+      stream(id).received - received_before == PythonWorker.stats(worker)["sent"] - sent_before
+    end)
 
     wait_until(fn ->
       info = stream(id)

@@ -49,6 +49,15 @@ Thread-safety
 The wake-up argument relies on the GIL (CPython 3.11+, the default build); a
 free-threaded build would need it revisited.
 
+Drop reports: the worker tells the Elixir side what it dropped. While there are drops not
+yet reported, the consumer sends, at most every ``DROP_REPORT_INTERVAL_SECONDS``, one
+``telemetry.dropped`` event per reason (measurement ``count``: events dropped for that
+reason since the previous report; metadata ``reason``), and once more before the iterator
+ends after :meth:`TelemetryStream.close`. Reports go straight to the call, never through
+the buffer, so no bound, toggle, filter or sampling drops them; drops after the last report
+of a call that then dies are reported on the next call. (Drops as ``closed``, after
+``close``, have no stream left to be reported on.)
+
 Only one consumer (one gRPC call) is attached at a time: :meth:`TelemetryStream.attach`
 detaches the previous one, whose :meth:`StreamConsumer.events` iterator then ends.
 Delivery is at most once: an event handed to a call that then dies is lost. Messages
@@ -76,6 +85,8 @@ __all__ = [
     "DEFAULT_MAX_BUFFER_BYTES",
     "DEFAULT_MAX_EVENT_BYTES",
     "DROP_REASONS",
+    "DROP_REPORT_EVENT",
+    "DROP_REPORT_INTERVAL_SECONDS",
     "OutgoingMessage",
     "StreamConsumer",
     "StreamStats",
@@ -96,6 +107,12 @@ DROP_REASONS: Final = (
     "closed",
 )
 """Why an emitted event was not enqueued."""
+
+DROP_REPORT_EVENT: Final = "telemetry.dropped"
+"""The catalog event by which the worker reports its own drops."""
+
+DROP_REPORT_INTERVAL_SECONDS: Final = 0.25
+"""Shortest time between two drop reports of a stream."""
 
 DEFAULT_MAX_BUFFER: Final = 1024
 """Default bound on buffered messages."""
@@ -186,17 +203,30 @@ class StreamConsumer:
         pop = stream.pop
         count_sent = stream.sent_counter.increment
         wakeup = self._wakeup
+        monotonic = time.monotonic
+        next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         try:
             while self.is_current:
+                if stream.has_unreported_drops and monotonic() >= next_report:
+                    for report in stream.take_drop_report():
+                        count_sent()
+                        yield report
+                    next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
                 try:
                     message = pop()
                 except IndexError:
                     if stream.closed:
+                        for report in stream.take_drop_report():
+                            count_sent()
+                            yield report
                         return
                     wakeup.clear()
                     self.waiting = True
                     if not buffer and self.is_current and not stream.closed:
-                        wakeup.wait(_IDLE_RECHECK_SECONDS)
+                        idle = _IDLE_RECHECK_SECONDS
+                        if stream.has_unreported_drops:
+                            idle = min(idle, max(next_report - monotonic(), 0.0))
+                        wakeup.wait(idle)
                     self.waiting = False
                     continue
                 count_sent()
@@ -262,6 +292,9 @@ class TelemetryStream:
         self._sent = Counter()
         self._controls_rejected = Counter()
         self._drops = CounterSet(DROP_REASONS)
+        self._reported: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._reported_total = 0
+        self._report_lock = threading.Lock()
         self._count_enqueued = self._enqueued.increment
         self._count_disabled = self._drops["disabled"].increment
         self._count_closed = self._drops["closed"].increment
@@ -510,6 +543,35 @@ class TelemetryStream:
         """Bytes buffered now."""
         bytes_out = self._bytes_out  # first: _bytes_in only grows, so the result is >= 0
         return self._bytes_in - bytes_out
+
+    @property
+    def has_unreported_drops(self) -> bool:
+        """True if events were dropped since the last :meth:`take_drop_report`."""
+        return self._drops.total() != self._reported_total
+
+    def take_drop_report(self) -> list[bytes]:
+        """Return the drop report due now, and mark those drops reported.
+
+        One serialized ``telemetry.dropped`` event per reason whose count rose since the
+        last report (``count`` = that increase, ``reason`` = the reason).
+        """
+        with self._report_lock:
+            now = self._drops.snapshot()
+            reports = []
+            for reason, count in now.items():
+                delta = count - self._reported[reason]
+                if delta > 0:
+                    message = encode_event(
+                        DROP_REPORT_EVENT,
+                        {"count": delta},
+                        {"reason": reason},
+                        None,
+                        self._clock_ns(),
+                    )
+                    reports.append(message.SerializeToString())
+            self._reported = dict(now)
+            self._reported_total = sum(now.values())
+        return reports
 
     @property
     def dropped_count(self) -> int:
