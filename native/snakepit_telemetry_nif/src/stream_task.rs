@@ -123,6 +123,10 @@ fn removal_reason(removal: Removal) -> DropReason {
     }
 }
 
+/// Drop reports buffered beyond the bounds at most (events, bytes).
+const REPORT_ALLOWANCE: usize = 64;
+const REPORT_ALLOWANCE_BYTES: usize = 64 * 1024;
+
 /// Events checked and waiting for the receiver, bounded in count and bytes.
 #[derive(Default)]
 struct Pending {
@@ -131,10 +135,17 @@ struct Pending {
 }
 
 impl Pending {
-    /// Buffers a drop report whatever the bounds (reports are rate-limited at the worker).
-    fn push_report(&mut self, record: EventRecord) {
+    /// Buffers a drop report past the bounds, up to a small allowance of its own (an honest
+    /// worker sends a few per second; a flood of them is still bounded, and counted).
+    fn push_report(&mut self, record: EventRecord, limits: &StreamLimits) -> Result<(), DropReason> {
+        if self.events.len() >= limits.max_buffer + REPORT_ALLOWANCE
+            || self.bytes + record.wire_bytes > limits.max_buffer_bytes + REPORT_ALLOWANCE_BYTES
+        {
+            return Err(DropReason::Overflow);
+        }
         self.bytes += record.wire_bytes;
         self.events.push_back(record);
+        Ok(())
     }
 
     fn push(&mut self, record: EventRecord, limits: &StreamLimits) -> Result<(), DropReason> {
@@ -531,8 +542,7 @@ impl StreamTask {
             Some(shape) if shape.event == record.event => {
                 let (reason, count) = shape.read(&record);
                 self.state.counters.source.add(reason, count);
-                pending.push_report(record);
-                Ok(())
+                pending.push_report(record, &self.limits)
             }
             _ => pending.push(record, &self.limits),
         }

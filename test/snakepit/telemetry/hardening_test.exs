@@ -187,6 +187,50 @@ defmodule Snakepit.Telemetry.HardeningTest do
     end
   end
 
+  describe "drop reports from a hostile worker" do
+    test "a flood of telemetry.dropped events stays bounded: tallied, and past a small allowance dropped as overflow" do
+      restart_app_for_test(max_buffer_size: 16, max_in_flight_batches: 1, max_batch_size: 4)
+      {worker, id} = start_worker(["--max-buffer", "10000"])
+      test = self()
+      gate = make_ref()
+      dropped_event = [:snakepit, :python, :telemetry, :dropped]
+
+      :ok =
+        :telemetry.attach(
+          "stuck-reports-#{id}",
+          dropped_event,
+          fn _e, _m, %{worker_id: w}, _ ->
+            if w == id do
+              send(test, {:stuck, self()})
+              receive do: (^gate -> :ok)
+            end
+          end,
+          nil
+        )
+
+      on_exit(fn -> unblock("stuck-reports-#{id}") end)
+      register!(id, worker)
+
+      PythonWorker.run(worker, %{
+        "op" => "emit",
+        "event" => "telemetry.dropped",
+        "measurements" => %{"count" => 1},
+        "metadata" => %{"reason" => "forged"},
+        "count" => 2_000
+      })
+
+      wait_until(fn -> stream(id).received >= 2_000 end)
+      assert_receive {:stuck, dispatcher}, @timeout
+      info = stream(id)
+      # Buffered at most max_buffer_size + 64 (plus one batch in flight): the rest overflowed.
+      assert info.dropped.overflow >= 2_000 - (16 + 64 + 4)
+      # Every report's count was tallied, even those that could not be buffered.
+      assert info.source_dropped["forged"] >= 2_000
+      :telemetry.detach("stuck-reports-#{id}")
+      send(dispatcher, gate)
+    end
+  end
+
   # The Dispatcher may be blocked in that handler (a failed test): a killed Dispatcher is
   # restarted at once, so the next test starts with a working one.
   defp unblock(handler) do
