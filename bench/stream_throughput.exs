@@ -35,8 +35,8 @@
 #   * schedulers: the BEAM's normal scheduler threads (same source): the Dispatcher taking
 #     batches, `:telemetry.execute/3`, the handler, acks, and waking up for all that;
 #   * busy: all schedulers' busy time (`:scheduler_wall_time`) over wall time, in
-#     schedulers (the Dispatcher is one process: at most 1.0), and, in brackets, the
-#     Dispatcher's share of all reductions in the run (how much of that busy time is its).
+#     schedulers (each Dispatcher is one process: at most 1.0 each), and, in brackets, the
+#     Dispatchers' share of all reductions in the run (how much of that busy time is theirs).
 #
 # A run whose stream fails (`count_stream` exits non-zero, or a NIF stream closes early) is
 # printed as FAILED and left out of the medians. Every run is bounded by `--timeout-s` (the
@@ -78,7 +78,9 @@ defmodule Bench.StreamThroughput do
               "`cargo build --release --example count_stream -p snakepit_telemetry_core`"
     end
 
-    if buffer = opts[:nif_buffer], do: Snakepit.Telemetry.Test.Streams.restart_app(max_buffer_size: buffer)
+    if buffer = opts[:nif_buffer],
+      do: Snakepit.Telemetry.Test.Streams.restart_app(max_buffer_size: buffer)
+
     :erlang.system_flag(:scheduler_wall_time, true)
     clk_tck = clock_ticks_per_second()
     cases = [{:bare, 1}, {:full, 1}, {:bare, opts[:workers]}, {:full, opts[:workers]}]
@@ -188,7 +190,7 @@ defmodule Bench.StreamThroughput do
   end
 
   @doc false
-  # The counting handler; runs in the Dispatcher.
+  # The counting handler; runs in the Dispatchers.
   def handle_event(_event, _measurements, _metadata, {counter, target, pid}) do
     :counters.add(counter, 1, 1)
     if :counters.get(counter, 1) == target, do: send(pid, :all_seen)
@@ -245,7 +247,14 @@ defmodule Bench.StreamThroughput do
   ## Measurements
 
   defp snapshot(pool) do
-    {:reductions, dispatcher} = Process.info(Process.whereis(Dispatcher), :reductions)
+    dispatcher =
+      Enum.sum(
+        for pid <- Dispatcher.pids(), is_pid(pid) do
+          {:reductions, n} = Process.info(pid, :reductions)
+          n
+        end
+      )
+
     {total, _} = :erlang.statistics(:reductions)
 
     %{

@@ -5,7 +5,8 @@ defmodule Snakepit.Telemetry.Application do
   At start it validates the configuration with
   `Snakepit.Telemetry.Config.load!/0`: an invalid configuration makes the
   start fail with the `ArgumentError` that explains it. It then starts a
-  supervisor with `Snakepit.Telemetry.Dispatcher` (which runs the handlers),
+  supervisor with the `Snakepit.Telemetry.Dispatcher` partitions (which run the
+  handlers, one per scheduler),
   a small ledger of worker restarts (for `Snakepit.Telemetry.Worker`'s
   `:restarted` event) and, after them, `{Snakepit.Telemetry.GrpcStream, config}`
   (which starts the NIF runtime; with `grpc_stream: false` it registers workers
@@ -20,11 +21,12 @@ defmodule Snakepit.Telemetry.Application do
 
   use Application
 
-  alias Snakepit.Telemetry.Config
+  alias Snakepit.Telemetry.{Config, Dispatcher}
 
   @impl Application
   def start(_type, _args) do
     config = Config.load!()
+    Dispatcher.put_partition_count(config.dispatchers)
 
     Supervisor.start_link(children(config),
       strategy: :one_for_one,
@@ -39,10 +41,11 @@ defmodule Snakepit.Telemetry.Application do
 
   @doc false
   @spec children(Config.t()) :: [Supervisor.child_spec() | {module(), term()}]
-  def children(%Config{} = config),
-    do: [
-      Snakepit.Telemetry.Dispatcher,
-      Snakepit.Telemetry.WorkerLedger,
-      {Snakepit.Telemetry.GrpcStream, config}
-    ]
+  def children(%Config{} = config) do
+    dispatchers =
+      for partition <- 0..(config.dispatchers - 1),
+          do: {Dispatcher, partition: partition}
+
+    dispatchers ++ [Snakepit.Telemetry.WorkerLedger, {Snakepit.Telemetry.GrpcStream, config}]
+  end
 end

@@ -68,6 +68,9 @@ defmodule Snakepit.Telemetry.Config do
       worker's settings may hold, counting allow, deny and every pattern-scoped
       sampling rule; a control call beyond it returns
       `{:error, {:too_many_patterns, limit}}` and changes nothing.
+    * `:dispatchers` (integer from 1 to 1024, default `System.schedulers_online()`) - how
+      many `Snakepit.Telemetry.Dispatcher` processes run handlers; each worker's events go
+      to one of them (by its id), so handlers of different workers run in parallel.
     * `:connect_timeout` (positive integer, milliseconds, default `5_000`) - the
       most one attempt to open a worker's stream may take, from connecting to
       the worker's response headers; a worker that accepts and never answers
@@ -117,6 +120,7 @@ defmodule Snakepit.Telemetry.Config do
           events: [app_event()],
           max_batch_size: pos_integer(),
           max_in_flight_batches: pos_integer(),
+          dispatchers: pos_integer() | nil,
           connect_timeout: pos_integer(),
           reconnect: [initial_ms: pos_integer(), max_ms: pos_integer()]
         }
@@ -135,6 +139,7 @@ defmodule Snakepit.Telemetry.Config do
             max_batch_bytes: 1_048_576,
             max_patterns: 64,
             runtime_threads: 2,
+            dispatchers: nil,
             connect_timeout: 5_000,
             reconnect: [initial_ms: 100, max_ms: 5_000]
 
@@ -154,7 +159,8 @@ defmodule Snakepit.Telemetry.Config do
     :max_patterns,
     :runtime_threads,
     :connect_timeout,
-    :reconnect
+    :reconnect,
+    :dispatchers
   ]
   # Every key but these is a positive integer.
   @positive_integers @keys --
@@ -164,7 +170,8 @@ defmodule Snakepit.Telemetry.Config do
                          :excluded_events,
                          :grpc_stream,
                          :events,
-                         :reconnect
+                         :reconnect,
+                         :dispatchers
                        ]
   @worker_names MapSet.new(Catalog.worker_events(), & &1.worker_name)
   @catalog_events MapSet.new(Catalog.events(), & &1.event)
@@ -278,6 +285,14 @@ defmodule Snakepit.Telemetry.Config do
     if is_integer(value) and value > 0,
       do: value,
       else: invalid!(key, value, "a positive integer")
+  end
+
+  defp validate!(:dispatchers, nil), do: System.schedulers_online()
+
+  defp validate!(:dispatchers, value) do
+    if is_integer(value) and value in 1..1024,
+      do: value,
+      else: invalid!(:dispatchers, value, "an integer from 1 to 1024")
   end
 
   defp validate!(:reconnect, value) do

@@ -3,14 +3,19 @@ defmodule Snakepit.Telemetry.Dispatcher do
   Runs the handlers: receives event batches from the NIF and calls `:telemetry.execute/3`
   for each event, then acknowledges the batch so the NIF may send the next one.
 
-  It is separate from `Snakepit.Telemetry.GrpcStream` so that handlers never run in the
+  There are `partition_count/0` Dispatchers (the config's `:dispatchers`, by default one
+  per scheduler), and each worker's batches go to one of them, chosen by its
+  id (`partition/1`): the handlers of different workers run in parallel, each worker's
+  events keep their order, and a slow handler stalls only the workers of its partition.
+
+  They are separate from `Snakepit.Telemetry.GrpcStream` so that handlers never run in the
   process that serves registration and control calls: a slow handler never delays them,
-  and a handler may call any `GrpcStream` function. Its mailbox holds at most
+  and a handler may call any `GrpcStream` function. A Dispatcher's mailbox holds at most
   `max_in_flight_batches` unacknowledged batches per worker; the NIF buffers (and past its
   bounds drops and counts) the rest. A handler that raises is detached by `:telemetry`, as
   for any other event.
 
-  If it crashes or is killed, it is restarted and registers itself with the NIF again;
+  If one crashes or is killed, it is restarted and registers itself with the NIF again;
   events of the batches that were in its mailbox are counted as `:undeliverable`, and the
   streams go on.
 
@@ -24,20 +29,69 @@ defmodule Snakepit.Telemetry.Dispatcher do
 
   alias Snakepit.Telemetry.{GrpcStream, Native}
 
+  @partitions_key {__MODULE__, :partitions}
+
   @doc false
-  def start_link(opts \\ []) do
-    GenServer.start_link(__MODULE__, :ok, name: Keyword.get(opts, :name, __MODULE__))
+  def child_spec(opts) do
+    partition = Keyword.fetch!(opts, :partition)
+    %{id: {__MODULE__, partition}, start: {__MODULE__, :start_link, [opts]}}
   end
 
+  @doc false
+  def start_link(opts) do
+    partition = Keyword.fetch!(opts, :partition)
+    GenServer.start_link(__MODULE__, partition, name: name(partition))
+  end
+
+  @doc """
+  How many Dispatchers there are (the config's `:dispatchers` when the application started).
+
+      iex> Snakepit.Telemetry.Dispatcher.partition_count() >= 1
+      true
+  """
+  @spec partition_count() :: pos_integer()
+  def partition_count, do: :persistent_term.get(@partitions_key, System.schedulers_online())
+
+  @doc false
+  # Fixed for the application's lifetime (the NIF runtime is started with one receiver each).
+  def put_partition_count(count) when is_integer(count) and count > 0 do
+    if :persistent_term.get(@partitions_key, nil) != count,
+      do: :persistent_term.put(@partitions_key, count)
+
+    :ok
+  end
+
+  @doc """
+  The partition whose Dispatcher runs the handlers of `worker_id`'s events.
+
+      iex> p = Snakepit.Telemetry.Dispatcher.partition("worker_1")
+      iex> p in 0..(Snakepit.Telemetry.Dispatcher.partition_count() - 1)
+      true
+  """
+  @spec partition(String.t()) :: non_neg_integer()
+  def partition(worker_id), do: :erlang.phash2(worker_id, partition_count())
+
+  @doc "The registered name of the Dispatcher of `partition`."
+  @spec name(non_neg_integer()) :: atom()
+  def name(partition), do: Module.concat(__MODULE__, "P#{partition}")
+
+  @doc "The pid of the Dispatcher that runs `worker_id`'s handlers, or nil."
+  @spec whereis(String.t()) :: pid() | nil
+  def whereis(worker_id), do: Process.whereis(name(partition(worker_id)))
+
+  @doc "The pids of all Dispatchers, in partition order (nil where one is restarting)."
+  @spec pids() :: [pid() | nil]
+  def pids, do: for(p <- 0..(partition_count() - 1), do: Process.whereis(name(p)))
+
   @impl GenServer
-  def init(:ok) do
-    # After a restart: batches and stream messages come here from now on.
+  def init(partition) do
+    # After a restart: this partition's batches and stream messages come here from now on.
     case GrpcStream.runtime() do
       nil -> :ok
-      runtime -> Native.set_receiver(runtime, self())
+      runtime -> Native.set_receiver(runtime, partition, self())
     end
 
-    {:ok, %{node: node()}}
+    {:ok, %{node: node(), partition: partition}}
   end
 
   @impl GenServer

@@ -375,10 +375,15 @@ defmodule Snakepit.Telemetry.GrpcStream do
 
   @impl GenServer
   def init(%Config{} = config) do
+    dispatchers = Dispatcher.pids()
+
     with nil <- Native.load_error(),
-         dispatcher when is_pid(dispatcher) <- Process.whereis(Dispatcher),
-         {:ok, runtime} <- ensure_runtime(config, dispatcher) do
-      Native.set_receiver(runtime, dispatcher)
+         true <- Enum.all?(dispatchers, &is_pid/1) || nil,
+         {:ok, runtime} <- ensure_runtime(config, dispatchers) do
+      dispatchers
+      |> Enum.with_index()
+      |> Enum.each(fn {pid, partition} -> Native.set_receiver(runtime, partition, pid) end)
+
       Native.set_node(runtime, node())
       {:ok, %{runtime: runtime, config: config}}
     else
@@ -390,7 +395,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
 
   # The runtime of an earlier incarnation of this process is adopted as it is (its streams
   # never stopped), unless the config changed meanwhile.
-  defp ensure_runtime(config, dispatcher) do
+  defp ensure_runtime(config, dispatchers) do
     options = runtime_options(config)
 
     case :persistent_term.get(@runtime_key, nil) do
@@ -400,7 +405,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
       _ ->
         stop_runtime()
 
-        with {:ok, runtime} <- Native.start(dispatcher, Map.put(options, :node, node())) do
+        with {:ok, runtime} <- Native.start(dispatchers, Map.put(options, :node, node())) do
           :persistent_term.put(@runtime_key, {runtime, options})
           {:ok, runtime}
         end
@@ -410,6 +415,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
   defp runtime_options(%Config{} = config) do
     %{
       catalog: Catalog.native_spec(config.events),
+      partitions: Dispatcher.partition_count(),
       native_time_per_second: System.convert_time_unit(1, :second, :native),
       max_buffer_size: config.max_buffer_size,
       max_buffer_bytes: config.max_buffer_bytes,
@@ -455,7 +461,8 @@ defmodule Snakepit.Telemetry.GrpcStream do
              endpoint,
              Map.to_list(metadata),
              settings,
-             token
+             token,
+             Dispatcher.partition(worker_id)
            ) do
         {:ok, _generation} -> :ok
         {:error, _} = error -> error

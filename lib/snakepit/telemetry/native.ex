@@ -7,7 +7,8 @@ defmodule Snakepit.Telemetry.Native do
   its own threads, one per `start/2`).
 
   Messages the runtime sends to its receiver (`Snakepit.Telemetry.Dispatcher`, set by
-  `start/2` and `set_receiver/2`):
+  `start/2` and `set_receiver/3`, one per partition; a worker's partition is given at
+  `register_worker/7`):
 
     * `{:snakepit_telemetry_batch, ticket, worker_id, generation, node, [{event, measurements, metadata}]}`;
       the receiver calls `ack(ticket)` once it has run the handlers of the batch (a ticket
@@ -48,19 +49,19 @@ defmodule Snakepit.Telemetry.Native do
   def load_error, do: :persistent_term.get({__MODULE__, :load_error}, nil)
 
   @doc false
-  def start(_receiver, _options), do: :erlang.nif_error(:nif_not_loaded)
+  def start(_receivers, _options), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
   def stop(_runtime), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def set_receiver(_runtime, _pid), do: :erlang.nif_error(:nif_not_loaded)
+  def set_receiver(_runtime, _partition, _pid), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
   def set_node(_runtime, _node), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def register_worker(_runtime, _worker_id, _endpoint, _metadata, _settings, _token),
+  def register_worker(_runtime, _worker_id, _endpoint, _metadata, _settings, _token, _partition),
     do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false

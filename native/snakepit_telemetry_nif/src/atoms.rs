@@ -61,6 +61,8 @@ rustler::atoms! {
     max_metadata_keys,
     max_in_flight_batches,
     runtime_threads,
+    receivers,
+    partition,
     connect_timeout_ms,
     reconnect_initial_ms,
     reconnect_max_ms,

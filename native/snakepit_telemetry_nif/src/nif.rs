@@ -30,14 +30,19 @@ use crate::tool_call::ToolRequest;
 
 type NifResult<T> = Result<T, ApiError>;
 
-/// `start(receiver, options)`: a runtime whose batches and status messages go to `receiver`.
+/// `start(receivers, options)`: a runtime whose batches and status messages go to
+/// `receivers`, one pid per Dispatcher partition (a worker's partition is chosen by Elixir at
+/// registration).
 /// Every option is required (the defaults live in `Snakepit.Telemetry.Config`): `catalog`,
 /// `native_time_per_second`, `max_buffer_size`, `max_buffer_bytes`, `max_batch_size`,
 /// `max_batch_bytes`, `max_event_bytes`, `max_metadata_keys`, `max_in_flight_batches`,
 /// `runtime_threads`, `connect_timeout_ms`, `reconnect_initial_ms`, `reconnect_max_ms`,
 /// `grpc_stream`, `excluded_events`, `node`.
 #[rustler::nif]
-fn start(env: Env, receiver: LocalPid, options: Term) -> NifResult<ResourceArc<TelemetryRuntime>> {
+fn start(env: Env, receivers: Vec<LocalPid>, options: Term) -> NifResult<ResourceArc<TelemetryRuntime>> {
+    if receivers.is_empty() {
+        return Err(ApiError::InvalidOption(atoms::receivers()));
+    }
     let catalog_term =
         options.map_get(atoms::catalog()).map_err(|_| ApiError::InvalidOption(atoms::catalog()))?;
     let (spec, atom_of) = decode::catalog(env, catalog_term)?;
@@ -77,7 +82,7 @@ fn start(env: Env, receiver: LocalPid, options: Term) -> NifResult<ResourceArc<T
         excluded: Arc::from(excluded),
     };
     let encoder = TermEncoder::new(Arc::new(catalog), atom_table, node);
-    let runtime = TelemetryRuntime::start(receiver, encoder, runtime_options)
+    let runtime = TelemetryRuntime::start(receivers, encoder, runtime_options)
         .map_err(|e| ApiError::RuntimeFailed(e.to_string()))?;
     Ok(ResourceArc::new(runtime))
 }
@@ -89,12 +94,15 @@ fn stop(runtime: ResourceArc<TelemetryRuntime>) -> Atom {
     atoms::ok()
 }
 
-/// `set_receiver(runtime, pid)`: the process that receives batches and status messages from
-/// now on (a restarted Dispatcher).
+/// `set_receiver(runtime, partition, pid)`: the process that receives the batches and status
+/// messages of `partition` from now on (a restarted Dispatcher partition).
 #[rustler::nif]
-fn set_receiver(runtime: ResourceArc<TelemetryRuntime>, pid: LocalPid) -> Atom {
-    runtime.set_receiver(pid);
-    atoms::ok()
+fn set_receiver(runtime: ResourceArc<TelemetryRuntime>, partition: usize, pid: LocalPid) -> NifResult<Atom> {
+    if runtime.set_receiver(partition, pid) {
+        Ok(atoms::ok())
+    } else {
+        Err(ApiError::InvalidOption(atoms::partition()))
+    }
 }
 
 /// `set_node(runtime, node)`: the `:node` put in events from now on.
@@ -104,11 +112,13 @@ fn set_node(runtime: ResourceArc<TelemetryRuntime>, node: Atom) -> Atom {
     atoms::ok()
 }
 
-/// `register_worker(runtime, worker_id, endpoint, metadata, settings)`: registers the worker
-/// and starts its stream (unless the runtime was started with `grpc_stream: false`), replacing
-/// a stream of the same id, with these settings in force from its first event.
+/// `register_worker(runtime, worker_id, endpoint, metadata, settings, token, partition)`:
+/// registers the worker and starts its stream (unless the runtime was started with
+/// `grpc_stream: false` or the endpoint is `"none"`), replacing a stream of the same id, with
+/// these settings in force from its first event; its batches go to Dispatcher `partition`.
 /// Returns `{:ok, generation}`; the stream's messages carry it.
 #[rustler::nif]
+#[allow(clippy::too_many_arguments)]
 fn register_worker(
     env: Env,
     runtime: ResourceArc<TelemetryRuntime>,
@@ -117,6 +127,7 @@ fn register_worker(
     metadata: Vec<(Atom, Term)>,
     settings: Term,
     token: Option<String>,
+    partition: usize,
 ) -> NifResult<u64> {
     if !runtime.is_running() {
         return Err(ApiError::RuntimeFailed("the runtime is stopped".into()));
@@ -165,7 +176,7 @@ fn register_worker(
         connect: options.connect,
         token: token.map(Arc::from),
         excluded: options.excluded.clone(),
-        receiver: runtime.receiver.subscribe(),
+        receiver: runtime.receiver(partition),
     });
     Ok(generation)
 }

@@ -34,8 +34,9 @@ pub struct TelemetryRuntime {
     pub manager: StreamManager,
     pub encoder: Arc<TermEncoder>,
     pub options: RuntimeOptions,
-    /// The process that receives batches and status messages; streams watch it.
-    pub receiver: watch::Sender<LocalPid>,
+    /// The processes that receive batches and status messages, one per Dispatcher
+    /// partition; each stream watches its partition's.
+    pub receivers: Vec<watch::Sender<LocalPid>>,
     next_generation: AtomicU64,
 }
 
@@ -43,8 +44,9 @@ pub struct TelemetryRuntime {
 impl rustler::Resource for TelemetryRuntime {}
 
 impl TelemetryRuntime {
+    /// `receivers`: one pid per partition (at least one).
     pub fn start(
-        receiver: LocalPid,
+        receivers: Vec<LocalPid>,
         encoder: TermEncoder,
         options: RuntimeOptions,
     ) -> std::io::Result<TelemetryRuntime> {
@@ -59,7 +61,7 @@ impl TelemetryRuntime {
             manager,
             encoder: Arc::new(encoder),
             options,
-            receiver: watch::Sender::new(receiver),
+            receivers: receivers.into_iter().map(watch::Sender::new).collect(),
             next_generation: AtomicU64::new(1),
         })
     }
@@ -69,10 +71,22 @@ impl TelemetryRuntime {
         self.next_generation.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends batches and status messages to `pid` from now on; streams waiting for a
-    /// receiver resume.
-    pub fn set_receiver(&self, pid: LocalPid) {
-        self.receiver.send_replace(pid);
+    /// Sends the batches and status messages of partition `partition` to `pid` from now on;
+    /// its streams waiting for a receiver resume. False if there is no such partition.
+    pub fn set_receiver(&self, partition: usize, pid: LocalPid) -> bool {
+        match self.receivers.get(partition) {
+            Some(receiver) => {
+                receiver.send_replace(pid);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The receiver of `partition` (the first if out of range).
+    pub fn receiver(&self, partition: usize) -> watch::Receiver<LocalPid> {
+        let index = if partition < self.receivers.len() { partition } else { 0 };
+        self.receivers[index].subscribe()
     }
 
     /// Stops every stream and the runtime. Later registrations start nothing.

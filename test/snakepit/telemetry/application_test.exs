@@ -6,14 +6,14 @@ defmodule Snakepit.Telemetry.ApplicationTest do
 
   alias Snakepit.Telemetry.Config
 
-  test "the supervisor runs the Dispatcher, the worker ledger, then GrpcStream with the config" do
+  test "the supervisor runs one Dispatcher per scheduler, the worker ledger, then GrpcStream" do
     config = Config.load!([])
+    partitions = System.schedulers_online()
+    dispatchers = for p <- 0..(partitions - 1), do: {Snakepit.Telemetry.Dispatcher, partition: p}
 
-    assert Snakepit.Telemetry.Application.children(config) == [
-             Snakepit.Telemetry.Dispatcher,
-             Snakepit.Telemetry.WorkerLedger,
-             {Snakepit.Telemetry.GrpcStream, config}
-           ]
+    assert Snakepit.Telemetry.Application.children(config) ==
+             dispatchers ++
+               [Snakepit.Telemetry.WorkerLedger, {Snakepit.Telemetry.GrpcStream, config}]
   end
 
   test "the application is running with the test config" do
@@ -24,10 +24,11 @@ defmodule Snakepit.Telemetry.ApplicationTest do
     assert {Snakepit.Telemetry.GrpcStream, pid, :worker, _} =
              List.keyfind(children, Snakepit.Telemetry.GrpcStream, 0)
 
-    assert {Snakepit.Telemetry.Dispatcher, dispatcher, :worker, _} =
-             List.keyfind(children, Snakepit.Telemetry.Dispatcher, 0)
+    assert {{Snakepit.Telemetry.Dispatcher, 0}, dispatcher, :worker, _} =
+             List.keyfind(children, {Snakepit.Telemetry.Dispatcher, 0}, 0)
 
     assert is_pid(pid) and is_pid(dispatcher)
+    assert Enum.all?(Snakepit.Telemetry.Dispatcher.pids(), &is_pid/1)
   end
 
   test "an invalid config makes the start fail with the explanation" do

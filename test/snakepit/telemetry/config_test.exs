@@ -18,10 +18,22 @@ defmodule Snakepit.Telemetry.ConfigTest do
              grpc_stream: true,
              events: [],
              max_batch_size: 256,
-             max_in_flight_batches: 4
+             max_in_flight_batches: 4,
+             # Resolved at load: one Dispatcher per scheduler.
+             dispatchers: System.schedulers_online()
            }
 
     assert Enum.sort(Config.defaults()) == Enum.sort(Map.to_list(Map.from_struct(%Config{})))
+  end
+
+  test "dispatchers: an integer from 1 to 1024" do
+    assert Config.load!(dispatchers: 3).dispatchers == 3
+
+    for bad <- [0, 1025, 2.0, :many] do
+      assert_raise ArgumentError, ~r/invalid :dispatchers .* from 1 to 1024/, fn ->
+        Config.load!(dispatchers: bad)
+      end
+    end
   end
 
   test "valid values are kept (rates become floats)" do

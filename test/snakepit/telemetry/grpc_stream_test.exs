@@ -193,7 +193,7 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
     Forwarder.attach([@tool ++ [:stop]], %{sleep_ms: 1})
     register!(id, worker)
     # The Dispatcher runs the handlers and receives the batches; GrpcStream owns the streams.
-    receiver = Process.whereis(Snakepit.Telemetry.Dispatcher)
+    receiver = Snakepit.Telemetry.Dispatcher.whereis(id)
     sampler = Task.async(fn -> sample_mailbox(receiver, id, 0) end)
 
     for _ <- 1..6 do
