@@ -1,0 +1,23 @@
+defmodule Snakepit.Telemetry.ScaleTest do
+  # Thousands of registrations (stderr-only, endpoint :none): list_streams/0 and :all
+  # controls still cover every one. (How long they take, and that they never hold a normal
+  # scheduler, is measured in bench/inspection_at_scale.exs, not asserted here.)
+  use ExUnit.Case, async: false
+
+  alias Snakepit.Telemetry.GrpcStream
+
+  test "2,000 registrations: list_streams shows all, :all changes apply to all of them" do
+    ids = for i <- 1..2_000, do: "scale-#{i}-#{System.unique_integer([:positive])}"
+    on_exit(fn -> Enum.each(ids, &GrpcStream.unregister_worker/1) end)
+    for id <- ids, do: :ok = GrpcStream.register_worker(id, :none, pool_name: :scale)
+
+    mine = fn -> Enum.filter(GrpcStream.list_streams(), &(&1.metadata[:pool_name] == :scale)) end
+    assert length(mine.()) == 2_000
+    assert Enum.all?(mine.(), &(&1.status == :not_streaming and &1.endpoint == :none))
+
+    assert :ok = GrpcStream.toggle(:all, false)
+    assert :ok = GrpcStream.update_filter(:all, deny: ["python.gc.*"])
+    assert Enum.all?(mine.(), &(&1.enabled == false and &1.deny == ["python.gc.*"]))
+    assert :ok = GrpcStream.toggle(:all, true)
+  end
+end
