@@ -57,7 +57,7 @@ impl StreamManager {
             meta: task.worker.clone(),
             stop: Mutex::new(Some(stop)),
             lines,
-            tools: task.tool_target(),
+            tools: task.tools.clone(),
         };
         let worker_id = task.worker.worker_id.clone();
         if let Some(old) = self.registry.insert(&worker_id, Arc::new(registration)) {

@@ -26,7 +26,7 @@ use crate::stream_task::{ConnectOptions, StderrLine, StreamLimits, StreamTask};
 /// The endpoint of a worker with no gRPC stream (stderr lines only).
 const NO_ENDPOINT: &str = "none";
 use crate::terms::{self, ApiError};
-use crate::tool_call::ToolRequest;
+use crate::tool_call::{ToolRequest, ToolTarget};
 
 type NifResult<T> = Result<T, ApiError>;
 
@@ -151,6 +151,8 @@ fn register_worker(
     let replaced = runtime.manager.get(&worker_id);
     // No stream without an address (`:none`, a stderr-only worker) or with `grpc_stream: false`:
     // its task then takes stderr lines only.
+    let token: Option<Arc<str>> = token.map(Arc::from);
+    let tools = address.clone().map(|address| Arc::new(ToolTarget::new(address, token.clone())));
     let address = address.filter(|_| options.open_streams);
     let mut state = match address {
         Some(_) => StreamState::new(worker_id, endpoint, generation, settings),
@@ -174,7 +176,8 @@ fn register_worker(
         encoder: runtime.encoder.clone(),
         limits: options.limits,
         connect: options.connect,
-        token: token.map(Arc::from),
+        token,
+        tools,
         excluded: options.excluded.clone(),
         receiver: runtime.receiver(partition),
     });

@@ -69,6 +69,9 @@ pub struct StreamTask {
     pub resume: Option<(Instant, u32)>,
     /// None: no stream is opened (stderr lines only).
     pub address: Option<WorkerAddress>,
+    /// Where the worker takes tool calls: its address even when no stream is opened
+    /// (`grpc_stream: false`); none for an endpoint of `"none"`.
+    pub tools: Option<Arc<ToolTarget>>,
     pub worker: Arc<WorkerMeta>,
     pub encoder: Arc<TermEncoder>,
     pub limits: StreamLimits,
@@ -279,12 +282,6 @@ impl Backoff {
 const STABLE_STREAM: Duration = Duration::from_secs(5);
 
 impl StreamTask {
-    /// Where this worker takes tool calls (its address and token), if it has an address.
-    pub fn tool_target(&self) -> Option<Arc<ToolTarget>> {
-        let address = self.address.clone()?;
-        Some(Arc::new(ToolTarget::new(address, self.token.clone())))
-    }
-
     /// Runs the stream until the registration ends, then reports why. A panic inside is
     /// caught, reported as a loss, and the stream is opened again like after any other loss.
     pub async fn run(self, mut stop: oneshot::Receiver<CloseReason>, mut lines: mpsc::Receiver<StderrLine>) {
