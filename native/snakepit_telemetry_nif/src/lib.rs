@@ -4,13 +4,15 @@
 //! - `nif`: the functions Elixir calls (`Snakepit.Telemetry.Native`), and nothing else
 //! - `decode`, `terms`: terms in (options, settings, metadata) and out (errors, reports)
 //! - `runtime`, `manager`: the resource with its runtime, and the registry of streams
-//! - `stream_task`, `flow`: one worker's stream, and flow control towards Elixir
+//! - `stream_task`, `buffer`, `flow`, `status`: one worker's stream (reconnected with
+//!   backoff), its bounded buffer, flow control towards Elixir, and its status messages
 //! - `encode`, `atoms`: checked events to terms, with atoms handed over at start
 //! - `tool_call`, `json`: tool calls on the runtime, and their JSON (dirty NIFs)
 //!
 //! The catalog, event translation, gRPC client and counters live in `snakepit_telemetry_core`.
 
 mod atoms;
+mod buffer;
 mod decode;
 mod encode;
 mod flow;
@@ -18,6 +20,7 @@ mod json;
 mod manager;
 mod nif;
 mod runtime;
+mod status;
 mod stream_task;
 mod terms;
 mod tool_call;

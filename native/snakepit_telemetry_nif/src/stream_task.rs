@@ -16,12 +16,11 @@
 //! The receiving process (`Snakepit.Telemetry.Dispatcher`) may be restarted: its pid is
 //! watched, and a batch it could not take stays buffered until the next one registers.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use rustler::{Encoder, LocalPid, OwnedEnv, ResourceArc};
+use rustler::{LocalPid, OwnedEnv, ResourceArc};
 use snakepit_telemetry_core::backoff::BackoffPolicy;
 use snakepit_telemetry_core::catalog::EventIndex;
 use snakepit_telemetry_core::client::{open_stream, EventStream, StreamEnd, WorkerAddress};
@@ -35,10 +34,10 @@ use snakepit_telemetry_core::translate::{translate, EventLimits, EventRecord};
 use snakepit_telemetry_core::wire::Incoming;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::atoms;
+use crate::buffer::Pending;
 use crate::encode::{TermEncoder, WorkerMeta};
 use crate::flow::{BatchTicket, FlowCredit};
-use crate::terms::close_reason_term;
+use crate::status::{send_status, StatusMessage};
 use crate::tool_call::ToolTarget;
 
 /// Buffer, batch and event bounds of one stream (from the application config).
@@ -123,89 +122,6 @@ fn removal_reason(removal: Removal) -> DropReason {
     match removal {
         Removal::Disabled => DropReason::Disabled,
         Removal::FilteredOut => DropReason::FilteredOut,
-    }
-}
-
-/// Drop reports buffered beyond the bounds at most (events, bytes).
-const REPORT_ALLOWANCE: usize = 64;
-const REPORT_ALLOWANCE_BYTES: usize = 64 * 1024;
-
-/// Events checked and waiting for the receiver, bounded in count and bytes.
-#[derive(Default)]
-struct Pending {
-    events: VecDeque<EventRecord>,
-    bytes: usize,
-}
-
-impl Pending {
-    /// Buffers a drop report past the bounds, up to a small allowance of its own (an honest
-    /// worker sends a few per second; a flood of them is still bounded, and counted).
-    fn push_report(&mut self, record: EventRecord, limits: &StreamLimits) -> Result<(), DropReason> {
-        if self.events.len() >= limits.max_buffer + REPORT_ALLOWANCE
-            || self.bytes + record.wire_bytes > limits.max_buffer_bytes + REPORT_ALLOWANCE_BYTES
-        {
-            return Err(DropReason::Overflow);
-        }
-        self.bytes += record.wire_bytes;
-        self.events.push_back(record);
-        Ok(())
-    }
-
-    fn push(&mut self, record: EventRecord, limits: &StreamLimits) -> Result<(), DropReason> {
-        if self.events.len() >= limits.max_buffer || self.bytes + record.wire_bytes > limits.max_buffer_bytes
-        {
-            return Err(DropReason::Overflow);
-        }
-        self.bytes += record.wire_bytes;
-        self.events.push_back(record);
-        Ok(())
-    }
-
-    /// The next batch: up to `max_batch` events and `max_batch_bytes` (at least one event).
-    fn take_batch(&mut self, limits: &StreamLimits) -> Vec<EventRecord> {
-        let mut batch = Vec::with_capacity(self.events.len().min(limits.max_batch));
-        let mut bytes = 0;
-        while batch.len() < limits.max_batch {
-            match self.events.front() {
-                Some(next) if batch.is_empty() || bytes + next.wire_bytes <= limits.max_batch_bytes => {}
-                _ => break,
-            }
-            let Some(record) = self.events.pop_front() else { break };
-            bytes += record.wire_bytes;
-            batch.push(record);
-        }
-        self.bytes -= bytes;
-        batch
-    }
-
-    /// Puts back a batch that could not be sent, in order.
-    fn restore(&mut self, batch: Vec<EventRecord>) {
-        for record in batch.into_iter().rev() {
-            self.bytes += record.wire_bytes;
-            self.events.push_front(record);
-        }
-    }
-
-    fn retain(&mut self, mut keep: impl FnMut(&EventRecord) -> bool) {
-        let bytes = &mut self.bytes;
-        self.events.retain(|record| {
-            let kept = keep(record);
-            if !kept {
-                *bytes -= record.wire_bytes;
-            }
-            kept
-        });
-    }
-
-    fn clear(&mut self) -> usize {
-        let n = self.events.len();
-        self.events.clear();
-        self.bytes = 0;
-        n
-    }
-
-    fn is_empty(&self) -> bool {
-        self.events.is_empty()
     }
 }
 
@@ -589,46 +505,4 @@ fn sampler_seed(generation: u64) -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     nanos ^ generation.rotate_left(32)
-}
-
-enum StatusMessage {
-    /// The registration's first stream opened.
-    Established,
-    /// A stream opened again: time since the loss, and the attempts it took.
-    Reconnected(Duration, u32),
-    /// A stream ended and a retry follows: why, how long it was open, events it sent.
-    Lost(CloseReason, Duration, u64),
-    /// The registration ended with a stream open: why, and the events that stream sent.
-    Closed(CloseReason, u64),
-    /// The registration ended with no stream open.
-    Ended(CloseReason),
-}
-
-/// `{:snakepit_telemetry_stream, worker_id, generation, status, sent}` to the receiver, where
-/// status is `{:opened, :established | {:reconnected, downtime_ms, attempts}}`,
-/// `{:lost, reason, uptime_ms}`, `{:closed, reason}` or `{:ended, reason}`. If the receiver
-/// is gone at that moment the message is lost (the status itself stays readable through
-/// `stream_info`).
-fn send_status(receiver: &watch::Receiver<LocalPid>, worker: &WorkerMeta, message: StatusMessage) {
-    let pid = *receiver.borrow();
-    let mut env = OwnedEnv::new();
-    let _ = env.send_and_clear(&pid, |env| {
-        let millis = |d: &Duration| d.as_millis().min(u64::MAX as u128) as u64;
-        let (status, sent) = match &message {
-            StatusMessage::Established => ((atoms::opened(), atoms::established()).encode(env), 0),
-            StatusMessage::Reconnected(downtime, attempts) => {
-                let how = (atoms::reconnected(), millis(downtime), *attempts).encode(env);
-                ((atoms::opened(), how).encode(env), 0)
-            }
-            StatusMessage::Lost(reason, uptime, sent) => {
-                ((atoms::lost(), close_reason_term(env, reason), millis(uptime)).encode(env), *sent)
-            }
-            StatusMessage::Closed(reason, sent) => {
-                ((atoms::closed(), close_reason_term(env, reason)).encode(env), *sent)
-            }
-            StatusMessage::Ended(reason) => ((atoms::ended(), close_reason_term(env, reason)).encode(env), 0),
-        };
-        (atoms::snakepit_telemetry_stream(), worker.worker_id.as_str(), worker.generation, status, sent)
-            .encode(env)
-    });
 }
