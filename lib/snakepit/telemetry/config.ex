@@ -91,7 +91,9 @@ defmodule Snakepit.Telemetry.Config do
       max_buffer_bytes + max_in_flight_batches * max(max_batch_bytes, max_event_bytes)
         + max_event_bytes
 
-  (the buffer, the batches awaiting the handlers, one message being read),
+  (the buffer, the batches awaiting the handlers, one message being read; on the
+  batched wire add one message, `max(max_batch_bytes, max_event_bytes)`, which may be
+  read into a buffer that is not yet full),
   plus the HTTP/2 receive window (at most 2 MiB per worker connection).
   With the defaults that is 4 MiB + 4 MiB + 256 KiB, about 8.3 MiB per worker
   (10.3 MiB with the window) when the handlers fall behind; an idle or

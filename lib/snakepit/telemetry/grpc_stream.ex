@@ -108,6 +108,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
           worker_id: worker_id(),
           endpoint: String.t() | :none,
           status: :connecting | :connected | :reconnecting | :not_streaming,
+          protocol: :batched | :single | nil,
           connected_since: DateTime.t() | nil,
           attempt: non_neg_integer(),
           last_error: close_reason() | nil,
@@ -253,7 +254,10 @@ defmodule Snakepit.Telemetry.GrpcStream do
   `[:snakepit, :python, :telemetry, :dropped]` events (which also reach handlers, and
   which no setting or bound removes).
 
-  `:status` is `:connecting` until the first stream opens, `:connected` while one is open,
+  `:protocol` is `:batched` when the worker streams many events per message
+  (`StreamTelemetryBatched`, this project's workers), `:single` for one per message
+  (`StreamTelemetry`, Snakepit's protocol, used when the worker does not serve the batched
+  one), `nil` before any stream opened. `:status` is `:connecting` until the first stream opens, `:connected` while one is open,
   `:reconnecting` after it was lost (never a stream silently dead while registered), or
   `:not_streaming` (config `grpc_stream: false`). While not connected, `:attempt` counts
   the failed attempts since the last stream opened and `:last_error` says why the last
@@ -276,7 +280,16 @@ defmodule Snakepit.Telemetry.GrpcStream do
       settings = info.settings |> Settings.from_native() |> Settings.to_map()
 
       info
-      |> Map.take([:worker_id, :endpoint, :status, :attempt, :last_error, :received, :emitted])
+      |> Map.take([
+        :worker_id,
+        :endpoint,
+        :status,
+        :protocol,
+        :attempt,
+        :last_error,
+        :received,
+        :emitted
+      ])
       |> Map.merge(Map.take(info, [:dropped, :metadata]))
       |> Map.put(:source_dropped, Map.new(info.source_dropped))
       |> Map.put(:connected_since, connected_since(info.connected_since))

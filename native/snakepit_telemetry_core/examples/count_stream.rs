@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! cargo build --release --example count_stream -p snakepit_telemetry_core
-//! target/release/examples/count_stream --count 100000 [--timeout-ms 120000] 127.0.0.1:PORT [...]
+//! target/release/examples/count_stream --count 100000 [--timeout-ms 120000] [--batched] 127.0.0.1:PORT [...]
 //! ```
+//!
+//! With `--batched` it opens StreamTelemetryBatched and counts the events in each message
+//! (split, not decoded); without, StreamTelemetry, one event per message.
 //!
 //! All streams are read concurrently (on a tokio multi-thread runtime with one thread per
 //! core), each until it has delivered `--count` messages. No control message is sent and no
@@ -23,11 +26,14 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use snakepit_telemetry_core::client::{open_stream, StreamEnd, WorkerAddress};
+use snakepit_telemetry_core::batch;
+use snakepit_telemetry_core::client::{open_stream, Protocol, StreamEnd, WorkerAddress};
+use snakepit_telemetry_core::wire::Incoming;
 
 struct Args {
     count: u64,
     timeout: Duration,
+    protocol: Protocol,
     endpoints: Vec<WorkerAddress>,
 }
 
@@ -35,6 +41,7 @@ fn parse_args() -> Result<Args, String> {
     let mut count = None;
     let mut timeout = Duration::from_secs(120);
     let mut endpoints = Vec::new();
+    let mut protocol = Protocol::Single;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -44,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
                 let ms = value("--timeout-ms")?.parse::<u64>().map_err(|e| format!("--timeout-ms: {e}"))?;
                 timeout = Duration::from_millis(ms);
             }
+            "--batched" => protocol = Protocol::Batched,
             endpoint => {
                 endpoints.push(WorkerAddress::parse(endpoint).map_err(|e| format!("{endpoint}: {e}"))?)
             }
@@ -53,18 +61,24 @@ fn parse_args() -> Result<Args, String> {
     if endpoints.is_empty() {
         return Err("give at least one endpoint (host:port)".into());
     }
-    Ok(Args { count, timeout, endpoints })
+    Ok(Args { count, timeout, protocol, endpoints })
 }
 
 /// Connects, opens the stream and counts messages until `count`. Returns how many arrived.
-async fn drain(address: WorkerAddress, count: u64) -> Result<u64, String> {
+async fn drain(address: WorkerAddress, protocol: Protocol, count: u64) -> Result<u64, String> {
     let channel = address.connect(std::time::Duration::from_secs(5)).await?;
     // Kept open and empty: the request stream stays up and carries nothing.
     let controls = futures_util::stream::pending();
-    let mut events = open_stream(channel, controls, usize::MAX, None).await?.events;
+    let mut events = open_stream(channel, protocol, controls, usize::MAX, None)
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .events;
     let mut received = 0;
     while received < count {
         match events.next().await {
+            Ok(Incoming::Message(bytes)) if protocol == Protocol::Batched => {
+                received += batch::events(&bytes).map_err(|_| "a malformed batch")?.len() as u64
+            }
             Ok(_message) => received += 1,
             Err(StreamEnd::Closed) => {
                 return Err(format!("stream ended after {received} of {count} messages"))
@@ -98,7 +112,8 @@ fn main() -> ExitCode {
     let cpu_before = process_cpu_ns();
     let started = Instant::now();
     let outcome = runtime.block_on(async {
-        let tasks: Vec<_> = args.endpoints.into_iter().map(|a| tokio::spawn(drain(a, args.count))).collect();
+        let tasks: Vec<_> =
+            args.endpoints.into_iter().map(|a| tokio::spawn(drain(a, args.protocol, args.count))).collect();
         tokio::time::timeout(args.timeout, async {
             let mut total = 0;
             for task in tasks {

@@ -21,6 +21,24 @@ use crate::proto::TelemetryControl;
 use crate::wire::{frame, Incoming, MessageReader};
 
 const STREAM_TELEMETRY: &str = "/snakepit.bridge.BridgeService/StreamTelemetry";
+const STREAM_TELEMETRY_BATCHED: &str = "/snakepit.bridge.BridgeService/StreamTelemetryBatched";
+
+/// Which telemetry RPC a stream uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `StreamTelemetryBatched`: many events per message (this project's workers).
+    Batched,
+    /// `StreamTelemetry`: one event per message (Snakepit's protocol).
+    Single,
+}
+
+/// Why a stream did not open.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// The worker does not serve this RPC (gRPC UNIMPLEMENTED): try the other one.
+    Unimplemented,
+    Failed(String),
+}
 /// Response header by which a worker says it applies sampling patterns itself.
 pub const CAPABILITIES_HEADER: &str = "x-snakepit-telemetry-capabilities";
 /// HTTP/2 receive windows: what a worker may send before the stream task reads it. The
@@ -175,32 +193,39 @@ pub fn status_text(status: &Status) -> String {
 /// `token` goes in an `authorization: Bearer` header, marked sensitive.
 pub async fn open_stream(
     mut channel: Channel,
+    protocol: Protocol,
     controls: impl Stream<Item = TelemetryControl> + Send + 'static,
     max_message: usize,
     token: Option<&str>,
-) -> Result<OpenStream, String> {
+) -> Result<OpenStream, OpenError> {
+    let path = match protocol {
+        Protocol::Batched => STREAM_TELEMETRY_BATCHED,
+        Protocol::Single => STREAM_TELEMETRY,
+    };
+    let failed = OpenError::Failed;
     let frames = controls.map(|control| Ok::<_, Status>(Frame::data(frame(&control.encode_to_vec()))));
     let mut request = http::Request::builder()
         .method(http::Method::POST)
-        .uri(STREAM_TELEMETRY)
+        .uri(path)
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header(http::header::TE, "trailers");
     if let Some(token) = token {
         // Checked by the Elixir layer (visible ASCII); the error never repeats the value.
         let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| "the worker token is not a valid header value".to_string())?;
+            .map_err(|_| failed("the worker token is not a valid header value".to_string()))?;
         value.set_sensitive(true);
         request = request.header(http::header::AUTHORIZATION, value);
     }
-    let request = request.body(Body::new(StreamBody::new(frames))).map_err(|e| e.to_string())?;
-    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| error_chain(&e))?;
-    let response = channel.call(request).await.map_err(|e| error_chain(&e))?;
+    let request = request.body(Body::new(StreamBody::new(frames))).map_err(|e| failed(e.to_string()))?;
+    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| failed(error_chain(&e)))?;
+    let response = channel.call(request).await.map_err(|e| failed(error_chain(&e)))?;
     if response.status() != http::StatusCode::OK {
-        return Err(format!("HTTP status {} from the worker", response.status()));
+        return Err(failed(format!("HTTP status {} from the worker", response.status())));
     }
     // A trailers-only response (UNIMPLEMENTED, for example) carries its status in the headers.
     let end = match Status::from_header_map(response.headers()) {
-        Some(status) if status.code() != Code::Ok => return Err(status_text(&status)),
+        Some(status) if status.code() == Code::Unimplemented => return Err(OpenError::Unimplemented),
+        Some(status) if status.code() != Code::Ok => return Err(failed(status_text(&status))),
         Some(_) => Some(StreamEnd::Closed),
         None => None,
     };

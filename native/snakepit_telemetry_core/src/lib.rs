@@ -1,6 +1,7 @@
 //! The parts of snakepit_telemetry's stream manager that need no BEAM, so `cargo test`
 //! covers them directly:
 //!
+//! - `batch`: a batched message split into its events, undecoded
 //! - `backoff`: when to retry a stream that failed to open or was lost
 //! - `catalog`: the event catalog, as Elixir hands it to the NIF at start
 //! - `translate`: the bytes of one gRPC message to a checked event, or its drop reason
@@ -15,6 +16,7 @@
 //! The NIF crate (`snakepit_telemetry_nif`) adds the runtime, the stream tasks and the terms.
 
 pub mod backoff;
+pub mod batch;
 pub mod catalog;
 pub mod client;
 pub mod control;

@@ -2,7 +2,7 @@
 //! stream task (which writes it) and NIF calls (which read it without touching the task), and
 //! the [`Registry`] of registered workers by id.
 
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -68,6 +68,8 @@ pub struct StreamState {
     last_error: Mutex<Option<CloseReason>>,
     /// When the last open stream was lost, while none is open again.
     lost_at: Mutex<Option<Instant>>,
+    /// The last stream opened was `StreamTelemetryBatched` (else `StreamTelemetry`).
+    batched: AtomicBool,
 }
 
 /// What a registration that replaces another takes over from it.
@@ -105,6 +107,7 @@ impl StreamState {
             attempt: AtomicU32::new(0),
             last_error: Mutex::new(None),
             lost_at: Mutex::new(None),
+            batched: AtomicBool::new(false),
         }
     }
 
@@ -113,7 +116,7 @@ impl StreamState {
     }
 
     /// Marks the stream open. Returns false if it was closed meanwhile.
-    pub fn set_connected(&self, capabilities: &str) -> bool {
+    pub fn set_connected(&self, capabilities: &str, batched: bool) -> bool {
         let mut status = lock(&self.status);
         if matches!(*status, StreamStatus::Closed(_)) {
             return false;
@@ -123,6 +126,7 @@ impl StreamState {
         *lock(&self.last_error) = None;
         *lock(&self.lost_at) = None;
         *lock(&self.capabilities) = capabilities.to_string();
+        self.batched.store(batched, Ordering::Release);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         self.connected_since_ms.store(now, Ordering::Release);
         true
@@ -159,6 +163,11 @@ impl StreamState {
             *lock(&self.last_error) = from.last_error();
         }
         Inherited { counters: self.counters.clone(), lost }
+    }
+
+    /// Whether the last stream opened was the batched RPC.
+    pub fn batched(&self) -> bool {
+        self.batched.load(Ordering::Acquire)
     }
 
     /// Failed attempts since the last stream opened.
@@ -267,7 +276,7 @@ mod tests {
         let state = StreamState::new("w".into(), "127.0.0.1:1".into(), 1, Settings::default());
         assert_eq!(state.status(), StreamStatus::Connecting);
         assert!(state.connected_since_ms().is_none());
-        assert!(state.set_connected("sampling-patterns"));
+        assert!(state.set_connected("sampling-patterns", false));
         assert_eq!(state.status(), StreamStatus::Connected);
         assert!(state.connected_since_ms().is_some());
         assert_eq!(state.capabilities(), "sampling-patterns");
@@ -279,12 +288,12 @@ mod tests {
             (state.attempt(), state.last_error()),
             (2, Some(CloseReason::ConnectFailed("refused".into())))
         );
-        assert!(state.set_connected(""));
+        assert!(state.set_connected("", false));
         assert_eq!((state.status(), state.attempt(), state.last_error()), (StreamStatus::Connected, 0, None));
         state.set_closed(CloseReason::Unregistered);
         state.set_closed(CloseReason::Shutdown);
         assert_eq!(state.status(), StreamStatus::Closed(CloseReason::Unregistered));
-        assert!(!state.set_connected(""));
+        assert!(!state.set_connected("", false));
         assert!(!state.set_retrying(1, CloseReason::WorkerClosed));
     }
 
@@ -292,7 +301,7 @@ mod tests {
     fn a_replacement_takes_over_counters_and_an_unrepaired_loss() {
         let old = StreamState::new("w".into(), "e".into(), 1, Settings::default());
         old.counters.add_received(7);
-        assert!(old.set_connected(""));
+        assert!(old.set_connected("", false));
         assert!(old.set_retrying(0, CloseReason::WorkerClosed));
         assert!(old.set_retrying(3, CloseReason::ConnectFailed("refused".into())));
         let mut new = StreamState::new("w".into(), "e2".into(), 2, Settings::default());
@@ -304,7 +313,7 @@ mod tests {
         assert_eq!(old.counters.snapshot().received, 8, "one set of counters");
 
         let healthy = StreamState::new("w".into(), "e".into(), 3, Settings::default());
-        assert!(healthy.set_connected(""));
+        assert!(healthy.set_connected("", false));
         let mut next = StreamState::new("w".into(), "e".into(), 4, Settings::default());
         assert!(next.inherit(&healthy).lost.is_none());
         assert_eq!(next.status(), StreamStatus::Connecting);

@@ -81,6 +81,9 @@ rustler::atoms! {
     dropped,
     source_dropped,
     capabilities,
+    protocol,
+    batched,
+    single,
     // Drop reasons (see counters.rs).
     unknown_event,
     invalid_measurement,

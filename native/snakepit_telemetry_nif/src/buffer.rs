@@ -1,6 +1,8 @@
 //! A stream's buffer: events checked and waiting for the receiver, bounded in count and
 //! bytes as they were on the wire; a worker's drop reports get a small allowance of their
-//! own past the bounds.
+//! own past the bounds. A batched stream stops reading while the buffer is full (HTTP/2 flow
+//! control then holds the worker back, which drops and reports at the source), and puts a
+//! whole message in when it reads one, so it exceeds the bounds by at most one message.
 
 use std::collections::VecDeque;
 
@@ -29,6 +31,19 @@ impl Pending {
         {
             return Err(DropReason::Overflow);
         }
+        self.bytes += record.wire_bytes;
+        self.events.push_back(record);
+        Ok(())
+    }
+
+    /// Whether the buffer is at a bound: a batched stream stops reading until it is not.
+    pub fn is_full(&self, limits: &StreamLimits) -> bool {
+        self.events.len() >= limits.max_buffer || self.bytes >= limits.max_buffer_bytes
+    }
+
+    /// Buffers an event of a batched message read while the buffer was not full: the
+    /// message's events all go in, so the bounds are exceeded by at most one message.
+    pub fn push_from_batch(&mut self, record: EventRecord) -> Result<(), DropReason> {
         self.bytes += record.wire_bytes;
         self.events.push_back(record);
         Ok(())

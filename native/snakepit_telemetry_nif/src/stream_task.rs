@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use rustler::{LocalPid, OwnedEnv, ResourceArc};
 use snakepit_telemetry_core::backoff::BackoffPolicy;
+use snakepit_telemetry_core::batch;
 use snakepit_telemetry_core::catalog::EventIndex;
-use snakepit_telemetry_core::client::{open_stream, EventStream, StreamEnd, WorkerAddress};
+use snakepit_telemetry_core::client::{
+    open_stream, EventStream, OpenError, Protocol, StreamEnd, WorkerAddress,
+};
 use snakepit_telemetry_core::control::control_stream;
 use snakepit_telemetry_core::counters::DropReason;
 use snakepit_telemetry_core::registry::{CloseReason, StreamState};
@@ -149,12 +152,17 @@ enum Link {
         events: EventStream,
         since: Instant,
         samples_patterns: bool,
+        protocol: Protocol,
     },
     /// No stream is ever opened (no endpoint, or `grpc_stream: false`): stderr lines only.
     Idle,
 }
 
 impl Link {
+    fn is_batched(&self) -> bool {
+        matches!(self, Link::Up { protocol: Protocol::Batched, .. })
+    }
+
     /// What the link has next: a message while up, the time to retry while down, never
     /// while idle.
     async fn next(&mut self) -> Wake {
@@ -265,13 +273,15 @@ impl StreamTask {
             None => Link::Idle,
         };
         let mut name = String::new();
+        // The worker answered StreamTelemetryBatched UNIMPLEMENTED: it speaks StreamTelemetry only.
+        let mut single = false;
         loop {
             if let Link::Down { retry_at, lost_at, failed } = link {
                 if Instant::now() >= retry_at {
                     let opened = tokio::select! {
                         biased;
                         reason = &mut *stop => return self.stop(flow, reason, None),
-                        opened = tokio::time::timeout(self.connect.timeout, self.open()) => opened,
+                        opened = tokio::time::timeout(self.connect.timeout, self.open(&mut single)) => opened,
                     };
                     let opened = opened.unwrap_or_else(|_| {
                         Err(CloseReason::ConnectFailed(format!(
@@ -280,7 +290,7 @@ impl StreamTask {
                         )))
                     });
                     link = match opened {
-                        Ok((events, samples_patterns)) => {
+                        Ok((events, samples_patterns, protocol)) => {
                             gate.policy = policy(&mut settings, samples_patterns);
                             flow.sent = 0;
                             let opened = match lost_at {
@@ -288,7 +298,7 @@ impl StreamTask {
                                 Some(at) => StatusMessage::Reconnected(at.elapsed(), failed + 1),
                             };
                             send_status(&receiver, &self.worker, opened);
-                            Link::Up { events, since: Instant::now(), samples_patterns }
+                            Link::Up { events, since: Instant::now(), samples_patterns, protocol }
                         }
                         Err(reason) if reason.is_final() => return TaskEnd { reason, open: None },
                         Err(reason) => {
@@ -317,7 +327,8 @@ impl StreamTask {
                     Some(line) => Wake::Line(line),
                     None => Wake::Credit,
                 },
-                wake = link.next() => wake,
+                // A batched stream is not read while the buffer is full: back-pressure.
+                wake = link.next(), if !(link.is_batched() && flow.pending.is_full(&self.limits)) => wake,
             };
             let lost = match wake {
                 Wake::Stop(reason) => {
@@ -336,8 +347,8 @@ impl StreamTask {
                     None
                 }
                 Wake::Message(message) => match &mut link {
-                    Link::Up { events, .. } => {
-                        self.receive(message, events, &mut gate, &mut flow.pending, &mut name)
+                    Link::Up { events, protocol, .. } => {
+                        self.receive(message, *protocol, events, &mut gate, &mut flow.pending, &mut name)
                     }
                     Link::Down { .. } | Link::Idle => None,
                 },
@@ -347,7 +358,13 @@ impl StreamTask {
                 }
             };
             self.flush(flow, &receiver);
-            if let (Some(reason), Link::Up { since, .. }) = (lost, &link) {
+            if let (Some(reason), Link::Up { since, protocol, .. }) = (lost, &link) {
+                // UNIMPLEMENTED after the response headers rather than in them: same meaning.
+                if *protocol == Protocol::Batched
+                    && matches!(&reason, CloseReason::StreamError(text) if text.starts_with("Unimplemented"))
+                {
+                    single = true;
+                }
                 let uptime = since.elapsed();
                 if uptime >= STABLE_STREAM {
                     backoff.streak = 0;
@@ -378,6 +395,7 @@ impl StreamTask {
     fn receive(
         &self,
         first: Result<Incoming, StreamEnd>,
+        protocol: Protocol,
         events: &mut EventStream,
         gate: &mut Gate,
         pending: &mut Pending,
@@ -387,32 +405,56 @@ impl StreamTask {
         let mut taken = 0;
         while let Some(message) = next {
             match message {
-                Ok(incoming) => self.accept(incoming, gate, pending, name),
+                Ok(incoming) => match protocol {
+                    Protocol::Single => self.accept(incoming, gate, pending, name),
+                    Protocol::Batched => self.accept_batch(incoming, gate, pending, name),
+                },
                 Err(StreamEnd::Closed) => return Some(CloseReason::WorkerClosed),
                 Err(StreamEnd::Failed(text)) => return Some(CloseReason::StreamError(text)),
             }
             taken += 1;
-            next = if taken < self.limits.max_batch { events.next().now_or_never() } else { None };
+            let room = protocol == Protocol::Single || !pending.is_full(&self.limits);
+            next = if taken < self.limits.max_batch && room { events.next().now_or_never() } else { None };
         }
         None
     }
 
     /// Opens the stream; its request stream sends the worker its settings once the response
     /// headers say what the worker honours. Returns the events and that capability.
-    async fn open(&self) -> Result<(EventStream, bool), CloseReason> {
+    /// `StreamTelemetryBatched` is tried first unless `single` says the worker answered it
+    /// UNIMPLEMENTED before (a Snakepit worker); then `StreamTelemetry`, and `single` is set.
+    async fn open(&self, single: &mut bool) -> Result<(EventStream, bool, Protocol), CloseReason> {
         let address = self.address.as_ref().ok_or(CloseReason::Unregistered)?;
         let channel = address.connect(self.connect.timeout).await.map_err(CloseReason::ConnectFailed)?;
-        let (capability_tx, capability_rx) = oneshot::channel();
-        let controls = control_stream(capability_rx, self.state.settings.subscribe(), self.excluded.clone());
-        let opened = open_stream(channel, controls, self.limits.max_event_bytes, self.token.as_deref())
-            .await
-            .map_err(CloseReason::ConnectFailed)?;
+        let mut protocol = if *single { Protocol::Single } else { Protocol::Batched };
+        let opened = loop {
+            let (capability_tx, capability_rx) = oneshot::channel();
+            let controls =
+                control_stream(capability_rx, self.state.settings.subscribe(), self.excluded.clone());
+            let max_message = match protocol {
+                // A lone event of max_event_bytes travels framed: a few bytes more.
+                Protocol::Batched => (self.limits.max_event_bytes + 16).max(self.limits.max_batch_bytes),
+                Protocol::Single => self.limits.max_event_bytes,
+            };
+            match open_stream(channel.clone(), protocol, controls, max_message, self.token.as_deref()).await {
+                Ok(opened) => break (opened, capability_tx),
+                Err(OpenError::Unimplemented) if protocol == Protocol::Batched => {
+                    *single = true;
+                    protocol = Protocol::Single;
+                }
+                Err(OpenError::Unimplemented) => {
+                    return Err(CloseReason::ConnectFailed("the worker serves no telemetry stream".into()))
+                }
+                Err(OpenError::Failed(text)) => return Err(CloseReason::ConnectFailed(text)),
+            }
+        };
+        let (opened, capability_tx) = opened;
         let worker_samples_patterns = samples_patterns(&opened.capabilities);
         let _ = capability_tx.send(worker_samples_patterns);
-        if !self.state.set_connected(&opened.capabilities) {
+        if !self.state.set_connected(&opened.capabilities, protocol == Protocol::Batched) {
             return Err(CloseReason::Unregistered);
         }
-        Ok((opened.events, worker_samples_patterns))
+        Ok((opened.events, worker_samples_patterns, protocol))
     }
 
     /// New settings also apply to what is buffered but not yet sent (toggle and filters;
@@ -446,6 +488,36 @@ impl StreamTask {
                 .and_then(|record| self.admit(record, gate, pending));
         if let Err(reason) = checked {
             counters.add_dropped(reason, 1);
+        }
+    }
+
+    /// Checks each event of a batched message like a single message (counted one by one); a
+    /// batch that is not well-formed, or larger than the limit, counts once.
+    fn accept_batch(&self, incoming: Incoming, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
+        let counters = &self.state.counters;
+        let bytes = match incoming {
+            Incoming::Message(bytes) => bytes,
+            other => return self.accept(other, gate, pending, name),
+        };
+        let Ok(events) = batch::events(&bytes) else {
+            counters.add_received(1);
+            return counters.add_dropped(DropReason::DecodeError, 1);
+        };
+        for event in events {
+            counters.add_received(1);
+            if event.len() > self.limits.max_event_bytes {
+                counters.add_dropped(DropReason::Oversize, 1);
+                continue;
+            }
+            let checked =
+                translate(&self.encoder.catalog, self.limits.event, &event, name, |event| gate.check(event))
+                    .and_then(|record| match gate.reports {
+                        Some(shape) if shape.event == record.event => self.admit(record, gate, pending),
+                        _ => pending.push_from_batch(record),
+                    });
+            if let Err(reason) = checked {
+                counters.add_dropped(reason, 1);
+            }
         }
     }
 

@@ -117,6 +117,7 @@ pub fn stream_info_term<'a>(env: Env<'a>, registration: &Registration) -> Term<'
         atoms::attempt(),
         atoms::last_error(),
         atoms::capabilities(),
+        atoms::protocol(),
         atoms::received(),
         atoms::emitted(),
         atoms::dropped(),
@@ -134,6 +135,12 @@ pub fn stream_info_term<'a>(env: Env<'a>, registration: &Registration) -> Term<'
         state.attempt().encode(env),
         last_error,
         state.capabilities().encode(env),
+        match state.status() {
+            StreamStatus::Connecting | StreamStatus::NotStreaming => atoms::nil(),
+            _ if state.batched() => atoms::batched(),
+            _ => atoms::single(),
+        }
+        .encode(env),
         counters.received.encode(env),
         counters.emitted.encode(env),
         dropped_term(env, &counters),

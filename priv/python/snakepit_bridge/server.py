@@ -1,21 +1,30 @@
-"""The worker's gRPC server: ``snakepit.bridge.BridgeService`` (StreamTelemetry, ExecuteTool).
+"""The worker's gRPC server: ``snakepit.bridge.BridgeService``.
 
-The Python worker is the server; the client (the NIF) opens one bidirectional
-``StreamTelemetry`` call, sends ``TelemetryControl`` messages and receives
-``TelemetryEvent`` messages. The handler
+Serves ``StreamTelemetry``, ``StreamTelemetryBatched`` and ``ExecuteTool``.
 
-* sends its response headers first, before any event, including the capability header
-  ``x-snakepit-telemetry-capabilities: sampling-patterns`` when it honours control
-  messages (and so pattern-scoped sampling);
-* reads control messages on a separate thread and applies them to the
+The Python worker is the server; the client (the NIF) opens one bidirectional telemetry
+call, sends ``TelemetryControl`` messages and receives events: one ``TelemetryEvent`` per
+message on ``StreamTelemetry`` (Snakepit's RPC), or ``TelemetryEventBatch`` messages of
+many events on ``StreamTelemetryBatched`` (this project's extension). Both handlers
+
+* send their response headers first, before any event, including the capability header
+  ``x-snakepit-telemetry-capabilities: sampling-patterns,batched`` when they honour
+  control messages (``sampling-patterns``: pattern-scoped sampling is applied;
+  ``batched``: ``StreamTelemetryBatched`` is served);
+* read control messages on a separate thread and apply them to the
   :class:`~snakepit_bridge.telemetry.stream.TelemetryStream` (one with an invalid rate or
   pattern is rejected whole and counted in the stream's ``controls_rejected``; nothing a
   client sends raises out of the handler);
-* streams the buffered events; a newer call replaces the current one, whose response
-  stream then ends with status OK.
+* stream the buffered events; a newer call, of either RPC, replaces the current one,
+  whose response stream then ends with status OK.
 
-The response serializer accepts a ``TelemetryEvent`` or bytes that are already a
-serialized message, so tests can put arbitrary bytes on the wire.
+A batch packs whatever is buffered when it is built, up to ``max_batch_events`` events
+and ``max_batch_bytes`` bytes, and never waits to fill up (see
+:meth:`~snakepit_bridge.telemetry.stream.StreamConsumer.batches`); it is built by
+concatenating the already-serialized events, so no protobuf object is made per event.
+
+The response serializer accepts a message or bytes that are already a serialized
+message, so tests can put arbitrary bytes on the wire.
 
 ``ExecuteTool`` runs a tool from a :class:`~snakepit_bridge.tools.registry.ToolRegistry`
 (:class:`ToolService`; the call's correlation id comes from the
@@ -30,24 +39,35 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from typing import Any, Final
 
 import grpc
 
 from snakepit_bridge.auth import BearerToken, BearerTokenInterceptor, TokenSource, resolve_token
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry.counters import Counter
-from snakepit_bridge.telemetry.stream import OutgoingMessage, StreamConsumer, TelemetryStream
+from snakepit_bridge.telemetry.stream import (
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_BATCH_EVENTS,
+    OutgoingMessage,
+    StreamConsumer,
+    TelemetryStream,
+    check_batch_bounds,
+)
 from snakepit_bridge.tools import DEFAULT_REGISTRY, ToolRegistry
 from snakepit_bridge.tools.execution import correlation_id_of, run_tool_call
 
 __all__ = [
+    "CAPABILITIES",
     "CAPABILITIES_HEADER",
+    "CAPABILITY_BATCHED",
     "CAPABILITY_SAMPLING_PATTERNS",
     "DEFAULT_HOST",
     "EXECUTE_TOOL_METHOD",
     "EXECUTE_TOOL_PATH",
     "SERVICE_NAME",
+    "STREAM_TELEMETRY_BATCHED_METHOD",
+    "STREAM_TELEMETRY_BATCHED_PATH",
     "STREAM_TELEMETRY_METHOD",
     "STREAM_TELEMETRY_PATH",
     "BridgeServer",
@@ -60,11 +80,16 @@ __all__ = [
 SERVICE_NAME: Final = "snakepit.bridge.BridgeService"
 STREAM_TELEMETRY_METHOD: Final = "StreamTelemetry"
 STREAM_TELEMETRY_PATH: Final = f"/{SERVICE_NAME}/{STREAM_TELEMETRY_METHOD}"
+STREAM_TELEMETRY_BATCHED_METHOD: Final = "StreamTelemetryBatched"
+STREAM_TELEMETRY_BATCHED_PATH: Final = f"/{SERVICE_NAME}/{STREAM_TELEMETRY_BATCHED_METHOD}"
 EXECUTE_TOOL_METHOD: Final = "ExecuteTool"
 EXECUTE_TOOL_PATH: Final = f"/{SERVICE_NAME}/{EXECUTE_TOOL_METHOD}"
 
 CAPABILITIES_HEADER: Final = "x-snakepit-telemetry-capabilities"
 CAPABILITY_SAMPLING_PATTERNS: Final = "sampling-patterns"
+CAPABILITY_BATCHED: Final = "batched"
+CAPABILITIES: Final = f"{CAPABILITY_SAMPLING_PATTERNS},{CAPABILITY_BATCHED}"
+"""The capability header's value: comma-separated tokens."""
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_MAX_WORKERS: Final = 8
@@ -78,7 +103,7 @@ class ServerStartError(RuntimeError):
     """The gRPC server could not bind its address."""
 
 
-def serialize_outgoing(message: OutgoingMessage) -> bytes:
+def serialize_outgoing(message: OutgoingMessage | pb.TelemetryEventBatch) -> bytes:
     """Serialize a response message; bytes pass through unchanged."""
     if type(message) is bytes:
         return message
@@ -86,19 +111,40 @@ def serialize_outgoing(message: OutgoingMessage) -> bytes:
 
 
 class TelemetryService:
-    """The ``StreamTelemetry`` handler over one :class:`TelemetryStream`."""
+    """The ``StreamTelemetry`` and ``StreamTelemetryBatched`` handlers over one stream."""
 
-    def __init__(self, stream: TelemetryStream, *, honour_control: bool = True) -> None:
+    def __init__(
+        self,
+        stream: TelemetryStream,
+        *,
+        honour_control: bool = True,
+        max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        serve_batched: bool = True,
+    ) -> None:
         """Serve ``stream``.
 
         Args:
             stream: the buffer ``emit`` writes to.
             honour_control: apply client control messages and advertise the capability
                 header. False reads and discards them (simulates a worker that ignores
-                control messages) and sends no capability header.
+                control messages) and sends no capability header (both RPCs are still
+                served).
+            max_batch_events: most events in one ``TelemetryEventBatch`` (>= 1).
+            max_batch_bytes: most bytes of one serialized ``TelemetryEventBatch``,
+                framing included (>= 1); a single event larger than that goes alone.
+            serve_batched: serve ``StreamTelemetryBatched`` (False: only
+                ``StreamTelemetry``, as Snakepit's own workers; clients fall back to it).
+
+        Raises:
+            ValueError: if a batch bound is not an integer >= 1.
         """
+        check_batch_bounds(max_batch_events, max_batch_bytes)
+        self._serve_batched = serve_batched
         self._stream = stream
         self._honour_control = honour_control
+        self._max_batch_events = max_batch_events
+        self._max_batch_bytes = max_batch_bytes
         self._controls_received = Counter()
         self._controls_applied = Counter()
 
@@ -106,6 +152,16 @@ class TelemetryService:
     def stream(self) -> TelemetryStream:
         """The stream being served."""
         return self._stream
+
+    @property
+    def max_batch_events(self) -> int:
+        """Most events in one ``TelemetryEventBatch``."""
+        return self._max_batch_events
+
+    @property
+    def max_batch_bytes(self) -> int:
+        """Most bytes of one serialized ``TelemetryEventBatch`` (a lone event may exceed it)."""
+        return self._max_batch_bytes
 
     @property
     def controls_received(self) -> int:
@@ -119,16 +175,34 @@ class TelemetryService:
 
     def initial_metadata(self) -> Metadata:
         """Response headers sent when a call opens."""
-        if self._honour_control:
-            return ((CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS),)
-        return ()
+        if not self._honour_control:
+            return ()
+        if self._serve_batched:
+            return ((CAPABILITIES_HEADER, CAPABILITIES),)
+        return ((CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS),)
 
     def stream_telemetry(
         self,
         controls: Iterator[pb.TelemetryControl],
         context: grpc.ServicerContext,
     ) -> Iterator[OutgoingMessage]:
-        """Handle one call: headers first, then buffered events until replaced or closed."""
+        """Handle one ``StreamTelemetry`` call: headers, then one event per message."""
+        consumer = self._open(controls, context)
+        yield from consumer.events()
+
+    def stream_telemetry_batched(
+        self,
+        controls: Iterator[pb.TelemetryControl],
+        context: grpc.ServicerContext,
+    ) -> Iterator[bytes]:
+        """Handle one ``StreamTelemetryBatched`` call: headers, then batches of events."""
+        consumer = self._open(controls, context)
+        yield from consumer.batches(self._max_batch_events, self._max_batch_bytes)
+
+    def _open(
+        self, controls: Iterator[pb.TelemetryControl], context: grpc.ServicerContext
+    ) -> StreamConsumer:
+        """Open a telemetry call: headers, a new consumer, the control reader thread."""
         context.send_initial_metadata(self.initial_metadata())
         consumer = self._stream.attach()
         if not context.add_callback(consumer.detach):
@@ -140,7 +214,7 @@ class TelemetryService:
             daemon=True,
         )
         reader.start()
-        yield from consumer.events()
+        return consumer
 
     def _read_controls(
         self, controls: Iterator[pb.TelemetryControl], consumer: StreamConsumer
@@ -163,11 +237,26 @@ class TelemetryService:
             response_serializer=serialize_outgoing,
         )
 
-    def rpc_handler(self) -> grpc.GenericRpcHandler:
-        """Return the generic handler that routes ``StreamTelemetry`` to this service."""
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME, {STREAM_TELEMETRY_METHOD: self.method_handler()}
+    def batched_method_handler(self) -> grpc.RpcMethodHandler[pb.TelemetryControl, bytes]:
+        """Return the ``StreamTelemetryBatched`` method handler."""
+        return grpc.stream_stream_rpc_method_handler(
+            self.stream_telemetry_batched,
+            request_deserializer=pb.TelemetryControl.FromString,
+            response_serializer=serialize_outgoing,
         )
+
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[pb.TelemetryControl, Any]]:
+        """Return the telemetry method handlers served, by method name."""
+        handlers: dict[str, grpc.RpcMethodHandler[pb.TelemetryControl, Any]] = {
+            STREAM_TELEMETRY_METHOD: self.method_handler()
+        }
+        if self._serve_batched:
+            handlers[STREAM_TELEMETRY_BATCHED_METHOD] = self.batched_method_handler()
+        return handlers
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        """Return the generic handler that routes both telemetry RPCs to this service."""
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, self.method_handlers())
 
 
 class ToolService:
@@ -203,8 +292,9 @@ class ToolService:
 class BridgeServer:
     """A sync gRPC server bound to one address, serving ``BridgeService``.
 
-    ``StreamTelemetry`` (:class:`TelemetryService`) and ``ExecuteTool``
-    (:class:`ToolService`), both behind the bearer-token check when there is a token.
+    ``StreamTelemetry`` and ``StreamTelemetryBatched`` (:class:`TelemetryService`) and
+    ``ExecuteTool`` (:class:`ToolService`), all behind the bearer-token check when there
+    is a token.
     """
 
     def __init__(
@@ -217,11 +307,14 @@ class BridgeServer:
         max_workers: int = DEFAULT_MAX_WORKERS,
         tools: ToolRegistry | None = None,
         token: str | BearerToken | TokenSource | None = TokenSource.FROM_ENV,
+        max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        serve_batched: bool = True,
     ) -> None:
         """Prepare a server for ``stream`` on ``host:port`` (port 0 picks a free one).
 
         Args:
-            stream: the telemetry buffer served by ``StreamTelemetry``.
+            stream: the telemetry buffer served by both telemetry RPCs.
             host: address to bind; loopback by default.
             port: port to bind; 0 picks a free one.
             honour_control: see :class:`TelemetryService`.
@@ -229,15 +322,24 @@ class BridgeServer:
             tools: the tools ``ExecuteTool`` runs (default: the default registry).
             token: the bearer token every call must carry. By default it is read from
                 ``SNAKEPIT_WORKER_TOKEN`` (unset: no check); None turns the check off.
+            max_batch_events: see :class:`TelemetryService`.
+            max_batch_bytes: see :class:`TelemetryService`.
+            serve_batched: see :class:`TelemetryService`.
 
         Raises:
             ValueError: if the token is empty or not visible ASCII (the message never
-                includes it).
+                includes it), or a batch bound is not an integer >= 1.
         """
         bearer = resolve_token(token)
         self._stream = stream
         self._address = f"{host}:{port}"
-        self._service = TelemetryService(stream, honour_control=honour_control)
+        self._service = TelemetryService(
+            stream,
+            honour_control=honour_control,
+            max_batch_events=max_batch_events,
+            max_batch_bytes=max_batch_bytes,
+            serve_batched=serve_batched,
+        )
         self._tool_service = ToolService(DEFAULT_REGISTRY if tools is None else tools)
         self._token_required = bearer is not None
         self._executor = ThreadPoolExecutor(
@@ -257,7 +359,7 @@ class BridgeServer:
                 grpc.method_handlers_generic_handler(
                     SERVICE_NAME,
                     {
-                        STREAM_TELEMETRY_METHOD: self._service.method_handler(),
+                        **self._service.method_handlers(),
                         EXECUTE_TOOL_METHOD: self._tool_service.method_handler(),
                     },
                 ),
@@ -267,7 +369,7 @@ class BridgeServer:
 
     @property
     def service(self) -> TelemetryService:
-        """The ``StreamTelemetry`` handler."""
+        """The telemetry handlers (``StreamTelemetry``, ``StreamTelemetryBatched``)."""
         return self._service
 
     @property

@@ -1,9 +1,10 @@
 """Worker entry point: ``python -m snakepit_bridge.worker --port 0``.
 
-Starts the ``BridgeService`` gRPC server (``StreamTelemetry`` and ``ExecuteTool``) on
-127.0.0.1 unless ``--host`` says otherwise, installs a :class:`GrpcBackend` as the
-telemetry backend, prints exactly one ``GRPC_READY:<port>`` line on stdout once serving,
-and runs until SIGTERM or SIGINT (or stdin closes, with ``--exit-on-stdin-eof``).
+Starts the ``BridgeService`` gRPC server (``StreamTelemetry``, ``StreamTelemetryBatched``
+and ``ExecuteTool``) on 127.0.0.1 unless ``--host`` says otherwise, installs a
+:class:`GrpcBackend` as the telemetry backend, prints exactly one ``GRPC_READY:<port>``
+line on stdout once serving, and runs until SIGTERM or SIGINT (or stdin closes, with
+``--exit-on-stdin-eof``).
 
 * ``--tools MODULE`` (repeatable): import MODULE (a dotted name found on ``sys.path``:
   ``PYTHONPATH`` or the current directory) before serving, so its ``@tool`` functions
@@ -14,14 +15,19 @@ and runs until SIGTERM or SIGINT (or stdin closes, with ``--exit-on-stdin-eof``)
   once read, so processes its tools start do not inherit it; an empty or invalid value
   is an error and exit code 1.
 
-The buffer's bounds are set on the command line (and as the keyword arguments of the same
-names, with ``_`` for ``-``, when calling :func:`start_worker` from code):
+The bounds of the buffer and of the batches are set on the command line (and as the
+keyword arguments of the same names, with ``_`` for ``-``, when calling
+:func:`start_worker` from code):
 
 * ``--max-buffer N``: most events buffered (default 1024);
 * ``--max-buffer-bytes N``: most bytes buffered, summed over the serialized events
   (default 4194304, 4 MiB);
 * ``--max-event-bytes N``: largest serialized event sent (default 262144, 256 KiB, the
-  limit the Elixir side gives the NIF); a larger one is dropped and counted ``oversize``.
+  limit the Elixir side gives the NIF); a larger one is dropped and counted ``oversize``;
+* ``--max-batch-events N``: most events in one ``StreamTelemetryBatched`` message
+  (default 512);
+* ``--max-batch-bytes N``: most bytes of one such message, framing included (default
+  262144, 256 KiB); a single event larger than that goes alone.
 
 An event that does not fit is dropped and counted, never waited for. Scripts that build
 on :func:`build_arg_parser` pass the parsed bounds on with :func:`stream_bounds`.
@@ -45,6 +51,8 @@ from snakepit_bridge import telemetry
 from snakepit_bridge.auth import TOKEN_ENV, BearerToken, TokenSource
 from snakepit_bridge.server import DEFAULT_HOST, BridgeServer, ServerStartError
 from snakepit_bridge.telemetry.stream import (
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_BATCH_EVENTS,
     DEFAULT_MAX_BUFFER,
     DEFAULT_MAX_BUFFER_BYTES,
     DEFAULT_MAX_EVENT_BYTES,
@@ -91,15 +99,19 @@ def start_worker(
     max_buffer: int = DEFAULT_MAX_BUFFER,
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     honour_control: bool = True,
     tools: ToolRegistry | None = None,
     token: str | BearerToken | TokenSource | None = TokenSource.FROM_ENV,
+    serve_batched: bool = True,
 ) -> RunningWorker:
     """Create the stream, install it as the telemetry backend and start the server.
 
     ``tools`` is the registry ``ExecuteTool`` serves (default: the default registry, where
     ``@tool`` registers). ``token`` is the bearer token every call must carry: read from
     ``SNAKEPIT_WORKER_TOKEN`` by default (unset: none), None for no check.
+    ``serve_batched=False`` serves ``StreamTelemetry`` only, as Snakepit's own workers do.
 
     Raises:
         ValueError: if a bound is not a positive integer, or the token is empty or
@@ -118,6 +130,9 @@ def start_worker(
         honour_control=honour_control,
         tools=tools,
         token=token,
+        max_batch_events=max_batch_events,
+        max_batch_bytes=max_batch_bytes,
+        serve_batched=serve_batched,
     )
     bound_port = server.start()
     telemetry.set_backend(telemetry.GrpcBackend(stream))
@@ -169,6 +184,19 @@ def build_arg_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=DEFAULT_MAX_EVENT_BYTES,
         help=f"largest serialized event sent; larger ones are dropped ({DEFAULT_MAX_EVENT_BYTES})",
     )
+    parser.add_argument(
+        "--max-batch-events",
+        type=_positive_int,
+        default=DEFAULT_MAX_BATCH_EVENTS,
+        help=f"most events in one StreamTelemetryBatched message ({DEFAULT_MAX_BATCH_EVENTS})",
+    )
+    parser.add_argument(
+        "--max-batch-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_BATCH_BYTES,
+        help="most bytes of one StreamTelemetryBatched message; a larger single event goes "
+        f"alone ({DEFAULT_MAX_BATCH_BYTES})",
+    )
     return parser
 
 
@@ -197,11 +225,13 @@ def _positive_int(text: str) -> int:
 
 
 class StreamBounds(TypedDict):
-    """The buffer bounds, as keyword arguments of :func:`start_worker`."""
+    """The buffer and batch bounds, as keyword arguments of :func:`start_worker`."""
 
     max_buffer: int
     max_buffer_bytes: int
     max_event_bytes: int
+    max_batch_events: int
+    max_batch_bytes: int
 
 
 def stream_bounds(args: argparse.Namespace) -> StreamBounds:
@@ -210,6 +240,8 @@ def stream_bounds(args: argparse.Namespace) -> StreamBounds:
         max_buffer=args.max_buffer,
         max_buffer_bytes=args.max_buffer_bytes,
         max_event_bytes=args.max_event_bytes,
+        max_batch_events=args.max_batch_events,
+        max_batch_bytes=args.max_batch_bytes,
     )
 
 

@@ -80,11 +80,17 @@ def serve() -> Iterator[Callable[..., ServedStream]]:
         honour_control: bool = True,
         tools: ToolRegistry | None = None,
         token: str | None = None,
+        **bounds: int,
     ) -> ServedStream:
-        stream = TelemetryStream(max_buffer=max_buffer)
+        """``bounds``: the stream's (``max_buffer_bytes``, ``max_event_bytes``) and the
+        server's (``max_batch_events``, ``max_batch_bytes``) keyword arguments."""
+        stream_bounds = {
+            key: bounds.pop(key) for key in ("max_buffer_bytes", "max_event_bytes") if key in bounds
+        }
+        stream = TelemetryStream(max_buffer=max_buffer, **stream_bounds)
         # token is explicit (None: no check), whatever SNAKEPIT_WORKER_TOKEN says.
         server = BridgeServer(
-            stream, port=0, honour_control=honour_control, tools=tools, token=token
+            stream, port=0, honour_control=honour_control, tools=tools, token=token, **bounds
         )
         port = server.start()
         servers.append(server)
@@ -102,6 +108,21 @@ def connect() -> Iterator[Callable[[int], StreamClient]]:
 
     def open_client(port: int) -> StreamClient:
         client = StreamClient(port)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def connect_batched() -> Iterator[Callable[[int], StreamClient]]:
+    """Open StreamTelemetryBatched calls; close them after the test."""
+    clients: list[StreamClient] = []
+
+    def open_client(port: int) -> StreamClient:
+        client = StreamClient(port, batched=True)
         clients.append(client)
         return client
 

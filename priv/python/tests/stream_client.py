@@ -1,4 +1,4 @@
-"""A small Python StreamTelemetry client for the tests (the NIF is the real client)."""
+"""A small Python StreamTelemetry(Batched) client for the tests (the NIF is the real client)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
-from snakepit_bridge.server import STREAM_TELEMETRY_PATH
+from snakepit_bridge.server import STREAM_TELEMETRY_BATCHED_PATH, STREAM_TELEMETRY_PATH
 
 WAIT_SECONDS = 5.0
 
@@ -27,13 +27,21 @@ class StreamEnded:
 
 
 class StreamClient:
-    """Opens one StreamTelemetry call; collects raw response messages on a thread."""
+    """Opens one StreamTelemetry call (or StreamTelemetryBatched with ``batched``); collects
+    raw response messages on a thread."""
 
-    def __init__(self, port: int, metadata: tuple[tuple[str, str], ...] | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+        *,
+        batched: bool = False,
+    ) -> None:
+        self.batched = batched
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         method: grpc.StreamStreamMultiCallable[pb.TelemetryControl, bytes] = (
             self.channel.stream_stream(
-                STREAM_TELEMETRY_PATH,
+                STREAM_TELEMETRY_BATCHED_PATH if batched else STREAM_TELEMETRY_PATH,
                 request_serializer=pb.TelemetryControl.SerializeToString,
                 response_deserializer=_keep_bytes,  # tests decode (or not) themselves
             )
@@ -43,6 +51,7 @@ class StreamClient:
         self.headers: tuple[tuple[str, str], ...] | None = None
         self.headers_received = threading.Event()
         self.error: grpc.RpcError | None = None
+        self._pending: list[pb.TelemetryEvent] = []
         self.call = method(self._requests(), metadata=metadata)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -86,9 +95,22 @@ class StreamClient:
         assert isinstance(item, bytes), f"stream ended ({item.code}) instead of a message"
         return item
 
+    def next_batch(self, timeout: float = WAIT_SECONDS) -> pb.TelemetryEventBatch:
+        """Return the next response message decoded as a TelemetryEventBatch."""
+        return pb.TelemetryEventBatch.FromString(self.next_raw(timeout))
+
     def next_event(self, timeout: float = WAIT_SECONDS) -> pb.TelemetryEvent:
-        """Return the next response message decoded as a TelemetryEvent."""
-        return pb.TelemetryEvent.FromString(self.next_raw(timeout))
+        """Return the next event: the next message, or the next one of a batch.
+
+        On a batched call a batch's events are queued and handed out one by one; use
+        :meth:`next_batch` to see the batches themselves.
+        """
+        if not self.batched:
+            return pb.TelemetryEvent.FromString(self.next_raw(timeout))
+        if not self._pending:
+            self._pending.extend(self.next_batch(timeout).events)
+            assert self._pending, "an empty batch"
+        return self._pending.pop(0)
 
     def events(self, count: int, timeout: float = WAIT_SECONDS) -> list[pb.TelemetryEvent]:
         """Return the next ``count`` events."""

@@ -10,7 +10,11 @@ from stream_client import StreamClient, event_filter, sampling, toggle, wait_unt
 
 from snakepit_bridge import telemetry
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
-from snakepit_bridge.server import CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS
+from snakepit_bridge.server import (
+    CAPABILITIES_HEADER,
+    CAPABILITY_BATCHED,
+    CAPABILITY_SAMPLING_PATTERNS,
+)
 
 Serve = Callable[..., ServedStream]
 Connect = Callable[[int], StreamClient]
@@ -25,7 +29,8 @@ def test_headers_arrive_before_any_event(serve: Serve, connect: Connect) -> None
     client = connect(served.port)
     # Nothing has been emitted: the headers must come on their own, not with an event.
     headers = client.wait_headers(timeout=2.0)
-    assert (CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS) in headers
+    [value] = [value for key, value in headers if key == CAPABILITIES_HEADER]
+    assert value.split(",") == [CAPABILITY_SAMPLING_PATTERNS, CAPABILITY_BATCHED]
     client.assert_no_message(within=0.05)
 
 

@@ -186,6 +186,7 @@ def test_stats_to_dict_is_json_ready() -> None:
         "buffered": 1,
         "buffered_bytes": len(stream.buffer[0]),
         "sent": 0,
+        "sent_batches": 0,
         "dropped_total": 1,
         "dropped": {
             "disabled": 0,

@@ -15,7 +15,7 @@ import pytest
 from stream_client import StreamClient
 from worker_process import WorkerProcess
 
-from snakepit_bridge.server import CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS
+from snakepit_bridge.server import CAPABILITIES, CAPABILITIES_HEADER
 from snakepit_bridge.worker import EXIT_START_FAILED, build_arg_parser, stream_bounds
 from snakepit_bridge.worker import main as worker_main
 from snakepit_bridge.worker import start_worker as start_worker_in_process
@@ -45,7 +45,7 @@ def test_prints_one_ready_line_and_serves(start_worker: StartWorker) -> None:
     client = StreamClient(worker.port)
     try:
         headers = client.wait_headers()
-        assert (CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS) in headers
+        assert (CAPABILITIES_HEADER, CAPABILITIES) in headers
     finally:
         client.close()
 
@@ -115,14 +115,17 @@ def test_main_that_cannot_bind_puts_back_signal_handlers_and_wakeup_fd() -> None
 
 def test_byte_bound_flags_reach_the_stream() -> None:
     parser = build_arg_parser()
+    buffer_flags = ["--max-buffer", "7", "--max-buffer-bytes", "5000", "--max-event-bytes", "300"]
     args = parser.parse_args(
-        ["--max-buffer", "7", "--max-buffer-bytes", "5000", "--max-event-bytes", "300"]
+        [*buffer_flags, "--max-batch-events", "9", "--max-batch-bytes", "4000"]
     )
     worker = start_worker_in_process(port=0, **stream_bounds(args))
     try:
         assert worker.stream.max_buffer == 7
         assert worker.stream.max_buffer_bytes == 5000
         assert worker.stream.max_event_bytes == 300
+        assert worker.server.service.max_batch_events == 9
+        assert worker.server.service.max_batch_bytes == 4000
     finally:
         worker.stop(grace=0)
     defaults = stream_bounds(parser.parse_args([]))
@@ -130,6 +133,8 @@ def test_byte_bound_flags_reach_the_stream() -> None:
         "max_buffer": 1024,
         "max_buffer_bytes": 4_194_304,
         "max_event_bytes": 262_144,
+        "max_batch_events": 512,
+        "max_batch_bytes": 262_144,
     }
 
 
@@ -138,7 +143,25 @@ def test_worker_accepts_the_byte_bound_flags(start_worker: StartWorker) -> None:
     assert worker.port > 0
 
 
-@pytest.mark.parametrize("flag", ["--max-buffer", "--max-buffer-bytes", "--max-event-bytes"])
+def test_worker_serves_batches_within_its_batch_bound_flags(start_worker: StartWorker) -> None:
+    worker = start_worker("--max-batch-events", "3", "--max-batch-bytes", "100000")
+    client = StreamClient(worker.port, batched=True)
+    try:
+        client.wait_headers()
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--max-buffer",
+        "--max-buffer-bytes",
+        "--max-event-bytes",
+        "--max-batch-events",
+        "--max-batch-bytes",
+    ],
+)
 @pytest.mark.parametrize("value", ["0", "-5", "1.5", "lots"])
 def test_invalid_bound_flags_exit_with_a_usage_error(flag: str, value: str) -> None:
     result = subprocess.run(

@@ -27,7 +27,8 @@ defmodule Snakepit.Telemetry.ConservationTest do
 
   test "emitted == delivered + source drops + NIF drops, per reason, with both ends overflowing" do
     restart_app_for_test(max_buffer_size: 64, max_batch_size: 16, max_in_flight_batches: 1)
-    {worker, id} = start_worker(["--max-buffer", "200"])
+    # StreamTelemetry: the NIF reads on and drops past its buffer, so both ends drop.
+    {worker, id} = start_worker(["--no-batched", "--max-buffer", "200"])
     table = :ets.new(:conservation, [:public, :set])
     handler = "conservation-#{id}"
 
@@ -78,5 +79,51 @@ defmodule Snakepit.Telemetry.ConservationTest do
     reports = info.emitted - delivered
     assert reports > 0
     assert info.received == delivered + reports + nif_drops
+  end
+
+  test "batched: the NIF holds the worker back instead of dropping; every drop is the worker's, counted and reported" do
+    restart_app_for_test(max_buffer_size: 64, max_batch_size: 16, max_in_flight_batches: 1)
+    {worker, id} = start_worker(["--max-buffer", "200"])
+    table = :ets.new(:conservation, [:public, :set])
+    handler = "conservation-b-#{id}"
+
+    :ok =
+      :telemetry.attach_many(handler, [@stop, @dropped], &__MODULE__.count_event/4, {table, id})
+
+    on_exit(fn -> :telemetry.detach(handler) end)
+    register!(id, worker)
+    assert stream(id).protocol == :batched
+
+    for _ <- 1..5 do
+      PythonWorker.run(worker, %{
+        "op" => "emit",
+        "event" => "tool.execution.stop",
+        "measurements" => %{"duration" => 1},
+        "count" => 1_000
+      })
+    end
+
+    PythonWorker.run(worker, %{"op" => "wait_sent", "timeout_ms" => 60_000})
+    source = PythonWorker.stats(worker)
+
+    wait_until(
+      fn ->
+        info = stream(id)
+
+        info.received == PythonWorker.stats(worker)["sent"] and
+          info.emitted + Enum.sum(Map.values(info.dropped)) == info.received and
+          Enum.sum(Map.values(info.source_dropped)) == source["dropped_total"]
+      end,
+      60_000
+    )
+
+    info = stream(id)
+    delivered = :ets.lookup_element(table, :delivered, 2)
+    reported = for {{:source, reason}, n} <- :ets.tab2list(table), into: %{}, do: {reason, n}
+
+    assert Enum.sum(Map.values(info.dropped)) == 0, "the NIF dropped: #{inspect(info.dropped)}"
+    assert delivered + Enum.sum(Map.values(reported)) == 5_000
+    assert reported["overflow"] > 0
+    assert info.source_dropped == reported
   end
 end

@@ -190,7 +190,8 @@ defmodule Snakepit.Telemetry.HardeningTest do
   describe "drop reports from a hostile worker" do
     test "a flood of telemetry.dropped events stays bounded: tallied, and past a small allowance dropped as overflow" do
       restart_app_for_test(max_buffer_size: 16, max_in_flight_batches: 1, max_batch_size: 4)
-      {worker, id} = start_worker(["--max-buffer", "10000"])
+      # StreamTelemetry: the NIF reads on and must bound what it keeps.
+      {worker, id} = start_worker(["--no-batched", "--max-buffer", "10000"])
       test = self()
       gate = make_ref()
       dropped_event = [:snakepit, :python, :telemetry, :dropped]

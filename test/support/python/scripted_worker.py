@@ -30,8 +30,9 @@ Commands (``op``):
 * ``exit``: ``code``: ``os._exit(code)`` at once (a crash mid-stream).
 
 A command that fails prints ``ERROR <id or -> <message>`` on stdout.
-``--ignore-control`` makes the server read and discard control messages and leave out the
-capability header.
+``--no-batched`` serves ``StreamTelemetry`` only (as Snakepit's workers), so clients fall
+back to it. ``--ignore-control`` makes the server read and discard control messages and
+leave out the capability header.
 """
 
 from __future__ import annotations
@@ -256,11 +257,17 @@ def main() -> int:
         action="store_true",
         help="read but ignore control messages and advertise no capabilities",
     )
+    parser.add_argument(
+        "--no-batched",
+        action="store_true",
+        help="serve StreamTelemetry only, as Snakepit's own workers do",
+    )
     args = parser.parse_args()
     worker = start_worker(
         host=args.host,
         port=args.port,
         honour_control=not args.ignore_control,
+        serve_batched=not args.no_batched,
         **stream_bounds(args),
     )
     announce_ready(worker.port)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15snakepit_bridge.proto\x12\x0fsnakepit.bridge\x1a\x19google/protobuf/any.proto\"\xe4\x02\n\x0eTelemetryEvent\x12\x13\n\x0b\x65vent_parts\x18\x01 \x03(\t\x12G\n\x0cmeasurements\x18\x02 \x03(\x0b\x32\x31.snakepit.bridge.TelemetryEvent.MeasurementsEntry\x12?\n\x08metadata\x18\x03 \x03(\x0b\x32-.snakepit.bridge.TelemetryEvent.MetadataEntry\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x1aT\n\x11MeasurementsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.snakepit.bridge.TelemetryValue:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x0eTelemetryValue\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x42\x07\n\x05value\"\xc8\x01\n\x10TelemetryControl\x12\x32\n\x06toggle\x18\x01 \x01(\x0b\x32 .snakepit.bridge.TelemetryToggleH\x00\x12<\n\x08sampling\x18\x02 \x01(\x0b\x32(.snakepit.bridge.TelemetrySamplingUpdateH\x00\x12\x37\n\x06\x66ilter\x18\x03 \x01(\x0b\x32%.snakepit.bridge.TelemetryEventFilterH\x00\x42\t\n\x07\x63ontrol\"\"\n\x0fTelemetryToggle\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\"H\n\x17TelemetrySamplingUpdate\x12\x15\n\rsampling_rate\x18\x01 \x01(\x01\x12\x16\n\x0e\x65vent_patterns\x18\x02 \x03(\t\"3\n\x14TelemetryEventFilter\x12\r\n\x05\x61llow\x18\x01 \x03(\t\x12\x0c\n\x04\x64\x65ny\x18\x02 \x03(\t\"\xe2\x03\n\x12\x45xecuteToolRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12G\n\nparameters\x18\x03 \x03(\x0b\x32\x33.snakepit.bridge.ExecuteToolRequest.ParametersEntry\x12\x43\n\x08metadata\x18\x04 \x03(\x0b\x32\x31.snakepit.bridge.ExecuteToolRequest.MetadataEntry\x12\x0e\n\x06stream\x18\x05 \x01(\x08\x12T\n\x11\x62inary_parameters\x18\x06 \x03(\x0b\x32\x39.snakepit.bridge.ExecuteToolRequest.BinaryParametersEntry\x1aG\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15\x42inaryParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xf5\x01\n\x13\x45xecuteToolResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12$\n\x06result\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x44\n\x08metadata\x18\x04 \x03(\x0b\x32\x32.snakepit.bridge.ExecuteToolResponse.MetadataEntry\x12\x19\n\x11\x65xecution_time_ms\x18\x05 \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xc4\x01\n\rBridgeService\x12Y\n\x0fStreamTelemetry\x12!.snakepit.bridge.TelemetryControl\x1a\x1f.snakepit.bridge.TelemetryEvent(\x01\x30\x01\x12X\n\x0b\x45xecuteTool\x12#.snakepit.bridge.ExecuteToolRequest\x1a$.snakepit.bridge.ExecuteToolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15snakepit_bridge.proto\x12\x0fsnakepit.bridge\x1a\x19google/protobuf/any.proto\"\xe4\x02\n\x0eTelemetryEvent\x12\x13\n\x0b\x65vent_parts\x18\x01 \x03(\t\x12G\n\x0cmeasurements\x18\x02 \x03(\x0b\x32\x31.snakepit.bridge.TelemetryEvent.MeasurementsEntry\x12?\n\x08metadata\x18\x03 \x03(\x0b\x32-.snakepit.bridge.TelemetryEvent.MetadataEntry\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x1aT\n\x11MeasurementsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.snakepit.bridge.TelemetryValue:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x13TelemetryEventBatch\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.snakepit.bridge.TelemetryEvent\"]\n\x0eTelemetryValue\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x42\x07\n\x05value\"\xc8\x01\n\x10TelemetryControl\x12\x32\n\x06toggle\x18\x01 \x01(\x0b\x32 .snakepit.bridge.TelemetryToggleH\x00\x12<\n\x08sampling\x18\x02 \x01(\x0b\x32(.snakepit.bridge.TelemetrySamplingUpdateH\x00\x12\x37\n\x06\x66ilter\x18\x03 \x01(\x0b\x32%.snakepit.bridge.TelemetryEventFilterH\x00\x42\t\n\x07\x63ontrol\"\"\n\x0fTelemetryToggle\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\"H\n\x17TelemetrySamplingUpdate\x12\x15\n\rsampling_rate\x18\x01 \x01(\x01\x12\x16\n\x0e\x65vent_patterns\x18\x02 \x03(\t\"3\n\x14TelemetryEventFilter\x12\r\n\x05\x61llow\x18\x01 \x03(\t\x12\x0c\n\x04\x64\x65ny\x18\x02 \x03(\t\"\xe2\x03\n\x12\x45xecuteToolRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12G\n\nparameters\x18\x03 \x03(\x0b\x32\x33.snakepit.bridge.ExecuteToolRequest.ParametersEntry\x12\x43\n\x08metadata\x18\x04 \x03(\x0b\x32\x31.snakepit.bridge.ExecuteToolRequest.MetadataEntry\x12\x0e\n\x06stream\x18\x05 \x01(\x08\x12T\n\x11\x62inary_parameters\x18\x06 \x03(\x0b\x32\x39.snakepit.bridge.ExecuteToolRequest.BinaryParametersEntry\x1aG\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15\x42inaryParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xf5\x01\n\x13\x45xecuteToolResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12$\n\x06result\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x44\n\x08metadata\x18\x04 \x03(\x0b\x32\x32.snakepit.bridge.ExecuteToolResponse.MetadataEntry\x12\x19\n\x11\x65xecution_time_ms\x18\x05 \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xab\x02\n\rBridgeService\x12Y\n\x0fStreamTelemetry\x12!.snakepit.bridge.TelemetryControl\x1a\x1f.snakepit.bridge.TelemetryEvent(\x01\x30\x01\x12\x65\n\x16StreamTelemetryBatched\x12!.snakepit.bridge.TelemetryControl\x1a$.snakepit.bridge.TelemetryEventBatch(\x01\x30\x01\x12X\n\x0b\x45xecuteTool\x12#.snakepit.bridge.ExecuteToolRequest\x1a$.snakepit.bridge.ExecuteToolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,28 +50,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TELEMETRYEVENT_MEASUREMENTSENTRY']._serialized_end=377
   _globals['_TELEMETRYEVENT_METADATAENTRY']._serialized_start=379
   _globals['_TELEMETRYEVENT_METADATAENTRY']._serialized_end=426
-  _globals['_TELEMETRYVALUE']._serialized_start=428
-  _globals['_TELEMETRYVALUE']._serialized_end=521
-  _globals['_TELEMETRYCONTROL']._serialized_start=524
-  _globals['_TELEMETRYCONTROL']._serialized_end=724
-  _globals['_TELEMETRYTOGGLE']._serialized_start=726
-  _globals['_TELEMETRYTOGGLE']._serialized_end=760
-  _globals['_TELEMETRYSAMPLINGUPDATE']._serialized_start=762
-  _globals['_TELEMETRYSAMPLINGUPDATE']._serialized_end=834
-  _globals['_TELEMETRYEVENTFILTER']._serialized_start=836
-  _globals['_TELEMETRYEVENTFILTER']._serialized_end=887
-  _globals['_EXECUTETOOLREQUEST']._serialized_start=890
-  _globals['_EXECUTETOOLREQUEST']._serialized_end=1372
-  _globals['_EXECUTETOOLREQUEST_PARAMETERSENTRY']._serialized_start=1195
-  _globals['_EXECUTETOOLREQUEST_PARAMETERSENTRY']._serialized_end=1266
+  _globals['_TELEMETRYEVENTBATCH']._serialized_start=428
+  _globals['_TELEMETRYEVENTBATCH']._serialized_end=498
+  _globals['_TELEMETRYVALUE']._serialized_start=500
+  _globals['_TELEMETRYVALUE']._serialized_end=593
+  _globals['_TELEMETRYCONTROL']._serialized_start=596
+  _globals['_TELEMETRYCONTROL']._serialized_end=796
+  _globals['_TELEMETRYTOGGLE']._serialized_start=798
+  _globals['_TELEMETRYTOGGLE']._serialized_end=832
+  _globals['_TELEMETRYSAMPLINGUPDATE']._serialized_start=834
+  _globals['_TELEMETRYSAMPLINGUPDATE']._serialized_end=906
+  _globals['_TELEMETRYEVENTFILTER']._serialized_start=908
+  _globals['_TELEMETRYEVENTFILTER']._serialized_end=959
+  _globals['_EXECUTETOOLREQUEST']._serialized_start=962
+  _globals['_EXECUTETOOLREQUEST']._serialized_end=1444
+  _globals['_EXECUTETOOLREQUEST_PARAMETERSENTRY']._serialized_start=1267
+  _globals['_EXECUTETOOLREQUEST_PARAMETERSENTRY']._serialized_end=1338
   _globals['_EXECUTETOOLREQUEST_METADATAENTRY']._serialized_start=379
   _globals['_EXECUTETOOLREQUEST_METADATAENTRY']._serialized_end=426
-  _globals['_EXECUTETOOLREQUEST_BINARYPARAMETERSENTRY']._serialized_start=1317
-  _globals['_EXECUTETOOLREQUEST_BINARYPARAMETERSENTRY']._serialized_end=1372
-  _globals['_EXECUTETOOLRESPONSE']._serialized_start=1375
-  _globals['_EXECUTETOOLRESPONSE']._serialized_end=1620
+  _globals['_EXECUTETOOLREQUEST_BINARYPARAMETERSENTRY']._serialized_start=1389
+  _globals['_EXECUTETOOLREQUEST_BINARYPARAMETERSENTRY']._serialized_end=1444
+  _globals['_EXECUTETOOLRESPONSE']._serialized_start=1447
+  _globals['_EXECUTETOOLRESPONSE']._serialized_end=1692
   _globals['_EXECUTETOOLRESPONSE_METADATAENTRY']._serialized_start=379
   _globals['_EXECUTETOOLRESPONSE_METADATAENTRY']._serialized_end=426
-  _globals['_BRIDGESERVICE']._serialized_start=1623
-  _globals['_BRIDGESERVICE']._serialized_end=1819
+  _globals['_BRIDGESERVICE']._serialized_start=1695
+  _globals['_BRIDGESERVICE']._serialized_end=1994
 # @@protoc_insertion_point(module_scope)

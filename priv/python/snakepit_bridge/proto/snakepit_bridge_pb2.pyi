@@ -6,7 +6,7 @@ Telemetry part of Snakepit's bridge protocol.
 Wire-compatible with Snakepit's `snakepit_bridge.proto`: same package, service,
 method and field numbers, so a worker built against Snakepit's protocol streams
 to snakepit_telemetry unchanged. Only the telemetry and tool-call messages are
-declared here.
+declared here, plus one extension of our own (StreamTelemetryBatched).
 """
 
 from collections import abc as _abc
@@ -102,6 +102,31 @@ class TelemetryEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TelemetryEvent: _TypeAlias = TelemetryEvent  # noqa: Y015
+
+@_typing.final
+class TelemetryEventBatch(_message.Message):
+    """Several events in one message, in the order they were emitted. Each element is a
+    TelemetryEvent exactly as StreamTelemetry sends it, so a sender may concatenate
+    already-serialized events (field 1, length-delimited) without building this message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TelemetryEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___TelemetryEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TelemetryEventBatch: _TypeAlias = TelemetryEventBatch  # noqa: Y015
 
 @_typing.final
 class TelemetryValue(_message.Message):

@@ -8,6 +8,7 @@ so incrementing through it is atomic and costs about as much as ``deque.append``
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
 __all__ = ["Counter", "CounterSet"]
@@ -26,6 +27,15 @@ class Counter:
     def __init__(self) -> None:
         self._count = itertools.count()
         self.increment = self._count.__next__
+
+    def add(self, n: int) -> None:
+        """Add ``n`` (>= 0) at once, atomically.
+
+        The count is advanced ``n`` steps by ``deque(islice(count, n), maxlen=0)``, which
+        runs entirely in C under the GIL (no bytecode runs in between, so no other thread
+        can interleave); about 10 ns per step.
+        """
+        deque(itertools.islice(self._count, n), maxlen=0)
 
     @property
     def value(self) -> int:

@@ -1,0 +1,396 @@
+"""StreamTelemetryBatched: many events per message, same behaviour as StreamTelemetry."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import grpc
+import pytest
+from conftest import ServedStream
+from stream_client import StreamClient, event_filter, sampling, toggle, wait_until
+
+from snakepit_bridge import telemetry
+from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
+from snakepit_bridge.server import (
+    CAPABILITIES_HEADER,
+    CAPABILITY_BATCHED,
+    CAPABILITY_SAMPLING_PATTERNS,
+    BridgeServer,
+    TelemetryService,
+)
+from snakepit_bridge.telemetry.counters import Counter
+from snakepit_bridge.telemetry.encoding import encode_event
+from snakepit_bridge.telemetry.stream import (
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_BATCH_EVENTS,
+    TelemetryStream,
+    batch_entry_size,
+)
+
+Serve = Callable[..., ServedStream]
+Connect = Callable[[int], StreamClient]
+
+TOKEN = "tok-batched-7c1e0a9d-secret"
+
+
+def _name(event: pb.TelemetryEvent) -> str:
+    return ".".join(event.event_parts)
+
+
+def _names(batch: pb.TelemetryEventBatch) -> list[str]:
+    return [_name(event) for event in batch.events]
+
+
+def _reports(events: list[pb.TelemetryEvent]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for event in events:
+        if _name(event) == "telemetry.dropped":
+            reason = event.metadata["reason"]
+            totals[reason] = totals.get(reason, 0) + event.measurements["count"].int_value
+    return totals
+
+
+def _serialized(name: str, pad: int = 0) -> bytes:
+    metadata = {"pad": "z" * pad} if pad else {}
+    return encode_event(name, {"n": 1}, metadata, None, 1).SerializeToString()
+
+
+# -- the batch format, without gRPC -------------------------------------------------------
+
+
+@pytest.mark.parametrize("pad", [0, 100, 200, 16_300, 16_400, 300_000])
+def test_a_batch_is_the_events_framed_as_field_1(pad: int) -> None:
+    # Pads cover one-, two- and three-byte varint lengths.
+    stream = TelemetryStream(max_buffer_bytes=1 << 22, max_event_bytes=1 << 21)
+    messages = [_serialized("a.first"), _serialized("b.padded", pad), _serialized("c.last")]
+    for message in messages:
+        assert stream.enqueue_raw(message)
+    batch, count = stream.pop_batch(10, 1 << 22)
+    assert count == 3
+    expected = pb.TelemetryEventBatch(events=[pb.TelemetryEvent.FromString(m) for m in messages])
+    assert batch == expected.SerializeToString()
+    assert len(batch) == sum(batch_entry_size(len(m)) for m in messages)
+    assert stream.buffered_bytes == 0
+    assert stream.pop_batch(10, 1 << 22) == (b"", 0)
+
+
+def test_pop_batch_respects_both_bounds_and_sends_an_oversized_event_alone() -> None:
+    stream = TelemetryStream()
+    small = _serialized("s", 50)
+    huge = _serialized("h", 5_000)
+    for message in [small] * 5 + [huge] + [small] * 3:
+        stream.enqueue_raw(message)
+    entry = batch_entry_size(len(small))
+    # Bytes: room for exactly two small events.
+    batch, count = stream.pop_batch(100, 2 * entry + entry - 1)
+    assert count == 2
+    assert len(batch) == 2 * entry
+    # Count: three, though the bytes would allow more.
+    batch, count = stream.pop_batch(3, 1 << 20)
+    assert count == 3
+    # The huge event does not fit the byte bound: it goes alone, next.
+    batch, count = stream.pop_batch(100, 1_000)
+    assert count == 1
+    assert len(batch) == batch_entry_size(len(huge)) > 1_000
+    batch, count = stream.pop_batch(100, 1_000)
+    assert count == 3
+    assert stream.stats().buffered == 0
+    assert stream.buffered_bytes == 0
+
+
+def test_reports_go_first_within_the_bounds_and_the_rest_waits() -> None:
+    stream = TelemetryStream()
+    stream.enqueue_raw(_serialized("buffered"))
+    reports = [_serialized(f"report.{i}") for i in range(3)]
+    batch, count = stream.pop_batch(2, 1 << 20, reports)
+    assert count == 2
+    assert _names(pb.TelemetryEventBatch.FromString(batch)) == ["report.0", "report.1"]
+    assert len(reports) == 1
+    batch, count = stream.pop_batch(2, 1 << 20, reports)
+    assert _names(pb.TelemetryEventBatch.FromString(batch)) == ["report.2", "buffered"]
+    assert reports == []
+
+
+def test_batch_bounds_are_checked() -> None:
+    stream = TelemetryStream()
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_batch_events"):
+            TelemetryService(stream, max_batch_events=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="max_batch_bytes"):
+            BridgeServer(stream, max_batch_bytes=bad, token=None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="max_batch_events"):
+            stream.attach().batches(max_events=bad)  # type: ignore[arg-type]
+    service = TelemetryService(stream)
+    assert (service.max_batch_events, service.max_batch_bytes) == (
+        DEFAULT_MAX_BATCH_EVENTS,
+        DEFAULT_MAX_BATCH_BYTES,
+    )
+
+
+def test_counter_add_is_exact_across_threads() -> None:
+    counter = Counter()
+
+    def work() -> None:
+        for _ in range(2_000):
+            counter.add(7)
+            counter.increment()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counter.value == 4 * 2_000 * 8
+    counter.add(0)
+    assert counter.value == 4 * 2_000 * 8
+
+
+def test_close_drains_in_batches_then_sends_the_final_drop_report() -> None:
+    stream = TelemetryStream(max_buffer=4)
+    consumer = stream.attach()
+    for index in range(10):
+        stream.emit(f"e.{index}", {})
+    stream.close()
+    batches = [pb.TelemetryEventBatch.FromString(b) for b in consumer.batches(max_events=3)]
+    events = [event for batch in batches for event in batch.events]
+    assert [_name(e) for e in events[:4]] == [f"e.{i}" for i in range(4)]
+    assert _reports(events) == {"overflow": 6}
+    # The buffer drains (3 + 1), then the final report goes in a batch of its own (or
+    # with the last event, if this thread stalled past the report interval in between).
+    assert [len(batch.events) for batch in batches] in ([3, 1, 1], [3, 2])
+    stats = stream.stats()
+    assert stats.sent == 5
+    assert stats.sent_batches == len(batches)
+
+
+# -- over gRPC ------------------------------------------------------------------------------
+
+
+def test_headers_announce_the_capability_before_any_event(
+    serve: Serve, connect_batched: Connect
+) -> None:
+    served = serve()
+    client = connect_batched(served.port)
+    headers = client.wait_headers(timeout=2.0)
+    [value] = [value for key, value in headers if key == CAPABILITIES_HEADER]
+    assert set(value.split(",")) == {CAPABILITY_SAMPLING_PATTERNS, CAPABILITY_BATCHED}
+    client.assert_no_message(within=0.05)
+
+
+def test_every_event_arrives_in_order(serve: Serve, connect_batched: Connect) -> None:
+    total = 5_000
+    served = serve(max_buffer=total)
+    telemetry.set_backend(telemetry.GrpcBackend(served.stream))
+    client = connect_batched(served.port)
+    client.wait_headers()
+    emitter = threading.Thread(
+        target=lambda: [telemetry.emit("tool.result_size", {"bytes": i}) for i in range(total)]
+    )
+    emitter.start()
+    events = client.events(total)
+    emitter.join()
+    assert [e.measurements["bytes"].int_value for e in events] == list(range(total))
+    assert {_name(e) for e in events} == {"tool.result_size"}
+    stats = served.stream.stats()
+    assert stats.sent == total
+    assert stats.dropped_total == 0
+    assert 1 <= stats.sent_batches <= total
+
+
+def test_a_backlog_is_packed_many_events_per_message(
+    serve: Serve, connect_batched: Connect
+) -> None:
+    served = serve(max_buffer=4_096)
+    for index in range(2_000):
+        served.stream.emit(f"early.{index}", {"n": index})
+    client = connect_batched(served.port)
+    batches = [client.next_batch() for _ in range(4)]
+    assert [len(b.events) for b in batches] == [512, 512, 512, 464]
+    names = [name for batch in batches for name in _names(batch)]
+    assert names == [f"early.{i}" for i in range(2_000)]
+    wait_until(lambda: served.stream.stats().sent == 2_000)
+    assert served.stream.stats().sent_batches == 4
+
+
+def test_under_load_messages_carry_many_events(serve: Serve, connect_batched: Connect) -> None:
+    total = 20_000
+    served = serve(max_buffer=total)
+    client = connect_batched(served.port)
+    client.wait_headers()
+    for index in range(total):
+        served.stream.emit("tool.result_size", {"bytes": index})
+    received = 0
+    messages = 0
+    while received < total:
+        received += len(client.next_batch().events)
+        messages += 1
+    assert received == total
+    assert messages < total / 5  # many events per message, not one
+    assert served.stream.stats().sent_batches == messages
+
+
+def test_a_lone_event_leaves_at_once(serve: Serve, connect_batched: Connect) -> None:
+    # The count bound is far away: a sender that waited to fill a batch would never send.
+    served = serve(max_batch_events=1_000_000)
+    client = connect_batched(served.port)
+    client.wait_headers()
+    for index in range(3):
+        served.stream.emit(f"lone.{index}", {})
+        batch = client.next_batch(timeout=5.0)
+        assert _names(batch) == [f"lone.{index}"]
+
+
+def test_bounds_over_grpc(serve: Serve, connect_batched: Connect) -> None:
+    small = _serialized("small.event", 100)
+    huge = _serialized("huge.event", 20_000)
+    max_bytes = 10 * batch_entry_size(len(small))
+    served = serve(max_batch_events=7, max_batch_bytes=max_bytes)
+    for _ in range(20):
+        served.stream.enqueue_raw(small)
+    served.stream.enqueue_raw(huge)
+    for _ in range(3):
+        served.stream.enqueue_raw(small)
+    client = connect_batched(served.port)
+    raws = [client.next_raw() for _ in range(5)]
+    batches = [pb.TelemetryEventBatch.FromString(raw) for raw in raws]
+    assert [len(b.events) for b in batches] == [7, 7, 6, 1, 3]
+    assert _names(batches[3]) == ["huge.event"]
+    assert len(raws[3]) == batch_entry_size(len(huge)) > max_bytes
+    assert all(len(raw) <= max_bytes for i, raw in enumerate(raws) if i != 3)
+
+
+def test_byte_bound_over_grpc(serve: Serve, connect_batched: Connect) -> None:
+    message = _serialized("sized.event", 1_000)
+    entry = batch_entry_size(len(message))
+    served = serve(max_batch_bytes=3 * entry + entry // 2)
+    for _ in range(10):
+        served.stream.enqueue_raw(message)
+    client = connect_batched(served.port)
+    raws = [client.next_raw() for _ in range(4)]
+    assert [len(raw) for raw in raws] == [3 * entry, 3 * entry, 3 * entry, entry]
+
+
+def test_controls_take_effect_on_the_batched_rpc(serve: Serve, connect_batched: Connect) -> None:
+    served = serve()
+    stream = served.stream
+    service = served.server.service
+    client = connect_batched(served.port)
+    client.wait_headers()
+    client.send(toggle(False))
+    wait_until(lambda: not stream.is_enabled())
+    stream.emit("while.off", {})
+    assert stream.dropped_counts()["disabled"] == 1
+    client.send(toggle(True))
+    client.send(sampling(0.0, "python.call.*"))
+    client.send(event_filter(allow=("tool.*", "python.*"), deny=("tool.result_size",)))
+    wait_until(lambda: service.controls_applied == 4)
+    for name in ("python.call.start", "tool.result_size", "other.event", "tool.execution.stop"):
+        stream.emit(name, {})
+    events = client.events(1)
+    # A drop report may come first, in a batch of its own or with the event.
+    while _name(events[-1]) == "telemetry.dropped":
+        events += client.events(1)
+    assert [_name(e) for e in events if _name(e) != "telemetry.dropped"] == ["tool.execution.stop"]
+    counts = stream.dropped_counts()
+    assert counts["sampled_out"] == 1
+    assert counts["filtered_out"] == 2
+
+
+def test_drop_reports_arrive_in_batches(serve: Serve, connect_batched: Connect) -> None:
+    served = serve(max_buffer=4)
+    for index in range(10):
+        served.stream.emit(f"burst.{index}", {})
+    client = connect_batched(served.port)
+    first = client.next_batch()
+    assert _names(first) == [f"burst.{i}" for i in range(4)]
+    # The report follows once the rate limit allows, in a batch message.
+    report = client.next_batch()
+    assert _reports(list(report.events)) == {"overflow": 6}
+    stats = served.stream.stats()
+    wait_until(lambda: served.stream.stats().sent == 5)
+    assert served.stream.stats().sent_batches == 2
+    # The final report on close: drops made while telemetry is off, then the server stops.
+    client.send(toggle(False))
+    wait_until(lambda: not served.stream.is_enabled())
+    for _ in range(3):
+        served.stream.emit("while.off", {})
+    served.server.stop(grace=1.0)
+    later: list[pb.TelemetryEvent] = []
+    while True:
+        try:
+            later.extend(client.next_batch().events)
+        except AssertionError:  # the stream ended
+            break
+    assert _reports(later) == {"disabled": 3}
+    assert stats.dropped["overflow"] == 6
+
+
+def test_a_batched_call_replaces_a_single_one_and_back(
+    serve: Serve, connect: Connect, connect_batched: Connect
+) -> None:
+    served = serve()
+    stream = served.stream
+    service = served.server.service
+    single = connect(served.port)
+    single.wait_headers()
+    stream.emit("to.single", {})
+    assert _name(single.next_event()) == "to.single"
+
+    batched = connect_batched(served.port)
+    batched.wait_headers()
+    assert single.wait_end() == grpc.StatusCode.OK
+    stream.emit("to.batched", {})
+    assert _names(batched.next_batch()) == ["to.batched"]
+    # The replaced call's controls are ignored.
+    single.send(toggle(False))
+    batched.send(sampling(1.0))
+    wait_until(lambda: service.controls_applied >= 1)
+    assert stream.is_enabled()
+
+    again = connect(served.port)
+    again.wait_headers()
+    assert batched.wait_end() == grpc.StatusCode.OK
+    stream.emit("to.single.again", {})
+    assert _name(again.next_event()) == "to.single.again"
+    batched.send(toggle(False))  # too late: the call is over
+    again.send(sampling(1.0))
+    wait_until(lambda: service.controls_applied >= 2)
+    assert stream.is_enabled()
+    stats = stream.stats()
+    assert (stats.sent, stats.sent_batches) == (3, 1)
+
+
+def test_batched_call_without_the_token_is_unauthenticated(serve: Serve) -> None:
+    served = serve(token=TOKEN)
+    served.stream.emit("tool.result_size", {"bytes": 1})
+    for metadata in ((), (("authorization", "Bearer wrong"),)):
+        client = StreamClient(served.port, metadata=metadata, batched=True)
+        try:
+            assert client.wait_end() == grpc.StatusCode.UNAUTHENTICATED
+            assert client.error is not None
+            assert client.error.details() == "missing or invalid bearer token"
+        finally:
+            client.close()
+    assert served.stream.stats().sent == 0
+    assert served.server.service.controls_received == 0
+    client = StreamClient(
+        served.port, metadata=(("authorization", f"Bearer {TOKEN}"),), batched=True
+    )
+    try:
+        client.wait_headers()
+        assert _names(client.next_batch()) == ["tool.result_size"]
+    finally:
+        client.close()
+
+
+def test_worker_that_ignores_control_serves_batches_without_the_header(
+    serve: Serve, connect_batched: Connect
+) -> None:
+    served = serve(honour_control=False)
+    client = connect_batched(served.port)
+    assert all(key != CAPABILITIES_HEADER for key, _ in client.wait_headers())
+    client.send(toggle(False))
+    wait_until(lambda: served.server.service.controls_received == 1)
+    served.stream.emit("still.sent", {})
+    assert _names(client.next_batch()) == ["still.sent"]

@@ -1,0 +1,68 @@
+defmodule Snakepit.Telemetry.ProtocolTest do
+  # The batched wire (StreamTelemetryBatched, many events per message) with this project's
+  # workers, and the fallback to StreamTelemetry for a worker that does not serve it.
+  use ExUnit.Case, async: false
+
+  alias Snakepit.Telemetry.Test.{Forwarder, PythonWorker, Proto}
+
+  import Snakepit.Telemetry.Test.Streams
+
+  @stop [:snakepit, :python, :tool, :execution, :stop]
+
+  defp emit(worker, count) do
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 1},
+      "count" => count
+    })
+  end
+
+  test "this project's worker streams batched: every event arrives, in order, counted one by one" do
+    {worker, id} = start_worker(["--max-buffer", "100000"])
+    Forwarder.attach([@stop])
+    register!(id, worker)
+    assert stream(id).protocol == :batched
+
+    emit(worker, 5_000)
+    PythonWorker.run(worker, %{"op" => "wait_sent", "timeout_ms" => 30_000})
+
+    stamps =
+      for _ <- 1..5_000 do
+        assert_receive {:telemetry, @stop, _, %{worker_id: ^id, timestamp_ns: ts}}, 10_000
+        ts
+      end
+
+    assert stamps == Enum.sort(stamps)
+    stats = PythonWorker.stats(worker)
+    # Fewer messages than events: they were packed.
+    assert stats["sent_batches"] < 5_000
+    wait_until(fn -> stream(id).received == stats["sent"] end)
+    assert %{emitted: 5_000} = stream(id)
+  end
+
+  test "a bad event inside a batch is dropped alone; the rest of the batch arrives" do
+    {worker, id} = start_worker()
+    Forwarder.attach([@stop])
+    register!(id, worker)
+    assert stream(id).protocol == :batched
+
+    PythonWorker.run(worker, %{"op" => "raw_hex", "hex" => Proto.hex(<<0xFF, 0xFF, 0xFF>>)})
+    emit(worker, 3)
+    for _ <- 1..3, do: assert_receive({:telemetry, @stop, _, %{worker_id: ^id}}, 10_000)
+
+    wait_until(fn ->
+      match?(%{received: 4, emitted: 3, dropped: %{decode_error: 1}}, stream(id))
+    end)
+  end
+
+  test "a worker without the batched RPC (as Snakepit's) gets StreamTelemetry" do
+    {worker, id} = start_worker(["--no-batched"])
+    Forwarder.attach([@stop])
+    register!(id, worker)
+    assert stream(id).protocol == :single
+    emit(worker, 10)
+    for _ <- 1..10, do: assert_receive({:telemetry, @stop, _, %{worker_id: ^id}}, 10_000)
+    assert %{status: :connected, protocol: :single} = stream(id)
+  end
+end
