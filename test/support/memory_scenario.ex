@@ -7,8 +7,8 @@ defmodule Snakepit.Telemetry.Test.MemoryScenario do
   once the handler is released and every event is accounted for.
   """
 
-  alias Snakepit.Telemetry.{Dispatcher, GrpcStream}
-  alias Snakepit.Telemetry.Test.PythonWorker
+  alias Snakepit.Telemetry.GrpcStream
+  alias Snakepit.Telemetry.Test.{Forwarder, PythonWorker}
 
   import Snakepit.Telemetry.Test.Streams, only: [register!: 2, stream: 1, wait_until: 2]
 
@@ -38,20 +38,7 @@ defmodule Snakepit.Telemetry.Test.MemoryScenario do
       ])
 
     id = "memory-bound"
-    gate = make_ref()
-    main = self()
-
-    :ok =
-      :telemetry.attach(
-        "stuck",
-        @stop,
-        fn _e, _m, _meta, _ ->
-          send(main, {:stuck, self()})
-          receive do: (^gate -> :ok)
-        end,
-        nil
-      )
-
+    gated = Forwarder.attach_gated(@stop, nil)
     register!(id, worker)
     :erlang.garbage_collect()
     rss_before = rss_bytes()
@@ -76,9 +63,7 @@ defmodule Snakepit.Telemetry.Test.MemoryScenario do
     # being read + the HTTP/2 window (38 MiB here), plus 16 MiB of allocator slack.
     bound = 16 * @mib + 4 * max(@mib, 4 * @mib) + 4 * @mib + 2 * @mib + 16 * @mib
 
-    # Detached first: the handler blocks on every event of this worker.
-    :telemetry.detach("stuck")
-    send(dispatcher, gate)
+    Forwarder.release(gated, dispatcher)
     wait_until(fn -> stream(id).emitted + stream(id).dropped.overflow == 300 end, 60_000)
     info = stream(id)
 
@@ -89,7 +74,6 @@ defmodule Snakepit.Telemetry.Test.MemoryScenario do
 
     GrpcStream.unregister_worker(id)
     PythonWorker.stop(worker)
-    _ = Dispatcher
     System.halt(0)
   end
 

@@ -14,5 +14,33 @@ defmodule Snakepit.Telemetry.Test.Forwarder do
     send(pid, {:telemetry, event, measurements, metadata})
   end
 
+  @doc """
+  Attaches a handler that blocks the Dispatcher on the first `event` of `worker_id` (any
+  worker if nil): it sends `{:stuck, dispatcher_pid}` to the calling process and waits for
+  `release/2`. Returns `{handler_id, gate}`.
+  """
+  def attach_gated(event, worker_id) do
+    handler = "gated-#{System.unique_integer([:positive])}"
+    gate = make_ref()
+    config = %{pid: self(), gate: gate, worker_id: worker_id}
+    :ok = :telemetry.attach(handler, event, &__MODULE__.hold/4, config)
+    {handler, gate}
+  end
+
+  def hold(_event, _measurements, %{worker_id: w}, %{worker_id: id} = config)
+      when id == nil or w == id do
+    send(config.pid, {:stuck, self()})
+    gate = config.gate
+    receive do: (^gate -> :ok)
+  end
+
+  def hold(_event, _measurements, _metadata, _config), do: :ok
+
+  @doc "Detaches the gated handler first (it would block again), then lets the Dispatcher go."
+  def release({handler, gate}, dispatcher) do
+    :telemetry.detach(handler)
+    send(dispatcher, gate)
+  end
+
   def raise_always(_event, _measurements, _metadata, _config), do: raise("handler bug")
 end

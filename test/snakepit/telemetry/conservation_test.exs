@@ -29,39 +29,7 @@ defmodule Snakepit.Telemetry.ConservationTest do
     restart_app_for_test(max_buffer_size: 64, max_batch_size: 16, max_in_flight_batches: 1)
     # StreamTelemetry: the NIF reads on and drops past its buffer, so both ends drop.
     {worker, id} = start_worker(["--no-batched", "--max-buffer", "200"])
-    table = :ets.new(:conservation, [:public, :set])
-    handler = "conservation-#{id}"
-
-    :ok =
-      :telemetry.attach_many(handler, [@stop, @dropped], &__MODULE__.count_event/4, {table, id})
-
-    on_exit(fn -> :telemetry.detach(handler) end)
-    register!(id, worker)
-
-    for _ <- 1..5 do
-      PythonWorker.run(worker, %{
-        "op" => "emit",
-        "event" => "tool.execution.stop",
-        "measurements" => %{"duration" => 1},
-        "count" => 1_000
-      })
-    end
-
-    PythonWorker.run(worker, %{"op" => "wait_sent", "timeout_ms" => 60_000})
-    source = PythonWorker.stats(worker)
-
-    # Settled: the NIF has handled every message, the handlers every batch, and the
-    # worker's last drop report has arrived.
-    wait_until(
-      fn ->
-        info = stream(id)
-
-        info.received == PythonWorker.stats(worker)["sent"] and
-          info.emitted + Enum.sum(Map.values(info.dropped)) == info.received and
-          Enum.sum(Map.values(info.source_dropped)) == source["dropped_total"]
-      end,
-      60_000
-    )
+    {table, source} = emit_5000_and_settle(worker, id)
 
     info = stream(id)
     delivered = :ets.lookup_element(table, :delivered, 2)
@@ -84,15 +52,32 @@ defmodule Snakepit.Telemetry.ConservationTest do
   test "batched: the NIF holds the worker back instead of dropping; every drop is the worker's, counted and reported" do
     restart_app_for_test(max_buffer_size: 64, max_batch_size: 16, max_in_flight_batches: 1)
     {worker, id} = start_worker(["--max-buffer", "200"])
+    {table, _source} = emit_5000_and_settle(worker, id)
+    assert stream(id).protocol == :batched
+
+    info = stream(id)
+    delivered = :ets.lookup_element(table, :delivered, 2)
+    reported = for {{:source, reason}, n} <- :ets.tab2list(table), into: %{}, do: {reason, n}
+
+    assert Enum.sum(Map.values(info.dropped)) == 0, "the NIF dropped: #{inspect(info.dropped)}"
+    assert delivered + Enum.sum(Map.values(reported)) == 5_000
+    assert reported["overflow"] > 0
+    assert info.source_dropped == reported
+  end
+
+  # Counts this worker's delivered events and reported drops (count_event/4), has it emit
+  # 5,000 events, and waits until everything is settled: the NIF has handled every message,
+  # the handlers every batch, and the worker's last drop report has arrived. Returns the
+  # count table and the worker's own stats.
+  defp emit_5000_and_settle(worker, id) do
     table = :ets.new(:conservation, [:public, :set])
-    handler = "conservation-b-#{id}"
+    handler = "conservation-#{id}"
 
     :ok =
       :telemetry.attach_many(handler, [@stop, @dropped], &__MODULE__.count_event/4, {table, id})
 
     on_exit(fn -> :telemetry.detach(handler) end)
     register!(id, worker)
-    assert stream(id).protocol == :batched
 
     for _ <- 1..5 do
       PythonWorker.run(worker, %{
@@ -117,13 +102,6 @@ defmodule Snakepit.Telemetry.ConservationTest do
       60_000
     )
 
-    info = stream(id)
-    delivered = :ets.lookup_element(table, :delivered, 2)
-    reported = for {{:source, reason}, n} <- :ets.tab2list(table), into: %{}, do: {reason, n}
-
-    assert Enum.sum(Map.values(info.dropped)) == 0, "the NIF dropped: #{inspect(info.dropped)}"
-    assert delivered + Enum.sum(Map.values(reported)) == 5_000
-    assert reported["overflow"] > 0
-    assert info.source_dropped == reported
+    {table, source}
   end
 end

@@ -50,23 +50,8 @@ defmodule Snakepit.Telemetry.DispatcherTest do
       Enum.each([slow_id, fast_id], &Snakepit.Telemetry.GrpcStream.unregister_worker/1)
     end)
 
-    test = self()
-    gate = make_ref()
-
-    :ok =
-      :telemetry.attach(
-        "stuck-#{slow_id}",
-        @stop,
-        fn _e, _m, %{worker_id: w}, _ ->
-          if w == slow_id do
-            send(test, {:stuck, self()})
-            receive do: (^gate -> :ok)
-          end
-        end,
-        nil
-      )
-
-    on_exit(fn -> :telemetry.detach("stuck-#{slow_id}") end)
+    gated = Forwarder.attach_gated(@stop, slow_id)
+    on_exit(fn -> :telemetry.detach(elem(gated, 0)) end)
     Forwarder.attach([@stop])
     register!(slow_id, slow)
     register!(fast_id, fast)
@@ -78,8 +63,7 @@ defmodule Snakepit.Telemetry.DispatcherTest do
     emit(fast, "fast", 100)
     for _ <- 1..100, do: assert_receive({:telemetry, @stop, _, %{worker_id: ^fast_id}}, 10_000)
 
-    :telemetry.detach("stuck-#{slow_id}")
-    send(stuck_dispatcher, gate)
+    Forwarder.release(gated, stuck_dispatcher)
     for _ <- 1..10, do: assert_receive({:telemetry, @stop, _, %{worker_id: ^slow_id}}, 10_000)
   end
 

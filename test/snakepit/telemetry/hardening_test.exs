@@ -192,24 +192,8 @@ defmodule Snakepit.Telemetry.HardeningTest do
       restart_app_for_test(max_buffer_size: 16, max_in_flight_batches: 1, max_batch_size: 4)
       # StreamTelemetry: the NIF reads on and must bound what it keeps.
       {worker, id} = start_worker(["--no-batched", "--max-buffer", "10000"])
-      test = self()
-      gate = make_ref()
-      dropped_event = [:snakepit, :python, :telemetry, :dropped]
-
-      :ok =
-        :telemetry.attach(
-          "stuck-reports-#{id}",
-          dropped_event,
-          fn _e, _m, %{worker_id: w}, _ ->
-            if w == id do
-              send(test, {:stuck, self()})
-              receive do: (^gate -> :ok)
-            end
-          end,
-          nil
-        )
-
-      on_exit(fn -> unblock("stuck-reports-#{id}") end)
+      gated = Forwarder.attach_gated([:snakepit, :python, :telemetry, :dropped], id)
+      on_exit(fn -> unblock(elem(gated, 0)) end)
       register!(id, worker)
 
       PythonWorker.run(worker, %{
@@ -227,8 +211,7 @@ defmodule Snakepit.Telemetry.HardeningTest do
       assert info.dropped.overflow >= 2_000 - (16 + 64 + 4)
       # Every report's count was tallied, even those that could not be buffered.
       assert info.source_dropped["forged"] >= 2_000
-      :telemetry.detach("stuck-reports-#{id}")
-      send(dispatcher, gate)
+      Forwarder.release(gated, dispatcher)
     end
   end
 
