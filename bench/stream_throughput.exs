@@ -19,8 +19,9 @@
 # events (`duration`, metadata `tool` and `operation`) *before* anything connects, so a run
 # drains full buffers as fast as gRPC allows. Then one of:
 #
-#   * bare: `count_stream` (native/snakepit_telemetry_core/examples) opens StreamTelemetry
-#     on every worker and counts messages; its own elapsed time is the result.
+#   * bare: `count_stream` (native/snakepit_telemetry_core/examples) opens
+#     StreamTelemetryBatched (as the NIF does with these workers) on every worker and counts
+#     the events; its own elapsed time is the result.
 #   * full: `GrpcStream.register_worker/3` for every worker; timed from just before the
 #     first registration until a `:telemetry` handler (a `:counters` increment) has seen
 #     every event, or, if the NIF dropped some, until seen + dropped reaches the total.
@@ -46,7 +47,7 @@ defmodule Bench.StreamThroughput do
   @moduledoc false
 
   alias Snakepit.Telemetry.{Dispatcher, GrpcStream}
-  alias Snakepit.Telemetry.Test.PythonWorker
+  alias Snakepit.Telemetry.Test.{PythonWorker, ThreadCpu}
 
   @event [:snakepit, :python, :tool, :execution, :stop]
   @emit %{
@@ -65,8 +66,6 @@ defmodule Bench.StreamThroughput do
     nif_buffer: :integer,
     count_stream: :string
   ]
-  # Thread names are cut to 15 bytes: "snakepit-telemetry" shows as this.
-  @nif_thread "snakepit-teleme"
 
   def main(argv) do
     {opts, []} = OptionParser.parse!(argv, strict: @switches)
@@ -139,9 +138,11 @@ defmodule Bench.StreamThroughput do
   end
 
   defp measure(:bare, pool, events, opts) do
+    # The same RPC the NIF opens with these workers (StreamTelemetryBatched).
     args =
       ["--count", Integer.to_string(div(events, length(pool)))] ++
         ["--timeout-ms", Integer.to_string(opts[:timeout_s] * 1000)] ++
+        ["--batched"] ++
         Enum.map(pool, & &1.worker.endpoint)
 
     python_before = python_ticks(pool)
@@ -259,7 +260,7 @@ defmodule Bench.StreamThroughput do
 
     %{
       t: System.monotonic_time(:nanosecond),
-      threads: beam_thread_cpu(),
+      threads: ThreadCpu.beam(),
       sched: Enum.sort(:erlang.statistics(:scheduler_wall_time)),
       reductions: total,
       dispatcher_reductions: dispatcher,
@@ -283,28 +284,6 @@ defmodule Bench.StreamThroughput do
         (b.dispatcher_reductions - a.dispatcher_reductions) / max(b.reductions - a.reductions, 1),
       python_ticks: b.python_ticks - a.python_ticks
     }
-  end
-
-  # CPU time so far of the BEAM's NIF runtime threads and normal scheduler threads, in ns.
-  defp beam_thread_cpu do
-    {:ok, tids} = File.ls("/proc/self/task")
-
-    Enum.reduce(tids, %{nif: 0, schedulers: 0}, fn tid, acc ->
-      with {:ok, comm} <- File.read("/proc/self/task/#{tid}/comm"),
-           {:ok, schedstat} <- File.read("/proc/self/task/#{tid}/schedstat") do
-        # schedstat: time on CPU (ns), time waiting to run (ns), timeslices.
-        ns = schedstat |> String.split() |> hd() |> String.to_integer()
-
-        cond do
-          String.starts_with?(comm, @nif_thread) -> %{acc | nif: acc.nif + ns}
-          comm =~ ~r/^\d+_scheduler$/ -> %{acc | schedulers: acc.schedulers + ns}
-          true -> acc
-        end
-      else
-        # The thread has just exited.
-        _ -> acc
-      end
-    end)
   end
 
   # utime + stime of the worker processes in clock ticks (includes exited threads).

@@ -66,7 +66,9 @@ defmodule Bench.ToggleLatency do
   end
 
   defp report(latencies, info, quiet_ms) do
-    us = latencies |> Enum.map(&System.convert_time_unit(&1, :native, :microsecond)) |> Enum.sort()
+    us =
+      latencies |> Enum.map(&System.convert_time_unit(&1, :native, :microsecond)) |> Enum.sort()
+
     n = length(us)
     pct = fn p -> Enum.at(us, min(n - 1, round(p / 100 * (n - 1)))) end
     zero = Enum.count(us, &(&1 == 0))

@@ -28,12 +28,11 @@ defmodule Bench.WideMetadata do
   @moduledoc false
 
   alias Snakepit.Telemetry.GrpcStream
-  alias Snakepit.Telemetry.Test.{PythonWorker, Streams}
+  alias Snakepit.Telemetry.Test.{PythonWorker, Streams, ThreadCpu}
 
   @event [:snakepit, :python, :tool, :execution, :stop]
   @defaults [events: 20_000, runs: 5, widths: "0,16,27,28,64,120,480", timeout_s: 120]
   @switches [events: :integer, runs: :integer, widths: :string, timeout_s: :integer]
-  @nif_thread "snakepit-teleme"
 
   def main(argv) do
     {opts, []} = OptionParser.parse!(argv, strict: @switches)
@@ -130,25 +129,7 @@ defmodule Bench.WideMetadata do
     end
   end
 
-  defp snapshot do
-    {:ok, tids} = File.ls("/proc/self/task")
-
-    Enum.reduce(tids, %{t: System.monotonic_time(:nanosecond), nif: 0, schedulers: 0}, fn tid,
-                                                                                          acc ->
-      with {:ok, comm} <- File.read("/proc/self/task/#{tid}/comm"),
-           {:ok, schedstat} <- File.read("/proc/self/task/#{tid}/schedstat") do
-        ns = schedstat |> String.split() |> hd() |> String.to_integer()
-
-        cond do
-          String.starts_with?(comm, @nif_thread) -> %{acc | nif: acc.nif + ns}
-          comm =~ ~r/^\d+_scheduler$/ -> %{acc | schedulers: acc.schedulers + ns}
-          true -> acc
-        end
-      else
-        _ -> acc
-      end
-    end)
-  end
+  defp snapshot, do: Map.put(ThreadCpu.beam(), :t, System.monotonic_time(:nanosecond))
 
   defp format(r) do
     "#{r.map_keys} keys, #{round(rate(r))} ev/s, NIF #{fmt(us(r.nif_ns, r))} µs/ev, " <>
