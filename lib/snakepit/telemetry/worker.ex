@@ -302,7 +302,13 @@ defmodule Snakepit.Telemetry.Worker do
     ready_file = ready_file_path()
     token = Base.url_encode64(:crypto.strong_rand_bytes(24), padding: false)
     port = open_port(config, ready_file, token)
-    {:os_pid, wrapper_pid} = Port.info(port, :os_pid)
+    # A command that exits at once can close the port before we ask: its exit status
+    # is already in our mailbox, and there is no OS process left to wait for.
+    wrapper_pid =
+      case Port.info(port, :os_pid) do
+        {:os_pid, os_pid} -> os_pid
+        nil -> nil
+      end
 
     state = %{
       config: config,
@@ -548,6 +554,8 @@ defmodule Snakepit.Telemetry.Worker do
     await_gone(wrapper_pid, deadline)
     exit_code
   end
+
+  defp await_gone(nil, _deadline), do: :ok
 
   defp await_gone(os_pid, deadline) do
     cond do

@@ -220,6 +220,24 @@ defmodule Snakepit.Telemetry.WorkerTest do
       assert stream(id) == nil
     end
 
+    test "commands that exit before the port reports their OS pid still give :spawn_failed", %{
+      id: id
+    } do
+      # Seen in CI on a loaded machine: `exit 3` ended before Port.info/2 ran in init and
+      # the Worker crashed with a badmatch. Busy processes on every scheduler make the
+      # Worker lose its scheduler between opening the port and asking for its OS pid.
+      busy = for _ <- 1..(System.schedulers_online() * 4), do: spawn(fn -> spin() end)
+
+      try do
+        for n <- 1..40 do
+          assert {:error, {:spawn_failed, %{reason: :exited, exit_code: 3}}} =
+                   Worker.start_link(id: "#{id}-#{n}", command: ["sh", "-c", "exit 3"])
+        end
+      after
+        Enum.each(busy, &Process.exit(&1, :kill))
+      end
+    end
+
     test "a command that never becomes ready gives :spawn_failed after ready_timeout, and is stopped",
          %{id: id} do
       marker = "never-ready-#{System.unique_integer([:positive])}"
@@ -349,4 +367,6 @@ defmodule Snakepit.Telemetry.WorkerTest do
       Worker.start_link(id: "x", ready_timeout: 0)
     end
   end
+
+  defp spin, do: spin()
 end
