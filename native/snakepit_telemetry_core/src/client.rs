@@ -41,10 +41,17 @@ pub enum OpenError {
 }
 /// Response header by which a worker says it applies sampling patterns itself.
 pub const CAPABILITIES_HEADER: &str = "x-snakepit-telemetry-capabilities";
-/// HTTP/2 receive windows: what a worker may send before the stream task reads it. The
-/// connection carries one stream, so its window bounds the unread bytes per worker.
-const STREAM_WINDOW: u32 = 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// HTTP/2 receive windows: what a worker may send before the stream task reads it.
+///
+/// The stream window bounds the unread bytes per stream (the stream task stops reading while
+/// its buffer is full, so a worker that keeps sending fills it). The connection window is
+/// there for h2's small-frame budget: h2 charges every unread DATA frame under 256 bytes
+/// `256 - size` against half the *connection* window and sends `GOAWAY ENHANCE_YOUR_CALM`
+/// when that runs out. A full stream window of 1-byte frames costs `255 * STREAM_WINDOW`
+/// (65 MiB), so a budget of 128 MiB can never run out for the telemetry stream, with room
+/// for a tool call's stream on the same connection. A window is a limit, not an allocation.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * 1024 * 1024;
 
 /// Where a worker serves: `host:port`, `http://host:port` or `unix:/path`.
 #[derive(Clone, Debug, PartialEq, Eq)]
