@@ -1,0 +1,30 @@
+defmodule Snakepit.Telemetry.Test.BenchStats do
+  @moduledoc "Small statistics and formatting helpers shared by the scripts in `bench/`."
+
+  @doc "The median of a non-empty list of numbers (the mean of the middle two for an even count)."
+  def median([_ | _] = xs) do
+    sorted = Enum.sort(xs)
+    mid = div(length(sorted), 2)
+
+    if rem(length(sorted), 2) == 1,
+      do: Enum.at(sorted, mid),
+      else: (Enum.at(sorted, mid - 1) + Enum.at(sorted, mid)) / 2
+  end
+
+  @doc "`median (min–max)`, rounded to integers."
+  def spread([_ | _] = xs) do
+    {lo, hi} = Enum.min_max(xs)
+    "#{round(median(xs))} (#{round(lo)}–#{round(hi)})"
+  end
+
+  @doc "A number with two decimals."
+  def fmt(x), do: :erlang.float_to_binary(x * 1.0, decimals: 2)
+
+  @doc "Prints a Markdown table."
+  def print_table(header, rows) do
+    IO.puts("\n| " <> Enum.join(header, " | ") <> " |")
+    IO.puts("|" <> String.duplicate("---|", length(header)))
+    for row <- rows, do: IO.puts("| " <> Enum.join(row, " | ") <> " |")
+    :ok
+  end
+end
