@@ -4,6 +4,7 @@
 //! - `batch`: a batched message split into its events, undecoded
 //! - `backoff`: when to retry a stream that failed to open or was lost
 //! - `catalog`: the event catalog, as Elixir hands it to the NIF at start
+//! - `event_view`: one `TelemetryEvent` read in place from its bytes, as prost would decode it
 //! - `translate`: the bytes of one gRPC message to a checked event, or its drop reason
 //! - `counters`, `registry`: per-stream counters and status that NIF calls read
 //! - `source_drops`: what a worker reports it dropped itself (`telemetry.dropped`)
@@ -21,6 +22,7 @@ pub mod catalog;
 pub mod client;
 pub mod control;
 pub mod counters;
+pub mod event_view;
 pub mod proto;
 pub mod registry;
 pub mod settings;

@@ -2,7 +2,8 @@
 //! reason it is dropped. Pure Rust (no NIF types), so every rule here is unit-tested.
 //!
 //! Each message is decoded here rather than by the gRPC codec, so one bad message is a
-//! counted `decode_error` and the stream goes on.
+//! counted `decode_error` and the stream goes on. Decoding is [`EventView`]'s: prost's rules,
+//! without building prost's message (its strings and hash maps) first.
 //!
 //! Every value that passes becomes a valid BEAM term: non-finite floats (which Erlang has
 //! no term for) are `invalid_measurement`, and an event with more metadata keys than the
@@ -12,7 +13,8 @@ use prost::Message;
 
 use crate::catalog::{Catalog, EventIndex, NameId};
 use crate::counters::DropReason;
-use crate::proto::{telemetry_value, TelemetryEvent};
+use crate::event_view::{EventView, ValueView};
+use crate::proto::TelemetryEvent;
 
 /// A measurement value, as the worker sent it.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,13 +89,14 @@ pub fn translate(
     name: &mut String,
     gate: impl FnOnce(EventIndex) -> Result<(), DropReason>,
 ) -> Result<EventRecord, DropReason> {
-    let decoded = TelemetryEvent::decode(bytes).map_err(|_| DropReason::DecodeError)?;
-    check(catalog, limits, decoded, bytes.len(), name, gate)
+    let view = EventView::parse(bytes).map_err(|_| DropReason::DecodeError)?;
+    check_view(catalog, limits, &view, bytes.len(), name, gate)
 }
 
-/// Checks an already decoded event against the catalog (what [`translate`] does after
-/// decoding; the stderr line reader builds the same message from JSON). `wire_bytes` is how
-/// large the event was as it arrived.
+/// Checks an already decoded event against the catalog, as [`translate`] does (the stderr
+/// line reader builds the same message from JSON). `wire_bytes` is how large the event was
+/// as it arrived. The event goes through its wire form, so both paths share every rule; the
+/// encoding round trip is exact (its map keys are unique, an absent value stays absent).
 pub fn check(
     catalog: &Catalog,
     limits: EventLimits,
@@ -102,8 +105,21 @@ pub fn check(
     name: &mut String,
     gate: impl FnOnce(EventIndex) -> Result<(), DropReason>,
 ) -> Result<EventRecord, DropReason> {
+    let bytes = decoded.encode_to_vec();
+    let view = EventView::parse(&bytes).map_err(|_| DropReason::DecodeError)?;
+    check_view(catalog, limits, &view, wire_bytes, name, gate)
+}
+
+fn check_view(
+    catalog: &Catalog,
+    limits: EventLimits,
+    view: &EventView<'_>,
+    wire_bytes: usize,
+    name: &mut String,
+    gate: impl FnOnce(EventIndex) -> Result<(), DropReason>,
+) -> Result<EventRecord, DropReason> {
     name.clear();
-    for (i, part) in decoded.event_parts.iter().enumerate() {
+    for (i, part) in view.parts().enumerate() {
         if part.is_empty() || part.contains('.') {
             return Err(DropReason::UnknownEvent);
         }
@@ -114,19 +130,20 @@ pub fn check(
     }
     let event = catalog.event_index(name).ok_or(DropReason::UnknownEvent)?;
     gate(event)?;
-    if decoded.metadata.len() > limits.max_metadata_keys {
+    // The view's keys are distinct, as in a decoded map.
+    if view.metadata.len() > limits.max_metadata_keys {
         return Err(DropReason::TooManyKeys);
     }
     let spec = catalog.event(event);
 
-    let mut measurements = Vec::with_capacity(decoded.measurements.len());
-    for (key, value) in decoded.measurements {
-        let key = catalog.measurement_key(spec, &key).ok_or(DropReason::InvalidMeasurement)?;
-        let value = match value.value {
-            Some(telemetry_value::Value::IntValue(v)) => Value::Int(v),
-            Some(telemetry_value::Value::FloatValue(v)) => Value::Float(v),
-            Some(telemetry_value::Value::StringValue(v)) => Value::Str(v),
-            None => return Err(DropReason::InvalidMeasurement),
+    let mut measurements = Vec::with_capacity(view.measurements.len());
+    for &(key, value) in &view.measurements {
+        let key = catalog.measurement_key(spec, key).ok_or(DropReason::InvalidMeasurement)?;
+        let value = match value {
+            ValueView::Int(v) => Value::Int(v),
+            ValueView::Float(v) => Value::Float(v),
+            ValueView::Str(v) => Value::Str(v.to_owned()),
+            ValueView::None => return Err(DropReason::InvalidMeasurement),
         };
         let value = if key.native_time { limits.native_time.from_nanos(value) } else { value };
         // Also after the unit conversion, which can overflow a huge finite value.
@@ -136,12 +153,12 @@ pub fn check(
         measurements.push((key.id, value));
     }
 
-    let metadata = decoded
+    let metadata = view
         .metadata
-        .into_iter()
-        .map(|(key, value)| match catalog.metadata_key(&key) {
-            Some(id) => (MetaKey::Known(id), value),
-            None => (MetaKey::Other(key), value),
+        .iter()
+        .map(|&(key, value)| match catalog.metadata_key(key) {
+            Some(id) => (MetaKey::Known(id), value.to_owned()),
+            None => (MetaKey::Other(key.to_owned()), value.to_owned()),
         })
         .collect();
 
@@ -150,8 +167,8 @@ pub fn check(
         wire_bytes,
         measurements,
         metadata,
-        timestamp_ns: decoded.timestamp_ns,
-        correlation_id: decoded.correlation_id,
+        timestamp_ns: view.timestamp_ns,
+        correlation_id: view.correlation_id.to_owned(),
     })
 }
 
@@ -159,7 +176,7 @@ pub fn check(
 mod tests {
     use super::*;
     use crate::catalog::test_catalog;
-    use crate::proto::TelemetryValue;
+    use crate::proto::{telemetry_value, TelemetryValue};
     use std::collections::HashMap;
 
     fn event(

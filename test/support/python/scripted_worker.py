@@ -14,6 +14,10 @@ Commands (``op``):
   metadata string of ``n`` ``"z"`` under ``key``, built here so that a large event does
   not cross the test's stdin (or its JSON encoder) at all; ``wide`` (0) adds that many
   metadata keys ``w0000``, ``w0001``, ... with short string values.
+* ``emit_paced``: ``event``, ``measurements``, ``metadata``, ``rate`` (events/s),
+  ``seconds``: a background thread calls ``telemetry.emit`` at that pace (in bursts every
+  10 ms, against a monotonic schedule, so it does not drift) for that long; acknowledged
+  at once. ``paced_done`` in ``stats`` counts the finished ones.
 * ``span``: ``operation``, ``metadata``, ``correlation_id``, ``sleep_ms`` (0), ``raise``
   (false): runs ``telemetry.span``; with ``raise`` a ``RuntimeError("boom")`` is raised
   inside and swallowed after the span re-raised it.
@@ -41,6 +45,7 @@ import json
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -129,8 +134,11 @@ class ScriptRunner:
 
     def __init__(self, worker: RunningWorker) -> None:
         self._worker = worker
+        self._paced_lock = threading.Lock()
+        self._paced_done = 0
         self._handlers: dict[str, Callable[[Command], None]] = {
             "emit": self._emit,
+            "emit_paced": self._emit_paced,
             "span": self._span,
             "raw_hex": self._raw_hex,
             "bad_utf8": self._bad_utf8,
@@ -180,6 +188,30 @@ class ScriptRunner:
         for _ in range(int(command.get("count", 1))):
             telemetry.emit(event, measurements, metadata, correlation_id)
 
+    def _emit_paced(self, command: Command) -> None:
+        event = str(command["event"])
+        measurements = command.get("measurements") or {}
+        metadata = command.get("metadata")
+        rate = float(command["rate"])
+        seconds = float(command["seconds"])
+        if rate <= 0 or seconds <= 0:
+            raise CommandError("rate and seconds must be > 0")
+
+        def run() -> None:
+            total = int(rate * seconds)
+            start = time.monotonic()
+            sent = 0
+            while sent < total:
+                due = min(total, int(rate * (time.monotonic() - start)) + 1)
+                for _ in range(due - sent):
+                    telemetry.emit(event, measurements, metadata)
+                sent = due
+                time.sleep(0.01)
+            with self._paced_lock:
+                self._paced_done += 1
+
+        threading.Thread(target=run, name="emit-paced", daemon=True).start()
+
     def _span(self, command: Command) -> None:
         sleep_seconds = float(command.get("sleep_ms", 0)) / 1000.0
         should_raise = bool(command.get("raise", False))
@@ -226,6 +258,8 @@ class ScriptRunner:
             "allow": list(policy.allow.patterns),
             "deny": list(policy.deny.patterns),
         }
+        with self._paced_lock:
+            stats["paced_done"] = self._paced_done
         service = self._worker.server.service
         stats["controls_received"] = service.controls_received
         stats["controls_applied"] = service.controls_applied
