@@ -1,12 +1,12 @@
 # Toggle latency: the time from `GrpcStream.toggle(w, false)` returning to the last event
 # from `w` delivered to a `:telemetry` handler, over many trials.
 #
-#     MIX_ENV=test mix run bench/toggle_latency.exs [--trials 300] [--quiet-ms 100]
+#     MIX_ENV=test mix run bench/toggle_latency.exs [--trials 300] [--quiet-ms 100] [--rate 20000]
 #
 # (MIX_ENV=test: the Python worker driver `Snakepit.Telemetry.Test.PythonWorker` lives in
 # test/support.) One Python worker (test/support/python/scripted_worker.py, on 127.0.0.1)
-# is given 1.5 M `tool.execution.stop` events up front, so its stream runs flat out (about
-# 20 k events/s, the Python gRPC server's pace) for the whole benchmark. Each trial:
+# emits `tool.execution.stop` at a steady `--rate` events/s (`emit_paced`) for the whole
+# benchmark; while the stream is disabled the worker drops them at the source. Each trial:
 # `toggle(w, true)`, wait until events flow again, let them flow 20 ms, `toggle(w, false)`,
 # then watch `--quiet-ms` for stragglers. The handler stores the monotonic time of every
 # event it sees; the trial's latency is (last event seen) - (toggle returned), or 0 when
@@ -29,8 +29,11 @@ defmodule Bench.ToggleLatency do
     do: :atomics.put(last_seen, 1, System.monotonic_time())
 
   def run(argv) do
-    {opts, _, _} = OptionParser.parse(argv, strict: [trials: :integer, quiet_ms: :integer])
+    {opts, _, _} =
+      OptionParser.parse(argv, strict: [trials: :integer, quiet_ms: :integer, rate: :integer])
+
     trials = Keyword.get(opts, :trials, 300)
+    rate = Keyword.get(opts, :rate, 20_000)
     quiet_ms = Keyword.get(opts, :quiet_ms, 100)
 
     worker = PythonWorker.start(["--max-buffer", "2000000"])
@@ -38,11 +41,14 @@ defmodule Bench.ToggleLatency do
     last_seen = :atomics.new(1, signed: true)
     :ok = :telemetry.attach("toggle-bench", @event, &__MODULE__.handle/4, last_seen)
 
+    # A steady source for the whole run (a preloaded queue drains in under a second on the
+    # batched wire): `rate` events/s, for longer than the trials can take.
     PythonWorker.run(worker, %{
-      "op" => "emit",
+      "op" => "emit_paced",
       "event" => "tool.execution.stop",
       "measurements" => %{"duration" => 1},
-      "count" => 1_500_000
+      "rate" => rate,
+      "seconds" => 30 + trials * (quiet_ms + 100) / 1000
     })
 
     :ok = GrpcStream.register_worker(id, worker.endpoint)

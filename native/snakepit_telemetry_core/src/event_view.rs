@@ -280,7 +280,9 @@ mod tests {
             .map(|(k, value)| (k.to_string(), TelemetryValue { value }))
             .into_iter()
             .collect(),
-            metadata: [("k".to_string(), "v".to_string()), (String::new(), String::new())].into_iter().collect(),
+            metadata: [("k".to_string(), "v".to_string()), (String::new(), String::new())]
+                .into_iter()
+                .collect(),
             timestamp_ns: i64::MIN,
             correlation_id: "c".into(),
         };
@@ -369,44 +371,44 @@ mod tests {
 
     #[test]
     fn malformed_wire_data_is_rejected_as_prost_does() {
-        let bad: &[&[u8]] = &[
-            &[0x0a],                               // length missing
-            &[0x0a, 0x05, b'a'],                   // length past the end
-            &[0x20],                               // varint missing
-            &[0x20, 0x80],                         // varint truncated
-            &[0x20, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02], // over u64::MAX
-            &[0x20, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00], // 11 bytes
-            &[0x80, 0x80, 0x80, 0x80, 0x10],       // key over u32::MAX
-            &[0x00, 0x00],                         // field number 0
-            &[0x36],                               // wire type 6
-            &[0x37],                               // wire type 7
-            &[0x34],                               // end group without a start
-            &[0x33, 0x08, 0x01],                   // group never ended
-            &[0x33, 0x3c],                         // group ended by another field's end
-            &[0x39, 1, 2, 3],                      // fixed64 truncated
-            &[0x3d, 1, 2, 3],                      // fixed32 truncated
-            &[0x0a, 0x02, 0xc3, 0x28],             // event part not UTF-8
-            &[0x2a, 0x01, 0x80],                   // correlation_id not UTF-8
-            &[0x08, 0x01],                         // field 1 as a varint
-            &[0x10, 0x01],                         // field 2 as a varint
-            &[0x1d, 1, 2, 3, 4],                   // field 3 as fixed32
-            &[0x21, 1, 2, 3, 4, 5, 6, 7, 8],       // field 4 as fixed64
-            &[0x22, 0x01, 0x01],                   // field 4 as bytes (no packing)
-            &[0x28, 0x01],                         // field 5 as a varint
-            &[0x1a, 0x02, 0x08, 0x01],             // metadata key as a varint
-            &[0x1a, 0x02, 0x10, 0x01],             // metadata value as a varint
-            &[0x12, 0x02, 0x10, 0x01],             // measurement value as a varint
-            &[0x12, 0x04, 0x12, 0x02, 0x08, 0xff], // int_value truncated inside its entry
-            &[0x12, 0x04, 0x12, 0x02, 0x11, 0x00], // float_value truncated
-            &[0x12, 0x04, 0x12, 0x02, 0x10, 0x01], // float_value as a varint
-            &[0x12, 0x04, 0x12, 0x02, 0x18, 0x01], // string_value as a varint
-            &[0x12, 0x05, 0x12, 0x03, 0x1a, 0x01, 0xff], // string_value not UTF-8
-            &[0x1a, 0x03, 0x0a, 0x02, b'k'],       // entry field past the entry's end
-            &[0x1a, 0x01, 0x0a, 0x00],             // entry shorter than its field
+        let bad: &[(&[u8], &str)] = &[
+            (&[0x0a], "length missing"),
+            (&[0x0a, 0x05, b'a'], "length past the end"),
+            (&[0x20], "varint missing"),
+            (&[0x20, 0x80], "varint truncated"),
+            (&[0x20, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02], "over u64::MAX"),
+            (&[0x20, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00], "11 bytes"),
+            (&[0x80, 0x80, 0x80, 0x80, 0x10], "key over u32::MAX"),
+            (&[0x00, 0x00], "field number 0"),
+            (&[0x36], "wire type 6"),
+            (&[0x37], "wire type 7"),
+            (&[0x34], "end group without a start"),
+            (&[0x33, 0x08, 0x01], "group never ended"),
+            (&[0x33, 0x3c], "group ended by another field's end"),
+            (&[0x39, 1, 2, 3], "fixed64 truncated"),
+            (&[0x3d, 1, 2, 3], "fixed32 truncated"),
+            (&[0x0a, 0x02, 0xc3, 0x28], "event part not UTF-8"),
+            (&[0x2a, 0x01, 0x80], "correlation_id not UTF-8"),
+            (&[0x08, 0x01], "field 1 as a varint"),
+            (&[0x10, 0x01], "field 2 as a varint"),
+            (&[0x1d, 1, 2, 3, 4], "field 3 as fixed32"),
+            (&[0x21, 1, 2, 3, 4, 5, 6, 7, 8], "field 4 as fixed64"),
+            (&[0x22, 0x01, 0x01], "field 4 as bytes (no packing)"),
+            (&[0x28, 0x01], "field 5 as a varint"),
+            (&[0x1a, 0x02, 0x08, 0x01], "metadata key as a varint"),
+            (&[0x1a, 0x02, 0x10, 0x01], "metadata value as a varint"),
+            (&[0x12, 0x02, 0x10, 0x01], "measurement value as a varint"),
+            (&[0x12, 0x04, 0x12, 0x02, 0x08, 0xff], "int_value truncated inside its entry"),
+            (&[0x12, 0x04, 0x12, 0x02, 0x11, 0x00], "float_value truncated"),
+            (&[0x12, 0x04, 0x12, 0x02, 0x10, 0x01], "float_value as a varint"),
+            (&[0x12, 0x04, 0x12, 0x02, 0x18, 0x01], "string_value as a varint"),
+            (&[0x12, 0x05, 0x12, 0x03, 0x1a, 0x01, 0xff], "string_value not UTF-8"),
+            (&[0x1a, 0x03, 0x0a, 0x02, b'k'], "entry field past the entry's end"),
+            (&[0x1a, 0x01, 0x0a, 0x00], "entry shorter than its field"),
         ];
-        for bytes in bad {
-            assert_eq!(EventView::parse(bytes), Err(Malformed), "{bytes:02x?}");
-            assert!(!prost_decodes(bytes), "prost accepts {bytes:02x?}");
+        for &(bytes, what) in bad {
+            assert_eq!(EventView::parse(bytes), Err(Malformed), "{what}");
+            assert!(!prost_decodes(bytes), "prost accepts: {what}");
         }
         // The largest varint prost takes.
         let max = [0x20, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];

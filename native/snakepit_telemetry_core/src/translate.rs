@@ -324,6 +324,290 @@ mod tests {
         assert_eq!(record.metadata.len(), 64);
     }
 
+    /// The decoder before `EventView`: prost's message, then the same checks on it.
+    fn prost_translate(
+        catalog: &Catalog,
+        limits: EventLimits,
+        bytes: &[u8],
+        gate: impl FnOnce(EventIndex) -> Result<(), DropReason>,
+    ) -> Result<EventRecord, DropReason> {
+        let decoded = TelemetryEvent::decode(bytes).map_err(|_| DropReason::DecodeError)?;
+        if decoded.event_parts.iter().any(|part| part.is_empty() || part.contains('.')) {
+            return Err(DropReason::UnknownEvent);
+        }
+        let event = catalog.event_index(&decoded.event_parts.join(".")).ok_or(DropReason::UnknownEvent)?;
+        gate(event)?;
+        if decoded.metadata.len() > limits.max_metadata_keys {
+            return Err(DropReason::TooManyKeys);
+        }
+        let spec = catalog.event(event);
+        let mut measurements = Vec::with_capacity(decoded.measurements.len());
+        for (key, value) in decoded.measurements {
+            let key = catalog.measurement_key(spec, &key).ok_or(DropReason::InvalidMeasurement)?;
+            let value = match value.value {
+                Some(telemetry_value::Value::IntValue(v)) => Value::Int(v),
+                Some(telemetry_value::Value::FloatValue(v)) => Value::Float(v),
+                Some(telemetry_value::Value::StringValue(v)) => Value::Str(v),
+                None => return Err(DropReason::InvalidMeasurement),
+            };
+            let value = if key.native_time { limits.native_time.from_nanos(value) } else { value };
+            if matches!(value, Value::Float(f) if !f.is_finite()) {
+                return Err(DropReason::InvalidMeasurement);
+            }
+            measurements.push((key.id, value));
+        }
+        let metadata = decoded
+            .metadata
+            .into_iter()
+            .map(|(key, value)| match catalog.metadata_key(&key) {
+                Some(id) => (MetaKey::Known(id), value),
+                None => (MetaKey::Other(key), value),
+            })
+            .collect();
+        Ok(EventRecord {
+            event,
+            wire_bytes: bytes.len(),
+            measurements,
+            metadata,
+            timestamp_ns: decoded.timestamp_ns,
+            correlation_id: decoded.correlation_id,
+        })
+    }
+
+    /// xorshift64: a cheap deterministic generator.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[self.below(from.len())]
+        }
+    }
+
+    const WORKER_NAMES: &[&str] = &[
+        "tool.execution.stop",
+        "python.cpu.sampled",
+        "tool.result_size",
+        "myapp.model.loaded",
+        "python.call.start",
+    ];
+    const PARTS: &[&str] = &["tool", "execution", "stop", "python", "cpu", "", "a.b", "é", "nope"];
+    const MEASUREMENT_KEYS: &[&str] = &["duration", "count", "cpu_percent", "bytes", "weights", "evil", ""];
+    const METADATA_KEYS: &[&str] = &["tool", "worker_id", "node", "user", "k1", "k2", "k3", "", "ключ"];
+    const STRINGS: &[&str] = &["", "v", "predict", "значение", "a.b", "12kb"];
+
+    fn random_value(rng: &mut Rng) -> Option<telemetry_value::Value> {
+        const FLOATS: [f64; 8] =
+            [0.5, -0.0, 12.5, 1e300, f64::MAX, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+        match rng.below(8) {
+            0 => None,
+            1 | 2 => Some(telemetry_value::Value::IntValue(match rng.below(4) {
+                0 => i64::MIN,
+                1 => i64::MAX,
+                2 => -(rng.below(1000) as i64),
+                _ => rng.next() as i64,
+            })),
+            3..=5 => Some(telemetry_value::Value::FloatValue(FLOATS[rng.below(FLOATS.len())])),
+            _ => Some(telemetry_value::Value::StringValue(rng.pick(STRINGS).into())),
+        }
+    }
+
+    fn put_key(tag: u32, wire: u8, out: &mut Vec<u8>) {
+        prost::encoding::encode_varint(u64::from(tag << 3 | u32::from(wire)), out);
+    }
+
+    fn put_len(tag: u32, body: &[u8], out: &mut Vec<u8>) {
+        put_key(tag, 2, out);
+        prost::encoding::encode_varint(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+
+    /// An unknown field (tag 6..), of any valid wire type, groups included.
+    fn unknown_field(rng: &mut Rng, out: &mut Vec<u8>) {
+        let tag = 6 + rng.below(40) as u32;
+        match rng.below(5) {
+            0 => {
+                put_key(tag, 0, out);
+                prost::encoding::encode_varint(rng.next(), out);
+            }
+            1 => {
+                put_key(tag, 1, out);
+                out.extend(rng.next().to_le_bytes());
+            }
+            2 => {
+                put_key(tag, 5, out);
+                out.extend((rng.next() as u32).to_le_bytes());
+            }
+            3 => put_len(tag, &rng.next().to_le_bytes()[..rng.below(9)], out),
+            _ => {
+                put_key(tag, 3, out);
+                if rng.chance(50) {
+                    unknown_field(rng, out);
+                }
+                put_key(tag, 4, out);
+            }
+        }
+    }
+
+    /// A hand-written map entry: key and value each absent, once or twice, among unknown
+    /// fields; a measurement's value may come as several messages (merged).
+    fn hand_entry(rng: &mut Rng, measurement: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..rng.below(4) {
+            match rng.below(3) {
+                0 => {
+                    let keys = if measurement { MEASUREMENT_KEYS } else { METADATA_KEYS };
+                    put_len(1, rng.pick(keys).as_bytes(), &mut out);
+                }
+                1 if measurement => {
+                    let value = TelemetryValue { value: random_value(rng) };
+                    let mut body = value.encode_to_vec();
+                    if rng.chance(20) {
+                        unknown_field(rng, &mut body);
+                    }
+                    put_len(2, &body, &mut out);
+                }
+                1 => put_len(2, rng.pick(STRINGS).as_bytes(), &mut out),
+                _ => unknown_field(rng, &mut out),
+            }
+        }
+        out
+    }
+
+    fn random_message(rng: &mut Rng) -> Vec<u8> {
+        let event_parts = if rng.chance(75) {
+            rng.pick(WORKER_NAMES).split('.').map(String::from).collect()
+        } else {
+            (0..rng.below(4)).map(|_| rng.pick(PARTS).to_string()).collect()
+        };
+        let measurements = (0..rng.below(4))
+            .map(|_| (rng.pick(MEASUREMENT_KEYS).to_string(), TelemetryValue { value: random_value(rng) }))
+            .collect();
+        let metadata = (0..rng.below(5))
+            .map(|_| (rng.pick(METADATA_KEYS).to_string(), rng.pick(STRINGS).to_string()))
+            .collect();
+        let event = TelemetryEvent {
+            event_parts,
+            measurements,
+            metadata,
+            timestamp_ns: if rng.chance(50) { rng.next() as i64 } else { 0 },
+            correlation_id: rng.pick(STRINGS).into(),
+        };
+        let mut bytes = event.encode_to_vec();
+        // Fields prost never writes this way, anywhere in the message.
+        for _ in 0..rng.below(4) {
+            let mut extra = Vec::new();
+            match rng.below(6) {
+                0 => put_len(2, &hand_entry(rng, true), &mut extra),
+                1 => put_len(3, &hand_entry(rng, false), &mut extra),
+                2 => unknown_field(rng, &mut extra),
+                3 => {
+                    put_key(4, 0, &mut extra);
+                    prost::encoding::encode_varint(rng.next(), &mut extra);
+                }
+                4 => put_len(5, rng.pick(STRINGS).as_bytes(), &mut extra),
+                _ => put_len(1, rng.pick(PARTS).as_bytes(), &mut extra),
+            }
+            if rng.chance(50) {
+                bytes.extend(extra);
+            } else {
+                bytes.splice(0..0, extra);
+            }
+        }
+        // Then maybe break it.
+        for _ in 0..rng.below(3) {
+            if bytes.is_empty() || rng.chance(40) {
+                break;
+            }
+            let at = rng.below(bytes.len());
+            match rng.below(4) {
+                0 => bytes.truncate(at),
+                1 => bytes[at] ^= 1 << rng.below(8),
+                2 => bytes.insert(at, rng.next() as u8),
+                _ => bytes[at] = rng.next() as u8,
+            }
+        }
+        bytes
+    }
+
+    /// A record with its maps in a fixed order (the decoders' orders differ).
+    fn sorted(result: Result<EventRecord, DropReason>) -> Result<EventRecord, DropReason> {
+        result.map(|mut record| {
+            record.measurements.sort_by_key(|(id, _)| *id);
+            record.metadata.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+            record
+        })
+    }
+
+    /// Drops some events, and notes which one it saw.
+    fn gate(
+        seen: &mut Option<EventIndex>,
+        salt: usize,
+    ) -> impl FnOnce(EventIndex) -> Result<(), DropReason> + '_ {
+        move |index| {
+            *seen = Some(index);
+            if (index as usize + salt).is_multiple_of(7) {
+                Err(DropReason::FilteredOut)
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn the_view_decodes_exactly_as_prost_did() {
+        let catalog = test_catalog();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut outcomes = HashMap::<String, usize>::new();
+        for i in 0..20_000 {
+            let bytes = random_message(&mut rng);
+            let limits = EventLimits {
+                native_time: NativeTime::new([NANOS_PER_SECOND, 1_000_000, 10 * NANOS_PER_SECOND][i % 3]),
+                max_metadata_keys: [64, 3, 2, 0][i % 4],
+            };
+            let (mut seen_new, mut seen_old) = (None, None);
+            let new = translate(&catalog, limits, &bytes, &mut String::new(), gate(&mut seen_new, i));
+            let old = prost_translate(&catalog, limits, &bytes, gate(&mut seen_old, i));
+            assert_eq!(seen_new, seen_old, "gate, message {i}: {bytes:02x?}");
+            let new = sorted(new);
+            assert_eq!(new, sorted(old), "message {i}: {bytes:02x?}");
+            // The stderr path's entry, from the message prost decoded.
+            if let Ok(decoded) = TelemetryEvent::decode(bytes.as_slice()) {
+                let checked =
+                    check(&catalog, limits, decoded, bytes.len(), &mut String::new(), gate(&mut None, i));
+                assert_eq!(sorted(checked), new, "check, message {i}: {bytes:02x?}");
+            }
+            let outcome = match &new {
+                Ok(record) if record.metadata.is_empty() => "ok".to_string(),
+                Ok(_) => "ok with metadata".to_string(),
+                Err(reason) => format!("{reason:?}"),
+            };
+            *outcomes.entry(outcome).or_default() += 1;
+        }
+        for outcome in [
+            "ok",
+            "ok with metadata",
+            "DecodeError",
+            "UnknownEvent",
+            "FilteredOut",
+            "TooManyKeys",
+            "InvalidMeasurement",
+        ] {
+            assert!(outcomes.get(outcome).copied().unwrap_or(0) > 200, "{outcome}: {outcomes:?}");
+        }
+    }
+
     #[test]
     fn nanoseconds_become_native_units() {
         let micro = NativeTime::new(1_000_000);
