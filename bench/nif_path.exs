@@ -5,10 +5,13 @@
 #
 #     bench/run_all [--quick]            # runs this among the others
 #     MIX_ENV=test ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
-#       mix run bench/nif_path.exs [--events 1000000] [--runs 5] [--nif-buffer 1000000]
+#       mix run bench/nif_path.exs [--events 1000000] [--streams 1] [--runs 5] [--nif-buffer 1000000]
 #                                  [--runtime-threads N] [--quick]
 #
 # (after `cargo build --release --examples -p snakepit_telemetry_core`).
+#
+# `--streams K` opens K streams on the source at once (each carries `--events`), for both the
+# bare client and the NIF.
 #
 # Cases, interleaved per run, for each protocol (single: one event per message and per
 # HTTP/2 DATA frame; batched: 512 events per message):
@@ -42,9 +45,10 @@ defmodule Bench.NifPath do
   import BenchStats, only: [fmt: 1, median: 1, spread: 1]
 
   @event [:snakepit, :python, :tool, :execution, :stop]
-  @defaults [events: 1_000_000, runs: 5, nif_buffer: 1_000_000, timeout_s: 120]
+  @defaults [events: 1_000_000, streams: 1, runs: 5, nif_buffer: 1_000_000, timeout_s: 120]
   @switches [
     events: :integer,
+    streams: :integer,
     runs: :integer,
     nif_buffer: :integer,
     runtime_threads: :integer,
@@ -100,10 +104,12 @@ defmodule Bench.NifPath do
     args = ["--count", "#{events}", "--timeout-ms", "#{opts[:timeout_s] * 1000}"]
     args = args ++ if(protocol == :batched, do: ["--batched"], else: [])
 
-    case System.cmd(@count_stream, args ++ [sources[protocol].endpoint], stderr_to_stdout: true) do
+    endpoints = List.duplicate(sources[protocol].endpoint, opts[:streams])
+
+    case System.cmd(@count_stream, args ++ endpoints, stderr_to_stdout: true) do
       {"count_stream " <> rest, 0} ->
         fields = Map.new(String.split(rest), &parse_field/1)
-        %{events: events, wall_ns: fields["elapsed_ns"], client_ns: fields["cpu_ns"]}
+        %{events: fields["events"], wall_ns: fields["elapsed_ns"], client_ns: fields["cpu_ns"]}
 
       {output, status} ->
         {:failed, "count_stream exit #{status}: #{String.trim(output)}"}
@@ -117,15 +123,16 @@ defmodule Bench.NifPath do
     if kind == :handler,
       do: :ok = :telemetry.attach(handler, @event, &__MODULE__.count/4, counter)
 
-    id = "nif-path-#{System.unique_integer([:positive])}"
+    ids = for _ <- 1..opts[:streams], do: "nif-path-#{System.unique_integer([:positive])}"
+    total = events * opts[:streams]
     :erlang.system_monitor(self(), [{:long_schedule, 1}])
     cpu_before = ThreadCpu.beam()
     started = System.monotonic_time()
 
     try do
-      :ok = GrpcStream.register_worker(id, sources[protocol].endpoint)
+      for id <- ids, do: :ok = GrpcStream.register_worker(id, sources[protocol].endpoint)
       deadline = System.monotonic_time(:millisecond) + opts[:timeout_s] * 1000
-      {emitted, dropped} = await_handed_over(id, events, deadline)
+      {emitted, dropped} = await_handed_over(ids, total, deadline)
       wall_ns = System.convert_time_unit(System.monotonic_time() - started, :native, :nanosecond)
       cpu = ThreadCpu.beam()
       :erlang.system_monitor(:undefined)
@@ -135,19 +142,20 @@ defmodule Bench.NifPath do
         do: raise("handler saw #{:counters.get(counter, 1)} of #{emitted}")
 
       %{
-        events: events,
+        events: total,
         wall_ns: wall_ns,
         client_ns: cpu.nif - cpu_before.nif,
         beam_ns: cpu.schedulers - cpu_before.schedulers,
         dropped: dropped,
-        protocol: stream_protocol(id),
+        protocol: Streams.stream(hd(ids)).protocol,
         long_schedules: length(longs),
-        nif_long_schedules: Enum.count(longs, &nif_location?/1)
+        nif_long_schedules: Enum.count(longs, &nif_location?/1),
+        long_schedule_sample: longs |> Enum.map(&{&1[:timeout], &1[:in], &1[:out]}) |> Enum.take(2)
       }
     after
       :erlang.system_monitor(:undefined)
       :telemetry.detach(handler)
-      GrpcStream.unregister_worker(id)
+      Enum.each(ids, &GrpcStream.unregister_worker/1)
     end
   end
 
@@ -155,10 +163,10 @@ defmodule Bench.NifPath do
   def count(_event, _measurements, _metadata, counter), do: :counters.add(counter, 1, 1)
 
   # Polls every 2 ms until all events are emitted or dropped and no Dispatcher has work left.
-  defp await_handed_over(id, events, deadline) do
-    info = Streams.stream(id)
-    emitted = (info && info.emitted) || 0
-    dropped = if info, do: info.dropped |> Map.values() |> Enum.sum(), else: 0
+  defp await_handed_over(ids, events, deadline) do
+    infos = Enum.filter(GrpcStream.list_streams(), &(&1.worker_id in ids))
+    emitted = Enum.sum(Enum.map(infos, & &1.emitted))
+    dropped = Enum.sum(for i <- infos, {_, n} <- i.dropped, do: n)
     idle? = Enum.all?(Dispatcher.pids(), &(Process.info(&1, :message_queue_len) == {:message_queue_len, 0}))
 
     cond do
@@ -166,15 +174,13 @@ defmodule Bench.NifPath do
         {emitted, dropped}
 
       System.monotonic_time(:millisecond) > deadline ->
-        raise "timeout: #{emitted} emitted, #{dropped} dropped of #{events}: #{inspect(info)}"
+        raise "timeout: #{emitted} emitted, #{dropped} dropped of #{events}: #{inspect(infos)}"
 
       true ->
         Process.sleep(2)
-        await_handed_over(id, events, deadline)
+        await_handed_over(ids, events, deadline)
     end
   end
-
-  defp stream_protocol(id), do: Streams.stream(id).protocol
 
   defp long_schedules do
     receive do
@@ -275,7 +281,7 @@ defmodule Bench.NifPath do
 
     BenchStats.print_table(
       [
-        "case (#{opts[:events]} events/run)",
+        "case (#{opts[:streams]} × #{opts[:events]} events/run)",
         "events/s median (min–max)",
         "/ bare",
         "client CPU µs/ev",
@@ -286,6 +292,8 @@ defmodule Bench.NifPath do
       rows
     )
 
+    samples = for {_, %{long_schedule_sample: s}} <- results, x <- s, do: x
+    IO.puts("\nlong_schedule reports ({ms, in, out}), up to 6: #{inspect(Enum.take(samples, 6))}")
     IO.puts("\nLongest NIF call per function (one traced run per protocol; an upper bound):")
 
     for {protocol, by_function} <- longest, {{_, f, a}, ns} <- Enum.sort(by_function) do

@@ -80,8 +80,13 @@ defmodule Snakepit.Telemetry.Config do
       attempt `n` waits a random time between half and all of
       `min(max_ms, initial_ms * 2^(n - 1))`. Both positive integers,
       `max_ms >= initial_ms`. A stream that stayed open 5 s resets it.
-    * `:runtime_threads` (positive integer, default `2`) - threads of the NIF's
-      tokio runtime, which reads every stream.
+    * `:runtime_threads` (positive integer, default half of
+      `System.schedulers_online()`, at least 1) - threads of the NIF's tokio
+      runtime, which reads every stream. Chosen by measurement on 2 cores
+      (`bench/nif_path.exs --streams 4`, see `bench/RESULTS.md`): a second thread
+      gave about 10 % more events/s but let the NIF's threads take both cores, and
+      BEAM processes went unscheduled for over 1 ms 7 to 20 times per run instead
+      of 0 or 1. The BEAM needs its schedulers too.
 
   ## Memory bound
 
@@ -117,7 +122,7 @@ defmodule Snakepit.Telemetry.Config do
           max_metadata_keys: pos_integer(),
           max_batch_bytes: pos_integer(),
           max_patterns: pos_integer(),
-          runtime_threads: pos_integer(),
+          runtime_threads: pos_integer() | nil,
           excluded_events: [Control.pattern()],
           grpc_stream: boolean(),
           events: [app_event()],
@@ -141,7 +146,7 @@ defmodule Snakepit.Telemetry.Config do
             max_metadata_keys: 128,
             max_batch_bytes: 1_048_576,
             max_patterns: 64,
-            runtime_threads: 2,
+            runtime_threads: nil,
             dispatchers: nil,
             connect_timeout: 5_000,
             reconnect: [initial_ms: 100, max_ms: 5_000]
@@ -174,7 +179,8 @@ defmodule Snakepit.Telemetry.Config do
                          :grpc_stream,
                          :events,
                          :reconnect,
-                         :dispatchers
+                         :dispatchers,
+                         :runtime_threads
                        ]
   @worker_names MapSet.new(Catalog.worker_events(), & &1.worker_name)
   @catalog_events MapSet.new(Catalog.events(), & &1.event)
@@ -291,6 +297,13 @@ defmodule Snakepit.Telemetry.Config do
   end
 
   defp validate!(:dispatchers, nil), do: System.schedulers_online()
+  defp validate!(:runtime_threads, nil), do: max(1, div(System.schedulers_online(), 2))
+
+  defp validate!(:runtime_threads, value) do
+    if is_integer(value) and value > 0,
+      do: value,
+      else: invalid!(:runtime_threads, value, "a positive integer")
+  end
 
   defp validate!(:dispatchers, value) do
     if is_integer(value) and value in 1..1024,

@@ -19,8 +19,9 @@ defmodule Snakepit.Telemetry.ConfigTest do
              events: [],
              max_batch_size: 256,
              max_in_flight_batches: 4,
-             # Resolved at load: one Dispatcher per scheduler.
-             dispatchers: System.schedulers_online()
+             # Resolved at load: one Dispatcher per scheduler, NIF threads for half of them.
+             dispatchers: System.schedulers_online(),
+             runtime_threads: max(1, div(System.schedulers_online(), 2))
            }
 
     assert Enum.sort(Config.defaults()) == Enum.sort(Map.to_list(Map.from_struct(%Config{})))
@@ -32,6 +33,17 @@ defmodule Snakepit.Telemetry.ConfigTest do
     for bad <- [0, 1025, 2.0, :many] do
       assert_raise ArgumentError, ~r/invalid :dispatchers .* from 1 to 1024/, fn ->
         Config.load!(dispatchers: bad)
+      end
+    end
+  end
+
+  test "runtime_threads: a positive integer, or half the schedulers (at least 1) by default" do
+    assert Config.load!(runtime_threads: 3).runtime_threads == 3
+    assert Config.load!(runtime_threads: nil).runtime_threads >= 1
+
+    for bad <- [0, -1, 2.0, :many] do
+      assert_raise ArgumentError, ~r/invalid :runtime_threads .* positive integer/, fn ->
+        Config.load!(runtime_threads: bad)
       end
     end
   end
