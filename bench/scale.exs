@@ -67,12 +67,13 @@ defmodule Bench.Scale do
               "metadata" => %{"tool" => "resize", "operation" => "run"}, "rate" => opts[:rate], "seconds" => opts[:seconds]}
     Enum.each(workers, fn {_, w} -> PythonWorker.run(w, paced) end)
     peak = sample_memory_until(fn -> Enum.all?(workers, fn {_, w} -> PythonWorker.stats(w)["paced_done"] >= 1 end) end, workers)
-    {sources, nif} = settle(workers, table, 120_000)
+    {sources, nif} = settle(workers, table, max(120_000, opts[:seconds] * 5_000))
     wall_s = (System.monotonic_time(:millisecond) - t0) / 1000
     cpu1 = ThreadCpu.beam()
     py_ticks = python_ticks(workers) - py0
 
     emitted = Enum.sum(for {_, s} <- sources, do: s["emitted"])
+    messages = Enum.sum(for {_, s} <- sources, do: s["sent_batches"])
     delivered = Enum.sum(for {id, _} <- workers, do: count(table, {id, :delivered}))
     source_drops = sum_maps(for {_, s} <- sources, do: Map.new(s["dropped"], fn {k, v} -> {k, v} end))
     reported = sum_maps(for {id, _} <- workers, do: reported(table, id))
@@ -110,7 +111,8 @@ defmodule Bench.Scale do
       ["BEAM schedulers CPU", "#{fmt((cpu1.schedulers - cpu0.schedulers) / 1.0e9)} s (#{fmt((cpu1.schedulers - cpu0.schedulers) / events / 1000)} µs/event, #{fmt((cpu1.schedulers - cpu0.schedulers) / 1.0e7 / wall_s)} % of a core)"],
       ["Python workers CPU (all)", "#{fmt(py_ticks / clk_tck)} s (#{fmt(py_ticks / clk_tck * 1.0e6 / events)} µs/event)"],
       ["idle baseline (2 s before phase 1), per second", "workers #{fmt(idle_py / clk_tck / 2 * 100)} % of a core in all, NIF threads #{fmt((idle_cpu.nif - idle_cpu0.nif) / 2.0e7)} %, schedulers #{fmt((idle_cpu.schedulers - idle_cpu0.schedulers) / 2.0e7)} %"],
-      ["Python workers CPU above idle", "#{fmt((py_ticks / clk_tck - idle_py / clk_tck / 2 * wall_s) * 1.0e6 / events)} µs/event"],
+      ["Python workers CPU above idle", "#{fmt((py_ticks / clk_tck - idle_py / clk_tck / 2 * wall_s) * 1.0e6 / events)} µs/event, #{fmt((py_ticks / clk_tck - idle_py / clk_tck / 2 * wall_s) * 1.0e6 / max(messages, 1))} µs/message"],
+      ["gRPC messages the workers sent", "#{messages} (#{fmt(delivered / max(messages, 1))} events per message)"],
       ["BEAM RSS: start / all registered / peak in phase 1", "#{div(rss_start, 1024)} / #{div(rss_registered, 1024)} / #{div(peak.beam, 1024)} MiB"],
       ["BEAM :erlang.memory(:total), peak", "#{div(peak.erlang, 1024 * 1024)} MiB"],
       ["Python workers' RSS, summed, peak", "#{div(peak.python, 1024)} MiB (#{div(peak.python, 1024 * n)} MiB each)"],
@@ -128,8 +130,10 @@ defmodule Bench.Scale do
     :ets.update_counter(table, {id, :delivered}, 1, {{id, :delivered}, 0})
   end
 
-  def count(@dropped, %{count: n}, %{worker_id: id, reason: reason}, {table, _}),
-    do: :ets.update_counter(table, {id, {:reported, reason}}, n, {{id, {:reported, reason}}, 0})
+  def count(@dropped, %{count: n}, %{worker_id: id, reason: reason}, {table, _}) do
+    :ets.update_counter(table, {id, :reports}, 1, {{id, :reports}, 0})
+    :ets.update_counter(table, {id, {:reported, reason}}, n, {{id, {:reported, reason}}, 0})
+  end
 
   @doc false
   def sum(_event, %{duration: d}, %{tool: tool}, sums),
@@ -161,18 +165,26 @@ defmodule Bench.Scale do
       sources = Map.new(workers, fn {id, w} -> {id, PythonWorker.stats(w)} end)
       nif = Map.new(GrpcStream.list_streams(), &{&1.worker_id, &1})
 
-      done = Enum.all?(workers, fn {id, _} ->
-        s = sources[id]
-        i = nif[id]
-        s["buffered"] == 0 and i.received == s["sent"] and
-          i.emitted + Enum.sum(Map.values(i.dropped)) == i.received and
-          count(table, {id, :delivered}) + Enum.sum(Map.values(reported(table, id))) ==
-            i.emitted and Enum.sum(Map.values(reported(table, id))) == s["dropped_total"]
-      end)
+      unsettled =
+        Enum.find(workers, fn {id, _} ->
+          s = sources[id]
+          i = nif[id]
+
+          not (s["buffered"] == 0 and i.received == s["sent"] and
+                 i.emitted + Enum.sum(Map.values(i.dropped)) == i.received and
+                 count(table, {id, :delivered}) + count(table, {id, :reports}) == i.emitted and Enum.sum(Map.values(reported(table, id))) == s["dropped_total"])
+        end)
 
       cond do
-        done -> {sources, nif}
-        System.monotonic_time(:millisecond) > deadline -> raise "not settled in #{timeout} ms"
+        unsettled == nil ->
+          {sources, nif}
+
+        System.monotonic_time(:millisecond) > deadline ->
+          {id, _} = unsettled
+          raise "not settled in #{timeout} ms; #{id}: worker #{inspect(Map.take(sources[id], ["emitted", "sent", "buffered", "dropped_total", "paced_done"]))}, " <>
+                  "NIF #{inspect(Map.take(nif[id], [:received, :emitted, :dropped, :source_dropped, :status]))}, " <>
+                  "delivered #{count(table, {id, :delivered})}, reported #{inspect(reported(table, id))}"
+
         true -> Process.sleep(200) && nil
       end
     end)
