@@ -14,7 +14,7 @@
 # schedulers sleep instead of spinning, so the BEAM's CPU time counts work only.
 # `--nif-buffer N` restarts the application with `max_buffer_size: N` (default: the config's).
 #
-# Every run starts fresh workers (`test/support/python/scripted_worker.py --max-buffer
+# Every run starts fresh workers (`test/support/python/scripted_worker.py --max-buffer-bytes 1 GiB --max-buffer
 # 1000000`, on 127.0.0.1) and has each emit its share of `--events` `tool.execution.stop`
 # events (`duration`, metadata `tool` and `operation`) *before* anything connects, so a run
 # drains full buffers as fast as gRPC allows. Then one of:
@@ -122,7 +122,7 @@ defmodule Bench.StreamThroughput do
   end
 
   defp start_preloaded(i, events) do
-    worker = PythonWorker.start(["--max-buffer", "1000000"])
+    worker = PythonWorker.start(["--max-buffer", "1000000", "--max-buffer-bytes", "1073741824"])
     PythonWorker.run(worker, Map.put(@emit, "count", events))
     stats = PythonWorker.stats(worker)
 

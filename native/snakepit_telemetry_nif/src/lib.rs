@@ -8,9 +8,11 @@
 //!   backoff), its bounded buffer, flow control towards Elixir, and its status messages
 //! - `encode`, `atoms`: checked events to terms, with atoms handed over at start
 //! - `tool_call`, `json`: tool calls on the runtime, and their JSON (dirty NIFs)
+//! - `allocator`: the NIF's Rust allocator (mimalloc, chosen by measurement)
 //!
 //! The catalog, event translation, gRPC client and counters live in `snakepit_telemetry_core`.
 
+mod allocator;
 mod atoms;
 mod buffer;
 mod decode;
