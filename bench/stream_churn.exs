@@ -9,12 +9,12 @@
 # The streams are real gRPC connections to the Rust event source (`--events 0`: each
 # stream opens and then carries nothing), registered with `GrpcStream.register_worker/3`.
 #
-#   1. `--streams` streams: registered, all connected; BEAM RSS before and after, per
+#   1. `--rounds` rounds of: register `--churn` streams, wait until all are connected,
+#      unregister them and wait until they are gone. BEAM RSS after each round; the target
+#      is the last round within 20 % of the first.
+#   2. `--streams` streams: registered, all connected; BEAM RSS before and after, per
 #      stream; `list_streams/0` timed (median of 5), with `long_schedule` (1 ms) watched.
-#      Then all unregistered.
-#   2. `--rounds` rounds of: register `--churn` streams, wait until all are connected,
-#      unregister them, wait until the source has seen every connection close. BEAM RSS
-#      after each round; the target is the last round within 20 % of the first.
+#      Then all unregistered, and RSS read again.
 
 defmodule Bench.StreamChurn do
   @moduledoc false
@@ -32,9 +32,20 @@ defmodule Bench.StreamChurn do
     opts = Keyword.merge(@defaults, opts)
     opts = if opts[:quick], do: Keyword.merge(opts, streams: 300, churn: 100, rounds: 3), else: opts
     source = EventSource.start(events: 0, protocol: :batched)
-    IO.puts("#{opts[:streams]} idle streams, then #{opts[:rounds]} rounds of #{opts[:churn]}")
+    IO.puts("#{opts[:rounds]} rounds of #{opts[:churn]} streams, then #{opts[:streams]} idle streams")
 
-    # 1. Many idle streams.
+    # 1. Churn, from a fresh start.
+    rss_start = rss_kb()
+
+    rounds =
+      for round <- 1..opts[:rounds] do
+        round_ids = register(source, "churn-#{round}", opts[:churn])
+        connected = rss_kb()
+        unregister(round_ids)
+        {round, connected, rss_kb()}
+      end
+
+    # 2. Many idle streams.
     rss0 = rss_kb()
     ids = register(source, "idle", opts[:streams])
     rss1 = rss_kb()
@@ -51,29 +62,30 @@ defmodule Bench.StreamChurn do
     longs = long_schedules()
     unregister(ids)
     rss_after_unregister = rss_kb()
-
-    # 2. Churn.
-    rounds =
-      for round <- 1..opts[:rounds] do
-        round_ids = register(source, "churn-#{round}", opts[:churn])
-        connected = rss_kb()
-        unregister(round_ids)
-        {round, connected, rss_kb()}
-      end
+    Process.sleep(2_000)
+    rss_later = rss_kb()
 
     {_, _, first} = hd(rounds)
     {_, _, last} = List.last(rounds)
 
-    BenchStats.print_table(["measure", "value"], [
-      ["BEAM RSS before / with #{opts[:streams]} connected streams", "#{mib(rss0)} / #{mib(rss1)} MiB"],
-      ["memory per connected idle stream", "#{fmt((rss1 - rss0) / opts[:streams])} KiB"],
-      ["list_streams/0 with #{opts[:streams]} streams, median (min–max)", "#{fmt(median(list_us) / 1000)} ms (#{fmt(Enum.min(list_us) / 1000)}–#{fmt(Enum.max(list_us) / 1000)})"],
-      ["long_schedule ≥ 1 ms during those calls", "#{length(longs)}: #{inspect(Enum.take(longs, 3))}"],
-      ["BEAM RSS after unregistering them all", "#{mib(rss_after_unregister)} MiB"]
-      | for {round, connected, after_round} <- rounds do
-          ["churn round #{round}: RSS with #{opts[:churn]} connected / after unregistering", "#{mib(connected)} / #{mib(after_round)} MiB"]
-        end
-    ] ++ [["last round vs first (after unregistering)", "#{fmt((last - first) * 100 / first)} %"]])
+    churn_rows =
+      for {round, connected, after_round} <- rounds do
+        ["churn round #{round}: RSS with #{opts[:churn]} connected / after unregistering", "#{mib(connected)} / #{mib(after_round)} MiB"]
+      end
+
+    BenchStats.print_table(
+      ["measure", "value"],
+      [["BEAM RSS at the start", "#{mib(rss_start)} MiB"]] ++
+        churn_rows ++
+        [
+          ["last churn round vs first (after unregistering)", "#{fmt((last - first) * 100 / first)} %"],
+          ["BEAM RSS before / with #{opts[:streams]} connected streams", "#{mib(rss0)} / #{mib(rss1)} MiB"],
+          ["memory per connected idle stream", "#{fmt((rss1 - rss0) / opts[:streams])} KiB"],
+          ["list_streams/0 with #{opts[:streams]} streams, median (min–max)", "#{fmt(median(list_us) / 1000)} ms (#{fmt(Enum.min(list_us) / 1000)}–#{fmt(Enum.max(list_us) / 1000)})"],
+          ["long_schedule ≥ 1 ms during those calls", "#{length(longs)}: #{inspect(Enum.take(longs, 3))}"],
+          ["BEAM RSS just after unregistering them all / 2 s later", "#{mib(rss_after_unregister)} / #{mib(rss_later)} MiB"]
+        ]
+    )
 
     EventSource.stop(source)
   end
