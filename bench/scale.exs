@@ -180,7 +180,10 @@ defmodule Bench.Scale do
           {sources, nif}
 
         System.monotonic_time(:millisecond) > deadline ->
-          {id, _} = unsettled
+          {id, w} = unsettled
+          stuck = Enum.count(workers, fn {i, _} -> sources[i]["sent"] != nif[i].received end)
+          {sockets, _} = System.cmd("ss", ["-tni", "( sport = :#{w.tcp_port} or dport = :#{w.tcp_port} )"])
+          IO.puts("#{stuck} workers with sent != received; sockets of #{id}:\n#{sockets}")
           raise "not settled in #{timeout} ms; #{id}: worker #{inspect(Map.take(sources[id], ["emitted", "sent", "buffered", "dropped_total", "paced_done"]))}, " <>
                   "NIF #{inspect(Map.take(nif[id], [:received, :emitted, :dropped, :source_dropped, :status]))}, " <>
                   "delivered #{count(table, {id, :delivered})}, reported #{inspect(reported(table, id))}"
