@@ -19,9 +19,10 @@ many events on ``StreamTelemetryBatched`` (this project's extension). Both handl
   whose response stream then ends with status OK.
 
 A batch packs whatever is buffered when it is built, up to ``max_batch_events`` events
-and ``max_batch_bytes`` bytes, and never waits to fill up (see
-:meth:`~snakepit_bridge.telemetry.stream.StreamConsumer.batches`); it is built by
-concatenating the already-serialized events, so no protobuf object is made per event.
+and ``max_batch_bytes`` bytes, never waits to fill up, and paces messages by
+``min_batch_interval`` (see :meth:`~snakepit_bridge.telemetry.stream.StreamConsumer.batches`);
+it is built by concatenating the already-serialized events, so no protobuf object is made
+per event.
 
 The response serializer accepts a message or bytes that are already a serialized
 message, so tests can put arbitrary bytes on the wire.
@@ -49,10 +50,12 @@ from snakepit_bridge.telemetry.counters import Counter
 from snakepit_bridge.telemetry.stream import (
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_BATCH_EVENTS,
+    DEFAULT_MIN_BATCH_INTERVAL,
     OutgoingMessage,
     StreamConsumer,
     TelemetryStream,
     check_batch_bounds,
+    check_batch_interval,
 )
 from snakepit_bridge.tools import DEFAULT_REGISTRY, ToolRegistry
 from snakepit_bridge.tools.execution import correlation_id_of, run_tool_call
@@ -120,6 +123,7 @@ class TelemetryService:
         honour_control: bool = True,
         max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        min_batch_interval: float = DEFAULT_MIN_BATCH_INTERVAL,
         serve_batched: bool = True,
     ) -> None:
         """Serve ``stream``.
@@ -133,13 +137,19 @@ class TelemetryService:
             max_batch_events: most events in one ``TelemetryEventBatch`` (>= 1).
             max_batch_bytes: most bytes of one serialized ``TelemetryEventBatch``,
                 framing included (>= 1); a single event larger than that goes alone.
+            min_batch_interval: least seconds from one batch message to the next unless
+                a full batch is buffered (>= 0; 0 sends whenever anything is buffered; see
+                :mod:`snakepit_bridge.telemetry.stream`).
             serve_batched: serve ``StreamTelemetryBatched`` (False: only
                 ``StreamTelemetry``, as Snakepit's own workers; clients fall back to it).
 
         Raises:
-            ValueError: if a batch bound is not an integer >= 1.
+            ValueError: if a batch bound is not an integer >= 1, or the interval is not
+                a finite number >= 0.
         """
         check_batch_bounds(max_batch_events, max_batch_bytes)
+        check_batch_interval(min_batch_interval)
+        self._min_batch_interval = float(min_batch_interval)
         self._serve_batched = serve_batched
         self._stream = stream
         self._honour_control = honour_control
@@ -162,6 +172,11 @@ class TelemetryService:
     def max_batch_bytes(self) -> int:
         """Most bytes of one serialized ``TelemetryEventBatch`` (a lone event may exceed it)."""
         return self._max_batch_bytes
+
+    @property
+    def min_batch_interval(self) -> float:
+        """Least seconds between batch messages unless a full batch is buffered."""
+        return self._min_batch_interval
 
     @property
     def controls_received(self) -> int:
@@ -197,7 +212,9 @@ class TelemetryService:
     ) -> Iterator[bytes]:
         """Handle one ``StreamTelemetryBatched`` call: headers, then batches of events."""
         consumer = self._open(controls, context)
-        yield from consumer.batches(self._max_batch_events, self._max_batch_bytes)
+        yield from consumer.batches(
+            self._max_batch_events, self._max_batch_bytes, self._min_batch_interval
+        )
 
     def _open(
         self, controls: Iterator[pb.TelemetryControl], context: grpc.ServicerContext
@@ -309,6 +326,7 @@ class BridgeServer:
         token: str | BearerToken | TokenSource | None = TokenSource.FROM_ENV,
         max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        min_batch_interval: float = DEFAULT_MIN_BATCH_INTERVAL,
         serve_batched: bool = True,
     ) -> None:
         """Prepare a server for ``stream`` on ``host:port`` (port 0 picks a free one).
@@ -324,11 +342,13 @@ class BridgeServer:
                 ``SNAKEPIT_WORKER_TOKEN`` (unset: no check); None turns the check off.
             max_batch_events: see :class:`TelemetryService`.
             max_batch_bytes: see :class:`TelemetryService`.
+            min_batch_interval: see :class:`TelemetryService`.
             serve_batched: see :class:`TelemetryService`.
 
         Raises:
             ValueError: if the token is empty or not visible ASCII (the message never
-                includes it), or a batch bound is not an integer >= 1.
+                includes it), a batch bound is not an integer >= 1, or the batch interval
+                is not a finite number >= 0.
         """
         bearer = resolve_token(token)
         self._stream = stream
@@ -338,6 +358,7 @@ class BridgeServer:
             honour_control=honour_control,
             max_batch_events=max_batch_events,
             max_batch_bytes=max_batch_bytes,
+            min_batch_interval=min_batch_interval,
             serve_batched=serve_batched,
         )
         self._tool_service = ToolService(DEFAULT_REGISTRY if tools is None else tools)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -56,6 +57,7 @@ from snakepit_bridge.telemetry.stream import (
     DEFAULT_MAX_BUFFER,
     DEFAULT_MAX_BUFFER_BYTES,
     DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MIN_BATCH_INTERVAL,
     TelemetryStream,
 )
 from snakepit_bridge.tools import ToolImportError, ToolRegistry, import_tool_modules
@@ -101,6 +103,7 @@ def start_worker(
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    min_batch_interval: float = DEFAULT_MIN_BATCH_INTERVAL,
     honour_control: bool = True,
     tools: ToolRegistry | None = None,
     token: str | BearerToken | TokenSource | None = TokenSource.FROM_ENV,
@@ -113,9 +116,12 @@ def start_worker(
     ``SNAKEPIT_WORKER_TOKEN`` by default (unset: none), None for no check.
     ``serve_batched=False`` serves ``StreamTelemetry`` only, as Snakepit's own workers do.
 
+    ``min_batch_interval`` paces batch messages (seconds; see
+    :mod:`snakepit_bridge.telemetry.stream`).
+
     Raises:
-        ValueError: if a bound is not a positive integer, or the token is empty or
-            invalid.
+        ValueError: if a bound is not a positive integer, the batch interval not a finite
+            number >= 0, or the token is empty or invalid.
         ServerStartError: if the address cannot be bound.
     """
     stream = TelemetryStream(
@@ -132,6 +138,7 @@ def start_worker(
         token=token,
         max_batch_events=max_batch_events,
         max_batch_bytes=max_batch_bytes,
+        min_batch_interval=min_batch_interval,
         serve_batched=serve_batched,
     )
     bound_port = server.start()
@@ -197,6 +204,13 @@ def build_arg_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="most bytes of one StreamTelemetryBatched message; a larger single event goes "
         f"alone ({DEFAULT_MAX_BATCH_BYTES})",
     )
+    parser.add_argument(
+        "--min-batch-interval-ms",
+        type=_non_negative_float,
+        default=DEFAULT_MIN_BATCH_INTERVAL * 1000,
+        help="least ms from one StreamTelemetryBatched message to the next unless a full "
+        f"batch is buffered; 0: no pacing ({DEFAULT_MIN_BATCH_INTERVAL * 1000:g})",
+    )
     return parser
 
 
@@ -224,6 +238,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 class StreamBounds(TypedDict):
     """The buffer and batch bounds, as keyword arguments of :func:`start_worker`."""
 
@@ -232,6 +256,7 @@ class StreamBounds(TypedDict):
     max_event_bytes: int
     max_batch_events: int
     max_batch_bytes: int
+    min_batch_interval: float
 
 
 def stream_bounds(args: argparse.Namespace) -> StreamBounds:
@@ -242,6 +267,7 @@ def stream_bounds(args: argparse.Namespace) -> StreamBounds:
         max_event_bytes=args.max_event_bytes,
         max_batch_events=args.max_batch_events,
         max_batch_bytes=args.max_batch_bytes,
+        min_batch_interval=args.min_batch_interval_ms / 1000,
     )
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -24,6 +25,7 @@ from snakepit_bridge.telemetry.encoding import encode_event
 from snakepit_bridge.telemetry.stream import (
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_BATCH_EVENTS,
+    DEFAULT_MIN_BATCH_INTERVAL,
     TelemetryStream,
     batch_entry_size,
 )
@@ -126,6 +128,81 @@ def test_batch_bounds_are_checked() -> None:
         DEFAULT_MAX_BATCH_EVENTS,
         DEFAULT_MAX_BATCH_BYTES,
     )
+
+
+def test_batch_interval_is_checked() -> None:
+    stream = TelemetryStream()
+    for bad in (-0.001, float("nan"), float("inf"), True, "0.1", None):
+        with pytest.raises(ValueError, match="min_batch_interval"):
+            stream.attach().batches(min_interval=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="min_batch_interval"):
+            TelemetryService(stream, min_batch_interval=bad)  # type: ignore[arg-type]
+    assert DEFAULT_MIN_BATCH_INTERVAL == 0.05
+
+
+def _emit_later(stream: TelemetryStream, delay: float, names: list[str]) -> threading.Thread:
+    def run() -> None:
+        time.sleep(delay)
+        for name in names:
+            stream.emit(name, {})
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _next_timed(batches: Iterator[bytes]) -> tuple[list[str], float]:
+    started = time.monotonic()
+    batch = pb.TelemetryEventBatch.FromString(next(batches))
+    return _names(batch), time.monotonic() - started
+
+
+def test_pacing_first_event_goes_at_once_the_next_waits_the_interval() -> None:
+    stream = TelemetryStream()
+    batches = stream.attach().batches(max_events=100, min_interval=0.3)
+    stream.emit("first", {})
+    names, _ = _next_timed(batches)
+    assert names == ["first"]
+    sent = time.monotonic()
+    stream.emit("second", {})
+    later = _emit_later(stream, 0.1, ["third", "fourth"])
+    names, _ = _next_timed(batches)
+    later.join()
+    # Not before the interval since the previous batch; everything emitted meanwhile in one.
+    assert time.monotonic() - sent >= 0.29
+    assert names == ["second", "third", "fourth"]
+    assert stream.stats().sent_batches == 2
+
+
+def test_pacing_a_full_batch_or_close_ends_the_wait() -> None:
+    stream = TelemetryStream()
+    batches = stream.attach().batches(max_events=4, min_interval=30.0)
+    stream.emit("first", {})
+    assert _next_timed(batches)[0] == ["first"]
+    stream.emit("a", {})
+    # A full batch (4 events) wakes the lingering consumer long before the 30 s interval.
+    later = _emit_later(stream, 0.1, ["b", "c", "d"])
+    names, waited = _next_timed(batches)
+    later.join()
+    assert names == ["a", "b", "c", "d"]
+    assert waited < 10.0
+    stream.emit("e", {})
+    closer = threading.Timer(0.1, stream.close)
+    closer.start()
+    names, waited = _next_timed(batches)
+    closer.join()
+    assert names == ["e"]
+    assert waited < 10.0
+    assert list(batches) == []
+
+
+def test_no_pacing_with_a_zero_interval() -> None:
+    stream = TelemetryStream()
+    batches = stream.attach().batches(max_events=100, min_interval=0.0)
+    for name in ("one", "two", "three"):
+        stream.emit(name, {})
+        assert _next_timed(batches)[0] == [name]
+    assert stream.stats().sent_batches == 3
 
 
 def test_counter_add_is_exact_across_threads() -> None:

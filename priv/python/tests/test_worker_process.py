@@ -116,9 +116,8 @@ def test_main_that_cannot_bind_puts_back_signal_handlers_and_wakeup_fd() -> None
 def test_byte_bound_flags_reach_the_stream() -> None:
     parser = build_arg_parser()
     buffer_flags = ["--max-buffer", "7", "--max-buffer-bytes", "5000", "--max-event-bytes", "300"]
-    args = parser.parse_args(
-        [*buffer_flags, "--max-batch-events", "9", "--max-batch-bytes", "4000"]
-    )
+    batch_flags = ["--max-batch-events", "9", "--max-batch-bytes", "4000"]
+    args = parser.parse_args([*buffer_flags, *batch_flags, "--min-batch-interval-ms", "7.5"])
     worker = start_worker_in_process(port=0, **stream_bounds(args))
     try:
         assert worker.stream.max_buffer == 7
@@ -126,6 +125,7 @@ def test_byte_bound_flags_reach_the_stream() -> None:
         assert worker.stream.max_event_bytes == 300
         assert worker.server.service.max_batch_events == 9
         assert worker.server.service.max_batch_bytes == 4000
+        assert worker.server.service.min_batch_interval == 0.0075
     finally:
         worker.stop(grace=0)
     defaults = stream_bounds(parser.parse_args([]))
@@ -135,7 +135,11 @@ def test_byte_bound_flags_reach_the_stream() -> None:
         "max_event_bytes": 262_144,
         "max_batch_events": 512,
         "max_batch_bytes": 262_144,
+        "min_batch_interval": 0.05,
     }
+    for bad in ("-1", "nan", "inf", "soon"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--min-batch-interval-ms", bad])
 
 
 def test_worker_accepts_the_byte_bound_flags(start_worker: StartWorker) -> None:

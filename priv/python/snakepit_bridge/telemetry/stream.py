@@ -64,8 +64,18 @@ Batches (``StreamTelemetryBatched``): :meth:`StreamConsumer.batches` yields seri
 first, up to ``max_batch_events`` events (default 512) and ``max_batch_bytes`` bytes
 (default 256 KiB, the whole serialized batch); an event whose own entry is larger than
 ``max_batch_bytes`` goes alone. The consumer never waits to fill a batch: a lone event
-leaves at once. A batch is the concatenation of the buffered event bytes, each framed as
-field 1, length-delimited (``0x0A``, varint length, the event's bytes), so no protobuf
+leaves at once. It does pace messages: after one is sent, the next one waits until
+``min_batch_interval`` (default 50 ms) has passed since, unless a full batch is buffered
+(or drop reports, or :meth:`TelemetryStream.close`, are waiting). Each message costs the
+gRPC server about 300-500 µs of the worker's CPU whatever it carries, so a worker emitting
+500 events/s in small bursts would otherwise spend tens of µs per event; paced, it sends at
+most 20 messages/s until it has full batches to send (``bench/RESULTS.md``). The first
+event after a quiet spell goes at once; an event during a busy spell waits at most the
+interval. While the consumer lingers like that, producers wake it only when a full batch is
+buffered (``lingering``, with the same ordering argument as ``waiting`` above).
+
+A batch is the concatenation of the buffered event bytes, each framed as field 1,
+length-delimited (``0x0A``, varint length, the event's bytes), so no protobuf
 object is built per event. Drop reports go first in the next batch (within the same
 bounds). ``sent`` counts events either way; ``sent_batches`` counts batch messages.
 
@@ -79,6 +89,7 @@ directly, or the byte total would not go down.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -98,6 +109,7 @@ __all__ = [
     "DEFAULT_MAX_BUFFER",
     "DEFAULT_MAX_BUFFER_BYTES",
     "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_MIN_BATCH_INTERVAL",
     "DROP_REASONS",
     "DROP_REPORT_EVENT",
     "DROP_REPORT_INTERVAL_SECONDS",
@@ -107,6 +119,7 @@ __all__ = [
     "TelemetryStream",
     "batch_entry_size",
     "check_batch_bounds",
+    "check_batch_interval",
 ]
 
 OutgoingMessage: TypeAlias = pb.TelemetryEvent | bytes
@@ -147,6 +160,10 @@ _BATCH_TAG: Final = 0x0A
 """``TelemetryEventBatch.events``: field 1, wire type 2 (length-delimited)."""
 _ONE_BYTE_ENTRY_PREFIX: Final = tuple(bytes((_BATCH_TAG, size)) for size in range(128))
 """Entry prefixes (tag and one-byte varint length) of events under 128 bytes."""
+
+DEFAULT_MIN_BATCH_INTERVAL: Final = 0.05
+"""Default least time, in seconds, from one batch message to the next unless a full batch
+is buffered (see the module doc); 0 sends whenever anything is buffered."""
 
 _IDLE_RECHECK_SECONDS: Final = 1.0
 """Longest sleep of an idle consumer; only a safety net, wake-ups are explicit."""
@@ -227,10 +244,26 @@ def check_batch_bounds(max_events: int, max_bytes: int) -> None:
             raise ValueError(f"{name} must be an integer >= 1, got {bound!r}")
 
 
+def check_batch_interval(min_interval: float) -> None:
+    """Validate the least interval between batch messages, in seconds.
+
+    Raises:
+        ValueError: if it is not a finite int or float >= 0 (bool is refused).
+    """
+    if (
+        type(min_interval) not in (int, float)
+        or not math.isfinite(min_interval)
+        or min_interval < 0
+    ):
+        raise ValueError(
+            f"min_batch_interval must be a finite number of seconds >= 0, got {min_interval!r}"
+        )
+
+
 class StreamConsumer:
     """One attached reader of a :class:`TelemetryStream` (one gRPC call)."""
 
-    __slots__ = ("_detached", "_stream", "_wakeup", "waiting")
+    __slots__ = ("_detached", "_stream", "_wakeup", "full_batch", "lingering", "waiting")
 
     def __init__(self, stream: TelemetryStream) -> None:
         self._stream = stream
@@ -238,6 +271,10 @@ class StreamConsumer:
         self._detached = False
         self.waiting = False
         """True while the consumer is about to sleep or sleeping; producers then wake it."""
+        self.lingering = False
+        """True while the consumer paces its next batch; producers wake it at a full batch."""
+        self.full_batch = DEFAULT_MAX_BATCH_EVENTS
+        """Buffered events that end a linger (the batch bound of :meth:`batches`)."""
 
     @property
     def is_current(self) -> bool:
@@ -301,22 +338,37 @@ class StreamConsumer:
         self,
         max_events: int = DEFAULT_MAX_BATCH_EVENTS,
         max_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        min_interval: float = DEFAULT_MIN_BATCH_INTERVAL,
     ) -> Iterator[bytes]:
         """Yield serialized ``TelemetryEventBatch`` messages until detached, replaced or closed.
 
         Each batch packs what is buffered when it is built (see the module doc for the
         bounds); with nothing buffered the consumer sleeps until an event arrives, and
-        never waits to fill a batch. Drop reports go first in a batch, at the same rate
-        as :meth:`events` sends them. After :meth:`TelemetryStream.close` the buffer is
-        drained, the final drop report sent, then the iterator ends.
+        never waits to fill a batch. After a batch, the next one waits until
+        ``min_interval`` seconds have passed unless a full batch is buffered (see the
+        module doc). Drop reports go first in a batch, at the same rate as :meth:`events`
+        sends them. After :meth:`TelemetryStream.close` the buffer is drained, the final
+        drop report sent, then the iterator ends.
 
         Raises:
-            ValueError: if a bound is not an integer >= 1 (before anything is consumed).
+            ValueError: if a bound is not an integer >= 1, or ``min_interval`` is not a
+                finite number >= 0 (before anything is consumed).
         """
         check_batch_bounds(max_events, max_bytes)
-        return self._batches(max_events, max_bytes)
+        check_batch_interval(min_interval)
+        return self._batches(max_events, max_bytes, float(min_interval))
 
-    def _batches(self, max_events: int, max_bytes: int) -> Iterator[bytes]:
+    def _linger(self, until: float, max_events: int) -> None:
+        """Sleep until ``until`` (monotonic) unless a full batch, close or detach comes first."""
+        stream = self._stream
+        wakeup = self._wakeup
+        wakeup.clear()
+        self.lingering = True
+        if len(stream.buffer) < max_events and self.is_current and not stream.closed:
+            wakeup.wait(max(until - time.monotonic(), 0.0))
+        self.lingering = False
+
+    def _batches(self, max_events: int, max_bytes: int, min_interval: float) -> Iterator[bytes]:
         stream = self._stream
         buffer = stream.buffer
         pop_batch = stream.pop_batch
@@ -326,15 +378,28 @@ class StreamConsumer:
         monotonic = time.monotonic
         next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         reports: list[bytes] = []  # drop reports taken, not yet in a batch
+        self.full_batch = max_events
+        sent_at = -math.inf  # when the last batch went out
         try:
             while self.is_current:
                 if stream.has_unreported_drops and monotonic() >= next_report:
                     reports.extend(stream.take_drop_report())
                     next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
+                if (
+                    min_interval > 0.0
+                    and buffer
+                    and len(buffer) < max_events
+                    and not reports
+                    and not stream.closed
+                    and monotonic() < sent_at + min_interval
+                ):
+                    self._linger(sent_at + min_interval, max_events)
+                    continue
                 batch, count = pop_batch(max_events, max_bytes, reports)
                 if count:
                     add_sent(count)
                     count_batch()
+                    sent_at = monotonic()
                     yield batch
                     continue
                 # As in events(): re-checked, so nothing appended before close() is left.
@@ -501,7 +566,9 @@ class TelemetryStream:
             return
         self._count_enqueued()
         consumer = self._consumer
-        if consumer is not None and consumer.waiting:
+        if consumer is not None and (
+            consumer.waiting or (consumer.lingering and len(buffer) >= consumer.full_batch)
+        ):
             consumer.wake()
 
     def enqueue_raw(self, data: bytes) -> bool:
@@ -522,7 +589,9 @@ class TelemetryStream:
             return False
         self._count_enqueued()
         consumer = self._consumer
-        if consumer is not None and consumer.waiting:
+        if consumer is not None and (
+            consumer.waiting or (consumer.lingering and len(self._buffer) >= consumer.full_batch)
+        ):
             consumer.wake()
         return True
 
