@@ -28,6 +28,7 @@ defmodule Bench.Scale do
 
   @stop [:snakepit, :python, :tool, :execution, :stop]
   @dropped [:snakepit, :python, :telemetry, :dropped]
+  @lost [:snakepit, :grpc, :connection, :lost]
   @defaults [workers: 100, rate: 500, seconds: 60]
   @switches [workers: :integer, rate: :integer, seconds: :integer, quick: :boolean]
 
@@ -47,6 +48,7 @@ defmodule Bench.Scale do
     last_seen = :atomics.new(1, signed: true)
     :ok = :telemetry.attach_many("scale-count", [@stop, @dropped], &__MODULE__.count/4, {table, last_seen})
     :ok = :telemetry.attach("scale-sum", @stop, &__MODULE__.sum/4, sums)
+    :ok = :telemetry.attach("scale-lost", @lost, &__MODULE__.lost/4, table)
 
     for {id, w} <- workers, do: :ok = GrpcStream.register_worker(id, w.endpoint, pool_name: :scale)
     Streams.wait_until(fn -> Enum.all?(GrpcStream.list_streams(), &(&1.status == :connected)) end, 120_000)
@@ -116,6 +118,7 @@ defmodule Bench.Scale do
       ["BEAM RSS: start / all registered / peak in phase 1", "#{div(rss_start, 1024)} / #{div(rss_registered, 1024)} / #{div(peak.beam, 1024)} MiB"],
       ["BEAM :erlang.memory(:total), peak", "#{div(peak.erlang, 1024 * 1024)} MiB"],
       ["Python workers' RSS, summed, peak", "#{div(peak.python, 1024)} MiB (#{div(peak.python, 1024 * n)} MiB each)"],
+      ["streams lost and reopened (reason: count)", inspect(losses(table))],
       ["phase 2: events seen in the 2 s before the toggle", "#{phase2_seen}"],
       ["toggle(:all, false): call", "#{fmt(toggle_us / 1000)} ms"],
       ["toggle(:all, false) returned → last event seen", "#{fmt(latency_ms)} ms"]
@@ -133,6 +136,11 @@ defmodule Bench.Scale do
   def count(@dropped, %{count: n}, %{worker_id: id, reason: reason}, {table, _}) do
     :ets.update_counter(table, {id, :reports}, 1, {{id, :reports}, 0})
     :ets.update_counter(table, {id, {:reported, reason}}, n, {{id, {:reported, reason}}, 0})
+  end
+
+  @doc false
+  def lost(_event, %{uptime: uptime}, %{worker_id: id, reason: reason}, table) do
+    :ets.insert(table, {{:lost, id, System.unique_integer()}, reason, uptime})
   end
 
   @doc false
@@ -183,7 +191,7 @@ defmodule Bench.Scale do
           {id, w} = unsettled
           stuck = Enum.count(workers, fn {i, _} -> sources[i]["sent"] != nif[i].received end)
           {sockets, _} = System.cmd("ss", ["-tni", "( sport = :#{w.tcp_port} or dport = :#{w.tcp_port} )"])
-          IO.puts("#{stuck} workers with sent != received; sockets of #{id}:\n#{sockets}")
+          IO.puts("#{stuck} workers with sent != received; streams lost: #{inspect(losses(table))}; sockets of #{id}:\n#{sockets}")
           raise "not settled in #{timeout} ms; #{id}: worker #{inspect(Map.take(sources[id], ["emitted", "sent", "buffered", "dropped_total", "paced_done"]))}, " <>
                   "NIF #{inspect(Map.take(nif[id], [:received, :emitted, :dropped, :source_dropped, :status]))}, " <>
                   "delivered #{count(table, {id, :delivered})}, reported #{inspect(reported(table, id))}"
@@ -192,6 +200,10 @@ defmodule Bench.Scale do
       end
     end)
     |> Enum.find(& &1)
+  end
+
+  defp losses(table) do
+    for({{:lost, _, _}, reason, _} <- :ets.tab2list(table), do: reason) |> Enum.frequencies()
   end
 
   defp delivered_total(table, workers),

@@ -189,9 +189,20 @@ impl EventStream {
     }
 }
 
-/// `Code: message` of a gRPC status.
+/// `Code: message` of a gRPC status, then its causes (for a broken connection, the HTTP/2
+/// error that broke it: "error reading a body from connection" alone says nothing).
 pub fn status_text(status: &Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Opens StreamTelemetry; `controls` is the request stream (every control message for the
