@@ -65,7 +65,10 @@ defmodule Bench.NifPath do
     opts = if opts[:quick], do: Keyword.merge(opts, events: 50_000, runs: 1), else: opts
 
     unless File.regular?(@count_stream),
-      do: raise("#{@count_stream} not found: cargo build --release --examples -p snakepit_telemetry_core")
+      do:
+        raise(
+          "#{@count_stream} not found: cargo build --release --examples -p snakepit_telemetry_core"
+        )
 
     app_env =
       [max_buffer_size: opts[:nif_buffer]] ++
@@ -150,7 +153,8 @@ defmodule Bench.NifPath do
         protocol: Streams.stream(hd(ids)).protocol,
         long_schedules: length(longs),
         nif_long_schedules: Enum.count(longs, &nif_location?/1),
-        long_schedule_sample: longs |> Enum.map(&{&1[:timeout], &1[:in], &1[:out]}) |> Enum.take(2)
+        long_schedule_sample:
+          longs |> Enum.map(&{&1[:timeout], &1[:in], &1[:out]}) |> Enum.take(2)
       }
     after
       :erlang.system_monitor(:undefined)
@@ -167,7 +171,12 @@ defmodule Bench.NifPath do
     infos = Enum.filter(GrpcStream.list_streams(), &(&1.worker_id in ids))
     emitted = Enum.sum(Enum.map(infos, & &1.emitted))
     dropped = Enum.sum(for i <- infos, {_, n} <- i.dropped, do: n)
-    idle? = Enum.all?(Dispatcher.pids(), &(Process.info(&1, :message_queue_len) == {:message_queue_len, 0}))
+
+    idle? =
+      Enum.all?(
+        Dispatcher.pids(),
+        &(Process.info(&1, :message_queue_len) == {:message_queue_len, 0})
+      )
 
     cond do
       emitted + dropped == events and idle? ->
@@ -198,7 +207,11 @@ defmodule Bench.NifPath do
   # longest call of each function, in ns. An upper bound: tracing adds to every call.
   defp longest_nif_call(protocol, sources, opts) do
     tracer = spawn(fn -> trace_loop(%{}, %{}) end)
-    :erlang.trace_pattern({Snakepit.Telemetry.Native, :_, :_}, [{:_, [], [{:return_trace}]}], [:local])
+
+    :erlang.trace_pattern({Snakepit.Telemetry.Native, :_, :_}, [{:_, [], [{:return_trace}]}], [
+      :local
+    ])
+
     :erlang.trace(:all, true, [:call, :monotonic_timestamp, {:tracer, tracer}])
 
     try do
@@ -262,7 +275,15 @@ defmodule Bench.NifPath do
             [label, "all runs failed", "", "", "", "", ""]
 
           kind == :bare ->
-            [label, spread(Enum.map(rs, &rate/1)), "1 (baseline)", per_event_us(median(Enum.map(rs, & &1.client_ns)), hd(rs)), "–", "–", "–"]
+            [
+              label,
+              spread(Enum.map(rs, &rate/1)),
+              "1 (baseline)",
+              per_event_us(median(Enum.map(rs, & &1.client_ns)), hd(rs)),
+              "–",
+              "–",
+              "–"
+            ]
 
           true ->
             med = fn f -> median(Enum.map(rs, f)) end
@@ -297,7 +318,9 @@ defmodule Bench.NifPath do
     IO.puts("\nLongest NIF call per function (one traced run per protocol; an upper bound):")
 
     for {protocol, by_function} <- longest, {{_, f, a}, ns} <- Enum.sort(by_function) do
-      IO.puts("  #{protocol}: Native.#{f}/#{a} #{fmt(ns / 1000)} µs#{if f in @dirty, do: " (dirty scheduler)", else: ""}")
+      IO.puts(
+        "  #{protocol}: Native.#{f}/#{a} #{fmt(ns / 1000)} µs#{if f in @dirty, do: " (dirty scheduler)", else: ""}"
+      )
     end
   end
 end

@@ -38,7 +38,10 @@ defmodule Bench.Scale do
     opts = if opts[:quick], do: Keyword.merge(opts, workers: 4, rate: 200, seconds: 3), else: opts
     n = opts[:workers]
 
-    IO.puts("#{n} workers × #{opts[:rate]} events/s × #{opts[:seconds]} s; #{System.schedulers_online()} schedulers")
+    IO.puts(
+      "#{n} workers × #{opts[:rate]} events/s × #{opts[:seconds]} s; #{System.schedulers_online()} schedulers"
+    )
+
     rss_start = rss_kb(:self)
     {start_us, workers} = :timer.tc(fn -> start_workers(n) end)
     IO.puts("started #{n} workers in #{fmt(start_us / 1.0e6)} s")
@@ -46,12 +49,26 @@ defmodule Bench.Scale do
     table = :ets.new(:scale_counts, [:public, :set, write_concurrency: true])
     sums = :ets.new(:scale_sums, [:public, :set, write_concurrency: true])
     last_seen = :atomics.new(1, signed: true)
-    :ok = :telemetry.attach_many("scale-count", [@stop, @dropped], &__MODULE__.count/4, {table, last_seen})
+
+    :ok =
+      :telemetry.attach_many(
+        "scale-count",
+        [@stop, @dropped],
+        &__MODULE__.count/4,
+        {table, last_seen}
+      )
+
     :ok = :telemetry.attach("scale-sum", @stop, &__MODULE__.sum/4, sums)
     :ok = :telemetry.attach("scale-lost", @lost, &__MODULE__.lost/4, table)
 
-    for {id, w} <- workers, do: :ok = GrpcStream.register_worker(id, w.endpoint, pool_name: :scale)
-    Streams.wait_until(fn -> Enum.all?(GrpcStream.list_streams(), &(&1.status == :connected)) end, 120_000)
+    for {id, w} <- workers,
+        do: :ok = GrpcStream.register_worker(id, w.endpoint, pool_name: :scale)
+
+    Streams.wait_until(
+      fn -> Enum.all?(GrpcStream.list_streams(), &(&1.status == :connected)) end,
+      120_000
+    )
+
     rss_registered = rss_kb(:self)
 
     # Baseline: what the registered workers and the node cost doing nothing, over 2 s.
@@ -65,10 +82,24 @@ defmodule Bench.Scale do
     cpu0 = ThreadCpu.beam()
     py0 = python_ticks(workers)
     t0 = System.monotonic_time(:millisecond)
-    paced = %{"op" => "emit_paced", "event" => "tool.execution.stop", "measurements" => %{"duration" => 1_000},
-              "metadata" => %{"tool" => "resize", "operation" => "run"}, "rate" => opts[:rate], "seconds" => opts[:seconds]}
+
+    paced = %{
+      "op" => "emit_paced",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 1_000},
+      "metadata" => %{"tool" => "resize", "operation" => "run"},
+      "rate" => opts[:rate],
+      "seconds" => opts[:seconds]
+    }
+
     Enum.each(workers, fn {_, w} -> PythonWorker.run(w, paced) end)
-    peak = sample_memory_until(fn -> Enum.all?(workers, fn {_, w} -> PythonWorker.stats(w)["paced_done"] >= 1 end) end, workers)
+
+    peak =
+      sample_memory_until(
+        fn -> Enum.all?(workers, fn {_, w} -> PythonWorker.stats(w)["paced_done"] >= 1 end) end,
+        workers
+      )
+
     {sources, nif} = settle(workers, table, max(120_000, opts[:seconds] * 5_000))
     wall_s = (System.monotonic_time(:millisecond) - t0) / 1000
     cpu1 = ThreadCpu.beam()
@@ -77,13 +108,21 @@ defmodule Bench.Scale do
     emitted = Enum.sum(for {_, s} <- sources, do: s["emitted"])
     messages = Enum.sum(for {_, s} <- sources, do: s["sent_batches"])
     delivered = Enum.sum(for {id, _} <- workers, do: count(table, {id, :delivered}))
-    source_drops = sum_maps(for {_, s} <- sources, do: Map.new(s["dropped"], fn {k, v} -> {k, v} end))
+
+    source_drops =
+      sum_maps(for {_, s} <- sources, do: Map.new(s["dropped"], fn {k, v} -> {k, v} end))
+
     reported = sum_maps(for {id, _} <- workers, do: reported(table, id))
     nif_drops = sum_maps(for {_, i} <- nif, do: i.dropped)
-    exact = Enum.all?(workers, fn {id, _} ->
-      s = sources[id]
-      s["emitted"] == count(table, {id, :delivered}) + s["dropped_total"] + Enum.sum(Map.values(nif[id].dropped))
-    end)
+
+    exact =
+      Enum.all?(workers, fn {id, _} ->
+        s = sources[id]
+
+        s["emitted"] ==
+          count(table, {id, :delivered}) + s["dropped_total"] +
+            Enum.sum(Map.values(nif[id].dropped))
+      end)
 
     # Phase 2: the toggle under load.
     before_phase2 = delivered_total(table, workers)
@@ -94,7 +133,12 @@ defmodule Bench.Scale do
     returned = System.monotonic_time()
     Process.sleep(1_000)
     last = :atomics.get(last_seen, 1)
-    latency_ms = if last > returned, do: System.convert_time_unit(last - returned, :native, :microsecond) / 1000, else: 0.0
+
+    latency_ms =
+      if last > returned,
+        do: System.convert_time_unit(last - returned, :native, :microsecond) / 1000,
+        else: 0.0
+
     :ok = GrpcStream.toggle(:all, true)
 
     {ticks, 0} = System.cmd("getconf", ["CLK_TCK"])
@@ -104,20 +148,47 @@ defmodule Bench.Scale do
     BenchStats.print_table(["measure", "value"], [
       ["emitted (workers' own count)", "#{emitted}"],
       ["delivered to the handlers", "#{delivered} (#{fmt(delivered * 100 / max(emitted, 1))} %)"],
-      ["drops at the source by reason (reported)", inspect(Map.reject(source_drops, fn {_, v} -> v == 0 end))],
+      [
+        "drops at the source by reason (reported)",
+        inspect(Map.reject(source_drops, fn {_, v} -> v == 0 end))
+      ],
       ["drops reported on the stream", inspect(reported)],
       ["NIF drops by reason", inspect(Map.reject(nif_drops, fn {_, v} -> v == 0 end))],
       ["emitted == delivered + source + NIF drops, every worker", "#{exact}"],
       ["phase 1 wall time", "#{fmt(wall_s)} s (#{round(delivered / wall_s)} events/s delivered)"],
-      ["NIF runtime threads CPU", "#{fmt((cpu1.nif - cpu0.nif) / 1.0e9)} s (#{fmt((cpu1.nif - cpu0.nif) / events / 1000)} µs/event, #{fmt((cpu1.nif - cpu0.nif) / 1.0e7 / wall_s)} % of a core)"],
-      ["BEAM schedulers CPU", "#{fmt((cpu1.schedulers - cpu0.schedulers) / 1.0e9)} s (#{fmt((cpu1.schedulers - cpu0.schedulers) / events / 1000)} µs/event, #{fmt((cpu1.schedulers - cpu0.schedulers) / 1.0e7 / wall_s)} % of a core)"],
-      ["Python workers CPU (all)", "#{fmt(py_ticks / clk_tck)} s (#{fmt(py_ticks / clk_tck * 1.0e6 / events)} µs/event)"],
-      ["idle baseline (2 s before phase 1), per second", "workers #{fmt(idle_py / clk_tck / 2 * 100)} % of a core in all, NIF threads #{fmt((idle_cpu.nif - idle_cpu0.nif) / 2.0e7)} %, schedulers #{fmt((idle_cpu.schedulers - idle_cpu0.schedulers) / 2.0e7)} %"],
-      ["Python workers CPU above idle", "#{fmt((py_ticks / clk_tck - idle_py / clk_tck / 2 * wall_s) * 1.0e6 / events)} µs/event, #{fmt((py_ticks / clk_tck - idle_py / clk_tck / 2 * wall_s) * 1.0e6 / max(messages, 1))} µs/message"],
-      ["gRPC messages the workers sent", "#{messages} (#{fmt(delivered / max(messages, 1))} events per message)"],
-      ["BEAM RSS: start / all registered / peak in phase 1", "#{div(rss_start, 1024)} / #{div(rss_registered, 1024)} / #{div(peak.beam, 1024)} MiB"],
+      [
+        "NIF runtime threads CPU",
+        "#{fmt((cpu1.nif - cpu0.nif) / 1.0e9)} s (#{fmt((cpu1.nif - cpu0.nif) / events / 1000)} µs/event, #{fmt((cpu1.nif - cpu0.nif) / 1.0e7 / wall_s)} % of a core)"
+      ],
+      [
+        "BEAM schedulers CPU",
+        "#{fmt((cpu1.schedulers - cpu0.schedulers) / 1.0e9)} s (#{fmt((cpu1.schedulers - cpu0.schedulers) / events / 1000)} µs/event, #{fmt((cpu1.schedulers - cpu0.schedulers) / 1.0e7 / wall_s)} % of a core)"
+      ],
+      [
+        "Python workers CPU (all)",
+        "#{fmt(py_ticks / clk_tck)} s (#{fmt(py_ticks / clk_tck * 1.0e6 / events)} µs/event)"
+      ],
+      [
+        "idle baseline (2 s before phase 1), per second",
+        "workers #{fmt(idle_py / clk_tck / 2 * 100)} % of a core in all, NIF threads #{fmt((idle_cpu.nif - idle_cpu0.nif) / 2.0e7)} %, schedulers #{fmt((idle_cpu.schedulers - idle_cpu0.schedulers) / 2.0e7)} %"
+      ],
+      [
+        "Python workers CPU above idle",
+        "#{fmt((py_ticks / clk_tck - idle_py / clk_tck / 2 * wall_s) * 1.0e6 / events)} µs/event, #{fmt((py_ticks / clk_tck - idle_py / clk_tck / 2 * wall_s) * 1.0e6 / max(messages, 1))} µs/message"
+      ],
+      [
+        "gRPC messages the workers sent",
+        "#{messages} (#{fmt(delivered / max(messages, 1))} events per message)"
+      ],
+      [
+        "BEAM RSS: start / all registered / peak in phase 1",
+        "#{div(rss_start, 1024)} / #{div(rss_registered, 1024)} / #{div(peak.beam, 1024)} MiB"
+      ],
       ["BEAM :erlang.memory(:total), peak", "#{div(peak.erlang, 1024 * 1024)} MiB"],
-      ["Python workers' RSS, summed, peak", "#{div(peak.python, 1024)} MiB (#{div(peak.python, 1024 * n)} MiB each)"],
+      [
+        "Python workers' RSS, summed, peak",
+        "#{div(peak.python, 1024)} MiB (#{div(peak.python, 1024 * n)} MiB each)"
+      ],
       ["streams lost and reopened (reason: count)", inspect(losses(table))],
       ["phase 2: events seen in the 2 s before the toggle", "#{phase2_seen}"],
       ["toggle(:all, false): call", "#{fmt(toggle_us / 1000)} ms"],
@@ -160,7 +231,10 @@ defmodule Bench.Scale do
         Process.unlink(w.port)
         {"scale-#{i}", w}
       end,
-      max_concurrency: 8, timeout: 120_000, ordered: true)
+      max_concurrency: 8,
+      timeout: 120_000,
+      ordered: true
+    )
     |> Enum.map(fn {:ok, pair} -> pair end)
   end
 
@@ -180,7 +254,8 @@ defmodule Bench.Scale do
 
           not (s["buffered"] == 0 and i.received == s["sent"] and
                  i.emitted + Enum.sum(Map.values(i.dropped)) == i.received and
-                 count(table, {id, :delivered}) + count(table, {id, :reports}) == i.emitted and Enum.sum(Map.values(reported(table, id))) == s["dropped_total"])
+                 count(table, {id, :delivered}) + count(table, {id, :reports}) == i.emitted and
+                 Enum.sum(Map.values(reported(table, id))) == s["dropped_total"])
         end)
 
       cond do
@@ -190,13 +265,20 @@ defmodule Bench.Scale do
         System.monotonic_time(:millisecond) > deadline ->
           {id, w} = unsettled
           stuck = Enum.count(workers, fn {i, _} -> sources[i]["sent"] != nif[i].received end)
-          {sockets, _} = System.cmd("ss", ["-tni", "( sport = :#{w.tcp_port} or dport = :#{w.tcp_port} )"])
-          IO.puts("#{stuck} workers with sent != received; streams lost: #{inspect(losses(table))}; sockets of #{id}:\n#{sockets}")
+
+          {sockets, _} =
+            System.cmd("ss", ["-tni", "( sport = :#{w.tcp_port} or dport = :#{w.tcp_port} )"])
+
+          IO.puts(
+            "#{stuck} workers with sent != received; streams lost: #{inspect(losses(table))}; sockets of #{id}:\n#{sockets}"
+          )
+
           raise "not settled in #{timeout} ms; #{id}: worker #{inspect(Map.take(sources[id], ["emitted", "sent", "buffered", "dropped_total", "paced_done"]))}, " <>
                   "NIF #{inspect(Map.take(nif[id], [:received, :emitted, :dropped, :source_dropped, :status]))}, " <>
                   "delivered #{count(table, {id, :delivered})}, reported #{inspect(reported(table, id))}"
 
-        true -> Process.sleep(200) && nil
+        true ->
+          Process.sleep(200) && nil
       end
     end)
     |> Enum.find(& &1)
@@ -229,7 +311,13 @@ defmodule Bench.Scale do
       python: max(peak.python, Enum.sum(for {_, w} <- workers, do: rss_kb(w.os_pid)))
     }
 
-    if done?.(), do: peak, else: (Process.sleep(500); sample_memory_until(done?, workers, peak))
+    if done?.(),
+      do: peak,
+      else:
+        (
+          Process.sleep(500)
+          sample_memory_until(done?, workers, peak)
+        )
   end
 
   defp rss_kb(pid) do
@@ -246,18 +334,20 @@ defmodule Bench.Scale do
   end
 
   defp python_ticks(workers) do
-    Enum.sum(for {_, w} <- workers do
-      case File.read("/proc/#{w.os_pid}/stat") do
-        {:ok, stat} ->
-          # Fields after the command name: utime and stime are the 12th and 13th.
-          [_, rest] = String.split(stat, ") ", parts: 2)
-          fields = String.split(rest)
-          String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
+    Enum.sum(
+      for {_, w} <- workers do
+        case File.read("/proc/#{w.os_pid}/stat") do
+          {:ok, stat} ->
+            # Fields after the command name: utime and stime are the 12th and 13th.
+            [_, rest] = String.split(stat, ") ", parts: 2)
+            fields = String.split(rest)
+            String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
 
-        _ ->
-          0
+          _ ->
+            0
+        end
       end
-    end)
+    )
   end
 end
 

@@ -30,9 +30,15 @@ defmodule Bench.StreamChurn do
   def main(argv) do
     {opts, []} = OptionParser.parse!(argv, strict: @switches)
     opts = Keyword.merge(@defaults, opts)
-    opts = if opts[:quick], do: Keyword.merge(opts, streams: 300, churn: 100, rounds: 3), else: opts
+
+    opts =
+      if opts[:quick], do: Keyword.merge(opts, streams: 300, churn: 100, rounds: 3), else: opts
+
     source = EventSource.start(events: 0, protocol: :batched)
-    IO.puts("#{opts[:rounds]} rounds of #{opts[:churn]} streams, then #{opts[:streams]} idle streams")
+
+    IO.puts(
+      "#{opts[:rounds]} rounds of #{opts[:churn]} streams, then #{opts[:streams]} idle streams"
+    )
 
     # 1. Churn, from a fresh start.
     rss_start = rss_kb()
@@ -70,7 +76,10 @@ defmodule Bench.StreamChurn do
 
     churn_rows =
       for {round, connected, after_round} <- rounds do
-        ["churn round #{round}: RSS with #{opts[:churn]} connected / after unregistering", "#{mib(connected)} / #{mib(after_round)} MiB"]
+        [
+          "churn round #{round}: RSS with #{opts[:churn]} connected / after unregistering",
+          "#{mib(connected)} / #{mib(after_round)} MiB"
+        ]
       end
 
     BenchStats.print_table(
@@ -78,12 +87,27 @@ defmodule Bench.StreamChurn do
       [["BEAM RSS at the start", "#{mib(rss_start)} MiB"]] ++
         churn_rows ++
         [
-          ["last churn round vs first (after unregistering)", "#{fmt((last - first) * 100 / first)} %"],
-          ["BEAM RSS before / with #{opts[:streams]} connected streams", "#{mib(rss0)} / #{mib(rss1)} MiB"],
+          [
+            "last churn round vs first (after unregistering)",
+            "#{fmt((last - first) * 100 / first)} %"
+          ],
+          [
+            "BEAM RSS before / with #{opts[:streams]} connected streams",
+            "#{mib(rss0)} / #{mib(rss1)} MiB"
+          ],
           ["memory per connected idle stream", "#{fmt((rss1 - rss0) / opts[:streams])} KiB"],
-          ["list_streams/0 with #{opts[:streams]} streams, median (min–max)", "#{fmt(median(list_us) / 1000)} ms (#{fmt(Enum.min(list_us) / 1000)}–#{fmt(Enum.max(list_us) / 1000)})"],
-          ["long_schedule ≥ 1 ms during those calls", "#{length(longs)}: #{inspect(Enum.take(longs, 3))}"],
-          ["BEAM RSS just after unregistering them all / 2 s later", "#{mib(rss_after_unregister)} / #{mib(rss_later)} MiB"]
+          [
+            "list_streams/0 with #{opts[:streams]} streams, median (min–max)",
+            "#{fmt(median(list_us) / 1000)} ms (#{fmt(Enum.min(list_us) / 1000)}–#{fmt(Enum.max(list_us) / 1000)})"
+          ],
+          [
+            "long_schedule ≥ 1 ms during those calls",
+            "#{length(longs)}: #{inspect(Enum.take(longs, 3))}"
+          ],
+          [
+            "BEAM RSS just after unregistering them all / 2 s later",
+            "#{mib(rss_after_unregister)} / #{mib(rss_later)} MiB"
+          ]
         ]
     )
 
