@@ -196,6 +196,29 @@ def test_pacing_a_full_batch_or_close_ends_the_wait() -> None:
     assert list(batches) == []
 
 
+def test_pacing_a_batch_full_by_bytes_ends_the_wait() -> None:
+    stream = TelemetryStream()
+    big = 1_000
+    batches = stream.attach().batches(max_events=100, max_bytes=3 * big, min_interval=30.0)
+    stream.emit("first", {})
+    assert _next_timed(batches)[0] == ["first"]
+    stream.emit("a", {"n": 1}, {"pad": "z" * big})
+
+    def later() -> None:
+        time.sleep(0.1)
+        for name in ("b", "c"):
+            stream.emit(name, {"n": 1}, {"pad": "z" * big})
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    names, waited = _next_timed(batches)
+    thread.join()
+    # Three events of about 1 KB fill the 3,000-byte bound: no 30 s wait, 2 or 3 of them
+    # go (whatever fits the byte bound), the rest in the next batch.
+    assert waited < 10.0
+    assert names[0] == "a" and len(names) >= 2
+
+
 def test_no_pacing_with_a_zero_interval() -> None:
     stream = TelemetryStream()
     batches = stream.attach().batches(max_events=100, min_interval=0.0)

@@ -65,11 +65,12 @@ first, up to ``max_batch_events`` events (default 512) and ``max_batch_bytes`` b
 (default 256 KiB, the whole serialized batch); an event whose own entry is larger than
 ``max_batch_bytes`` goes alone. The consumer never waits to fill a batch: a lone event
 leaves at once. It does pace messages: after one is sent, the next one waits until
-``min_batch_interval`` (default 50 ms) has passed since, unless a full batch is buffered
-(or drop reports, or :meth:`TelemetryStream.close`, are waiting). Each message costs the
-gRPC server about 300-500 µs of the worker's CPU whatever it carries, so a worker emitting
-500 events/s in small bursts would otherwise spend tens of µs per event; paced, it sends at
-most 20 messages/s until it has full batches to send (``bench/RESULTS.md``). The first
+``min_batch_interval`` (default 50 ms) has passed since, unless a full batch (by count or
+by bytes) is buffered (or drop reports, or :meth:`TelemetryStream.close`, are waiting).
+Each message costs the gRPC server hundreds of µs of the worker's CPU whatever it carries,
+so a worker emitting 500 events/s in small bursts would otherwise spend tens of µs per
+event; paced, it sends at most 20 messages/s until it has full batches to send
+(``bench/RESULTS.md``). The first
 event after a quiet spell goes at once; an event during a busy spell waits at most the
 interval. While the consumer lingers like that, producers wake it only when a full batch is
 buffered (``lingering``, with the same ordering argument as ``waiting`` above).
@@ -263,7 +264,15 @@ def check_batch_interval(min_interval: float) -> None:
 class StreamConsumer:
     """One attached reader of a :class:`TelemetryStream` (one gRPC call)."""
 
-    __slots__ = ("_detached", "_stream", "_wakeup", "full_batch", "lingering", "waiting")
+    __slots__ = (
+        "_detached",
+        "_stream",
+        "_wakeup",
+        "full_batch",
+        "full_batch_bytes",
+        "lingering",
+        "waiting",
+    )
 
     def __init__(self, stream: TelemetryStream) -> None:
         self._stream = stream
@@ -274,7 +283,9 @@ class StreamConsumer:
         self.lingering = False
         """True while the consumer paces its next batch; producers wake it at a full batch."""
         self.full_batch = DEFAULT_MAX_BATCH_EVENTS
-        """Buffered events that end a linger (the batch bound of :meth:`batches`)."""
+        """Buffered events that end a linger (the count bound of :meth:`batches`)."""
+        self.full_batch_bytes = DEFAULT_MAX_BATCH_BYTES
+        """Buffered bytes that end a linger (the byte bound of :meth:`batches`)."""
 
     @property
     def is_current(self) -> bool:
@@ -358,13 +369,20 @@ class StreamConsumer:
         check_batch_interval(min_interval)
         return self._batches(max_events, max_bytes, float(min_interval))
 
-    def _linger(self, until: float, max_events: int) -> None:
+    def _has_full_batch(self) -> bool:
+        """True when what is buffered fills a batch, by count or by bytes."""
+        stream = self._stream
+        return (
+            len(stream.buffer) >= self.full_batch or stream.buffered_bytes >= self.full_batch_bytes
+        )
+
+    def _linger(self, until: float) -> None:
         """Sleep until ``until`` (monotonic) unless a full batch, close or detach comes first."""
         stream = self._stream
         wakeup = self._wakeup
         wakeup.clear()
         self.lingering = True
-        if len(stream.buffer) < max_events and self.is_current and not stream.closed:
+        if not self._has_full_batch() and self.is_current and not stream.closed:
             wakeup.wait(max(until - time.monotonic(), 0.0))
         self.lingering = False
 
@@ -379,6 +397,7 @@ class StreamConsumer:
         next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         reports: list[bytes] = []  # drop reports taken, not yet in a batch
         self.full_batch = max_events
+        self.full_batch_bytes = max_bytes
         sent_at = -math.inf  # when the last batch went out
         try:
             while self.is_current:
@@ -388,12 +407,12 @@ class StreamConsumer:
                 if (
                     min_interval > 0.0
                     and buffer
-                    and len(buffer) < max_events
                     and not reports
                     and not stream.closed
                     and monotonic() < sent_at + min_interval
+                    and not self._has_full_batch()
                 ):
-                    self._linger(sent_at + min_interval, max_events)
+                    self._linger(sent_at + min_interval)
                     continue
                 batch, count = pop_batch(max_events, max_bytes, reports)
                 if count:
@@ -567,7 +586,14 @@ class TelemetryStream:
         self._count_enqueued()
         consumer = self._consumer
         if consumer is not None and (
-            consumer.waiting or (consumer.lingering and len(buffer) >= consumer.full_batch)
+            consumer.waiting
+            or (
+                consumer.lingering
+                and (
+                    len(buffer) >= consumer.full_batch
+                    or self._bytes_in - self._bytes_out >= consumer.full_batch_bytes
+                )
+            )
         ):
             consumer.wake()
 
@@ -590,7 +616,14 @@ class TelemetryStream:
         self._count_enqueued()
         consumer = self._consumer
         if consumer is not None and (
-            consumer.waiting or (consumer.lingering and len(self._buffer) >= consumer.full_batch)
+            consumer.waiting
+            or (
+                consumer.lingering
+                and (
+                    len(self._buffer) >= consumer.full_batch
+                    or self.buffered_bytes >= consumer.full_batch_bytes
+                )
+            )
         ):
             consumer.wake()
         return True
