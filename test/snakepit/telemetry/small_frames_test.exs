@@ -48,7 +48,8 @@ defmodule Snakepit.Telemetry.SmallFramesTest do
     assert_receive {:stuck, dispatcher}, 10_000
 
     # The NIF has stopped reading: the source fills the stream window with one-event frames
-    # (about 40 bytes each: a charge of over 1 MiB against h2's budget with a 1 MiB window).
+    # (about 60 bytes each, charged about 200 each: over 3 MB against the 1 MiB budget the
+    # old 1 MiB / 2 MiB windows gave; under 1 MB against today's 128 MiB).
     Process.sleep(1_000)
     assert stream(id).received < @events
     assert stream(id).status == :connected
