@@ -110,8 +110,8 @@ defmodule Bench.NifPath do
     endpoints = List.duplicate(sources[protocol].endpoint, opts[:streams])
 
     case System.cmd(@count_stream, args ++ endpoints, stderr_to_stdout: true) do
-      {"count_stream " <> rest, 0} ->
-        fields = Map.new(String.split(rest), &parse_field/1)
+      {"count_stream " <> _ = line, 0} ->
+        fields = BenchStats.count_stream_fields(line)
         %{events: fields["events"], wall_ns: fields["elapsed_ns"], client_ns: fields["cpu_ns"]}
 
       {output, status} ->
@@ -139,7 +139,7 @@ defmodule Bench.NifPath do
       wall_ns = System.convert_time_unit(System.monotonic_time() - started, :native, :nanosecond)
       cpu = ThreadCpu.beam()
       :erlang.system_monitor(:undefined)
-      longs = long_schedules()
+      longs = BenchStats.long_schedules()
 
       if kind == :handler and :counters.get(counter, 1) != emitted,
         do: raise("handler saw #{:counters.get(counter, 1)} of #{emitted}")
@@ -188,14 +188,6 @@ defmodule Bench.NifPath do
       true ->
         Process.sleep(2)
         await_handed_over(ids, events, deadline)
-    end
-  end
-
-  defp long_schedules do
-    receive do
-      {:monitor, _pid, :long_schedule, info} -> [info | long_schedules()]
-    after
-      0 -> []
     end
   end
 
@@ -248,11 +240,6 @@ defmodule Bench.NifPath do
       {:result, pid} ->
         send(pid, {:longest, longest})
     end
-  end
-
-  defp parse_field(field) do
-    [k, v] = String.split(field, "=", parts: 2)
-    {k, String.to_integer(v)}
   end
 
   defp label({protocol, :bare}), do: "#{protocol}: bare client"

@@ -22,7 +22,7 @@ defmodule Bench.Scale do
   @moduledoc false
 
   alias Snakepit.Telemetry.GrpcStream
-  alias Snakepit.Telemetry.Test.{BenchStats, PythonWorker, Streams, ThreadCpu}
+  alias Snakepit.Telemetry.Test.{BenchStats, OsStats, PythonWorker, Streams, ThreadCpu}
 
   import BenchStats, only: [fmt: 1]
 
@@ -42,7 +42,7 @@ defmodule Bench.Scale do
       "#{n} workers × #{opts[:rate]} events/s × #{opts[:seconds]} s; #{System.schedulers_online()} schedulers"
     )
 
-    rss_start = rss_kb(:self)
+    rss_start = OsStats.rss_kb(:self)
     {start_us, workers} = :timer.tc(fn -> start_workers(n) end)
     IO.puts("started #{n} workers in #{fmt(start_us / 1.0e6)} s")
 
@@ -69,7 +69,7 @@ defmodule Bench.Scale do
       120_000
     )
 
-    rss_registered = rss_kb(:self)
+    rss_registered = OsStats.rss_kb(:self)
 
     # Baseline: what the registered workers and the node cost doing nothing, over 2 s.
     idle_cpu0 = ThreadCpu.beam()
@@ -141,9 +141,14 @@ defmodule Bench.Scale do
 
     :ok = GrpcStream.toggle(:all, true)
 
-    {ticks, 0} = System.cmd("getconf", ["CLK_TCK"])
-    clk_tck = ticks |> String.trim() |> String.to_integer()
+    clk_tck = OsStats.clock_ticks_per_second()
     events = max(delivered, 1)
+    nif_ns = cpu1.nif - cpu0.nif
+    schedulers_ns = cpu1.schedulers - cpu0.schedulers
+    # Python CPU in seconds: over phase 1, and over it less what idle workers use anyway.
+    python_s = py_ticks / clk_tck
+    idle_python_per_s = idle_py / clk_tck / 2
+    python_busy_s = python_s - idle_python_per_s * wall_s
 
     BenchStats.print_table(["measure", "value"], [
       ["emitted (workers' own count)", "#{emitted}"],
@@ -158,23 +163,23 @@ defmodule Bench.Scale do
       ["phase 1 wall time", "#{fmt(wall_s)} s (#{round(delivered / wall_s)} events/s delivered)"],
       [
         "NIF runtime threads CPU",
-        "#{fmt((cpu1.nif - cpu0.nif) / 1.0e9)} s (#{fmt((cpu1.nif - cpu0.nif) / events / 1000)} µs/event, #{fmt((cpu1.nif - cpu0.nif) / 1.0e7 / wall_s)} % of a core)"
+        "#{fmt(nif_ns / 1.0e9)} s (#{fmt(nif_ns / events / 1000)} µs/event, #{fmt(nif_ns / 1.0e7 / wall_s)} % of a core)"
       ],
       [
         "BEAM schedulers CPU",
-        "#{fmt((cpu1.schedulers - cpu0.schedulers) / 1.0e9)} s (#{fmt((cpu1.schedulers - cpu0.schedulers) / events / 1000)} µs/event, #{fmt((cpu1.schedulers - cpu0.schedulers) / 1.0e7 / wall_s)} % of a core)"
+        "#{fmt(schedulers_ns / 1.0e9)} s (#{fmt(schedulers_ns / events / 1000)} µs/event, #{fmt(schedulers_ns / 1.0e7 / wall_s)} % of a core)"
       ],
       [
         "Python workers CPU (all)",
-        "#{fmt(py_ticks / clk_tck)} s (#{fmt(py_ticks / clk_tck * 1.0e6 / events)} µs/event)"
+        "#{fmt(python_s)} s (#{fmt(python_s * 1.0e6 / events)} µs/event)"
       ],
       [
         "idle baseline (2 s before phase 1), per second",
-        "workers #{fmt(idle_py / clk_tck / 2 * 100)} % of a core in all, NIF threads #{fmt((idle_cpu.nif - idle_cpu0.nif) / 2.0e7)} %, schedulers #{fmt((idle_cpu.schedulers - idle_cpu0.schedulers) / 2.0e7)} %"
+        "workers #{fmt(idle_python_per_s * 100)} % of a core in all, NIF threads #{fmt((idle_cpu.nif - idle_cpu0.nif) / 2.0e7)} %, schedulers #{fmt((idle_cpu.schedulers - idle_cpu0.schedulers) / 2.0e7)} %"
       ],
       [
         "Python workers CPU above idle",
-        "#{fmt((py_ticks / clk_tck - idle_py / clk_tck / 2 * wall_s) * 1.0e6 / events)} µs/event, #{fmt((py_ticks / clk_tck - idle_py / clk_tck / 2 * wall_s) * 1.0e6 / max(messages, 1))} µs/message"
+        "#{fmt(python_busy_s * 1.0e6 / events)} µs/event, #{fmt(python_busy_s * 1.0e6 / max(messages, 1))} µs/message"
       ],
       [
         "gRPC messages the workers sent",
@@ -306,9 +311,9 @@ defmodule Bench.Scale do
   # Samples memory every 500 ms until `done?`; returns the peaks (KiB for RSS, bytes for the VM).
   defp sample_memory_until(done?, workers, peak \\ %{beam: 0, erlang: 0, python: 0}) do
     peak = %{
-      beam: max(peak.beam, rss_kb(:self)),
+      beam: max(peak.beam, OsStats.rss_kb(:self)),
       erlang: max(peak.erlang, :erlang.memory(:total)),
-      python: max(peak.python, Enum.sum(for {_, w} <- workers, do: rss_kb(w.os_pid)))
+      python: max(peak.python, Enum.sum(for {_, w} <- workers, do: OsStats.rss_kb(w.os_pid)))
     }
 
     if done?.(),
@@ -320,35 +325,7 @@ defmodule Bench.Scale do
         )
   end
 
-  defp rss_kb(pid) do
-    path = if pid == :self, do: "/proc/self/status", else: "/proc/#{pid}/status"
-
-    case File.read(path) do
-      {:ok, status} ->
-        [_, kb] = Regex.run(~r/VmRSS:\s+(\d+) kB/, status)
-        String.to_integer(kb)
-
-      _ ->
-        0
-    end
-  end
-
-  defp python_ticks(workers) do
-    Enum.sum(
-      for {_, w} <- workers do
-        case File.read("/proc/#{w.os_pid}/stat") do
-          {:ok, stat} ->
-            # Fields after the command name: utime and stime are the 12th and 13th.
-            [_, rest] = String.split(stat, ") ", parts: 2)
-            fields = String.split(rest)
-            String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
-
-          _ ->
-            0
-        end
-      end
-    )
-  end
+  defp python_ticks(workers), do: OsStats.cpu_ticks(for {_, w} <- workers, do: w.os_pid)
 end
 
 Bench.Scale.main(System.argv())

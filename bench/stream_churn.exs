@@ -20,7 +20,7 @@ defmodule Bench.StreamChurn do
   @moduledoc false
 
   alias Snakepit.Telemetry.GrpcStream
-  alias Snakepit.Telemetry.Test.{BenchStats, EventSource, Streams}
+  alias Snakepit.Telemetry.Test.{BenchStats, EventSource, OsStats, Streams}
 
   import BenchStats, only: [fmt: 1, median: 1]
 
@@ -41,20 +41,20 @@ defmodule Bench.StreamChurn do
     )
 
     # 1. Churn, from a fresh start.
-    rss_start = rss_kb()
+    rss_start = OsStats.rss_kb(:self)
 
     rounds =
       for round <- 1..opts[:rounds] do
         round_ids = register(source, "churn-#{round}", opts[:churn])
-        connected = rss_kb()
+        connected = OsStats.rss_kb(:self)
         unregister(round_ids)
-        {round, connected, rss_kb()}
+        {round, connected, OsStats.rss_kb(:self)}
       end
 
     # 2. Many idle streams.
-    rss0 = rss_kb()
+    rss0 = OsStats.rss_kb(:self)
     ids = register(source, "idle", opts[:streams])
-    rss1 = rss_kb()
+    rss1 = OsStats.rss_kb(:self)
     :erlang.system_monitor(self(), [{:long_schedule, 1}])
 
     list_us =
@@ -65,11 +65,11 @@ defmodule Bench.StreamChurn do
       end
 
     :erlang.system_monitor(:undefined)
-    longs = long_schedules()
+    longs = BenchStats.long_schedules()
     unregister(ids)
-    rss_after_unregister = rss_kb()
+    rss_after_unregister = OsStats.rss_kb(:self)
     Process.sleep(2_000)
-    rss_later = rss_kb()
+    rss_later = OsStats.rss_kb(:self)
 
     {_, _, first} = hd(rounds)
     {_, _, last} = List.last(rounds)
@@ -138,20 +138,7 @@ defmodule Bench.StreamChurn do
     Process.sleep(500)
   end
 
-  defp long_schedules do
-    receive do
-      {:monitor, _pid, :long_schedule, info} -> [info | long_schedules()]
-    after
-      0 -> []
-    end
-  end
-
   defp mib(kb), do: fmt(kb / 1024)
-
-  defp rss_kb do
-    [_, kb] = Regex.run(~r/VmRSS:\s+(\d+) kB/, File.read!("/proc/self/status"))
-    String.to_integer(kb)
-  end
 end
 
 Bench.StreamChurn.main(System.argv())

@@ -47,7 +47,9 @@ defmodule Bench.StreamThroughput do
   @moduledoc false
 
   alias Snakepit.Telemetry.{Dispatcher, GrpcStream}
-  alias Snakepit.Telemetry.Test.{PythonWorker, ThreadCpu}
+  alias Snakepit.Telemetry.Test.{BenchStats, OsStats, PythonWorker, ThreadCpu}
+
+  import BenchStats, only: [fmt: 1, median: 1]
 
   @event [:snakepit, :python, :tool, :execution, :stop]
   @emit %{
@@ -81,7 +83,7 @@ defmodule Bench.StreamThroughput do
       do: Snakepit.Telemetry.Test.Streams.restart_app(max_buffer_size: buffer)
 
     :erlang.system_flag(:scheduler_wall_time, true)
-    clk_tck = clock_ticks_per_second()
+    clk_tck = OsStats.clock_ticks_per_second()
     cases = [{:bare, 1}, {:full, 1}, {:bare, opts[:workers]}, {:full, opts[:workers]}]
 
     IO.puts(
@@ -149,7 +151,7 @@ defmodule Bench.StreamThroughput do
 
     case System.cmd(opts[:count_stream], args, stderr_to_stdout: true) do
       {"count_stream " <> _ = line, 0} ->
-        fields = parse_fields(line)
+        fields = BenchStats.count_stream_fields(line)
 
         {:ok,
          %{
@@ -287,33 +289,13 @@ defmodule Bench.StreamThroughput do
   end
 
   # utime + stime of the worker processes in clock ticks (includes exited threads).
-  defp python_ticks(pool) do
-    Enum.sum(
-      for %{os_pid: pid} <- pool do
-        # The fields after the command name; utime and stime are fields 14 and 15 of stat.
-        [_, rest] = "/proc/#{pid}/stat" |> File.read!() |> String.split(") ", parts: 2)
-        [utime, stime] = rest |> String.split() |> Enum.slice(11, 2)
-        String.to_integer(utime) + String.to_integer(stime)
-      end
-    )
-  end
-
-  defp clock_ticks_per_second do
-    {out, 0} = System.cmd("getconf", ["CLK_TCK"])
-    out |> String.trim() |> String.to_integer()
-  end
+  defp python_ticks(pool), do: OsStats.cpu_ticks(for %{os_pid: pid} <- pool, do: pid)
 
   ## Parsing and output
 
   defp default_count_stream do
     target = System.get_env("CARGO_TARGET_DIR") || Path.expand("../target", __DIR__)
     Path.join([target, "release", "examples", "count_stream"])
-  end
-
-  defp parse_fields(line) do
-    for [k, v] <- Regex.scan(~r/(\w+)=(\d+)/, line, capture: :all_but_first), into: %{} do
-      {k, String.to_integer(v)}
-    end
   end
 
   defp rate(%{events: n, wall_ns: ns}), do: n * 1.0e9 / ns
@@ -387,17 +369,6 @@ defmodule Bench.StreamThroughput do
 
   defp ratio(_rate, []), do: "no baseline"
   defp ratio(rate, bare_rates), do: fmt(rate / median(bare_rates))
-
-  defp median(xs) do
-    sorted = Enum.sort(xs)
-    mid = div(length(sorted), 2)
-
-    if rem(length(sorted), 2) == 1,
-      do: Enum.at(sorted, mid),
-      else: (Enum.at(sorted, mid - 1) + Enum.at(sorted, mid)) / 2
-  end
-
-  defp fmt(x), do: :erlang.float_to_binary(x * 1.0, decimals: 2)
 end
 
 Bench.StreamThroughput.main(System.argv())

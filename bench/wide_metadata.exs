@@ -28,7 +28,9 @@ defmodule Bench.WideMetadata do
   @moduledoc false
 
   alias Snakepit.Telemetry.GrpcStream
-  alias Snakepit.Telemetry.Test.{PythonWorker, Streams, ThreadCpu}
+  alias Snakepit.Telemetry.Test.{BenchStats, PythonWorker, Streams, ThreadCpu}
+
+  import BenchStats, only: [fmt: 1, median: 1]
 
   @event [:snakepit, :python, :tool, :execution, :stop]
   @defaults [events: 20_000, runs: 5, widths: "0,16,27,28,64,120,480", timeout_s: 120]
@@ -162,18 +164,6 @@ defmodule Bench.WideMetadata do
 
   defp rate(r), do: r.events * 1.0e9 / r.wall_ns
   defp us(ns, r), do: ns / r.events / 1000
-
-  defp median(xs) do
-    sorted = Enum.sort(xs)
-    n = length(sorted)
-    mid = div(n, 2)
-
-    if rem(n, 2) == 1,
-      do: Enum.at(sorted, mid),
-      else: (Enum.at(sorted, mid - 1) + Enum.at(sorted, mid)) / 2
-  end
-
-  defp fmt(x), do: :erlang.float_to_binary(x * 1.0, decimals: 2)
 end
 
 Bench.WideMetadata.main(System.argv())

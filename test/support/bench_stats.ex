@@ -20,6 +20,25 @@ defmodule Snakepit.Telemetry.Test.BenchStats do
   @doc "A number with two decimals."
   def fmt(x), do: :erlang.float_to_binary(x * 1.0, decimals: 2)
 
+  @doc """
+  The `:erlang.system_monitor` `long_schedule` reports in the mailbox, taken out of it
+  (their info lists, oldest first).
+  """
+  def long_schedules do
+    receive do
+      {:monitor, _pid, :long_schedule, info} -> [info | long_schedules()]
+    after
+      0 -> []
+    end
+  end
+
+  @doc "The `key=integer` fields of a `count_stream` result line, as a map."
+  def count_stream_fields(line) do
+    for [k, v] <- Regex.scan(~r/(\w+)=(\d+)/, line, capture: :all_but_first), into: %{} do
+      {k, String.to_integer(v)}
+    end
+  end
+
   @doc "Prints a Markdown table."
   def print_table(header, rows) do
     IO.puts("\n| " <> Enum.join(header, " | ") <> " |")

@@ -1,0 +1,47 @@
+defmodule Snakepit.Telemetry.Test.OsStats do
+  @moduledoc "Memory and CPU of OS processes, from /proc, for the benchmarks."
+
+  @doc "Resident memory of this BEAM (`:self`) or of the OS process `pid`, in KiB; 0 if it is gone."
+  @spec rss_kb(:self | pos_integer()) :: non_neg_integer()
+  def rss_kb(pid) do
+    path = if pid == :self, do: "/proc/self/status", else: "/proc/#{pid}/status"
+
+    case File.read(path) do
+      {:ok, status} ->
+        [_, kb] = Regex.run(~r/VmRSS:\s+(\d+) kB/, status)
+        String.to_integer(kb)
+
+      {:error, _} ->
+        0
+    end
+  end
+
+  @doc """
+  utime + stime of the OS processes `pids`, summed, in clock ticks (threads that exited
+  included); a process that is gone counts 0.
+  """
+  @spec cpu_ticks([pos_integer()]) :: non_neg_integer()
+  def cpu_ticks(pids) do
+    Enum.sum(
+      for pid <- pids do
+        case File.read("/proc/#{pid}/stat") do
+          {:ok, stat} ->
+            # The fields after the command name; utime and stime are fields 14 and 15 of stat.
+            [_, rest] = String.split(stat, ") ", parts: 2)
+            [utime, stime] = rest |> String.split() |> Enum.slice(11, 2)
+            String.to_integer(utime) + String.to_integer(stime)
+
+          {:error, _} ->
+            0
+        end
+      end
+    )
+  end
+
+  @doc "Clock ticks per second (`getconf CLK_TCK`), the unit of `cpu_ticks/1`."
+  @spec clock_ticks_per_second() :: pos_integer()
+  def clock_ticks_per_second do
+    {out, 0} = System.cmd("getconf", ["CLK_TCK"])
+    out |> String.trim() |> String.to_integer()
+  end
+end
