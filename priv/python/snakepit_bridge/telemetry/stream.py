@@ -302,6 +302,23 @@ class StreamConsumer:
         self._stream.release(self)
         self._wakeup.set()
 
+    def _sleep_until_event(self, next_report: float) -> None:
+        """Sleep until an event arrives, the stream closes or the consumer is detached.
+
+        Producers wake it (see the module doc); with drops not yet reported it wakes by
+        ``next_report`` (monotonic) at the latest, else after ``_IDLE_RECHECK_SECONDS``.
+        """
+        stream = self._stream
+        wakeup = self._wakeup
+        wakeup.clear()
+        self.waiting = True
+        if not stream.buffer and self.is_current and not stream.closed:
+            idle = _IDLE_RECHECK_SECONDS
+            if stream.has_unreported_drops:
+                idle = min(idle, max(next_report - time.monotonic(), 0.0))
+            wakeup.wait(idle)
+        self.waiting = False
+
     def events(self) -> Iterator[OutgoingMessage]:
         """Yield buffered messages until detached, replaced, or the stream is closed.
 
@@ -311,7 +328,6 @@ class StreamConsumer:
         buffer = stream.buffer
         pop = stream.pop
         count_sent = stream.sent_counter.increment
-        wakeup = self._wakeup
         monotonic = time.monotonic
         next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         try:
@@ -331,14 +347,7 @@ class StreamConsumer:
                             count_sent()
                             yield report
                         return
-                    wakeup.clear()
-                    self.waiting = True
-                    if not buffer and self.is_current and not stream.closed:
-                        idle = _IDLE_RECHECK_SECONDS
-                        if stream.has_unreported_drops:
-                            idle = min(idle, max(next_report - monotonic(), 0.0))
-                        wakeup.wait(idle)
-                    self.waiting = False
+                    self._sleep_until_event(next_report)
                     continue
                 count_sent()
                 yield message
@@ -392,7 +401,6 @@ class StreamConsumer:
         pop_batch = stream.pop_batch
         add_sent = stream.sent_counter.add
         count_batch = stream.sent_batches_counter.increment
-        wakeup = self._wakeup
         monotonic = time.monotonic
         next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         reports: list[bytes] = []  # drop reports taken, not yet in a batch
@@ -430,14 +438,7 @@ class StreamConsumer:
                         count_batch()
                         yield batch
                     return
-                wakeup.clear()
-                self.waiting = True
-                if not buffer and self.is_current and not stream.closed:
-                    idle = _IDLE_RECHECK_SECONDS
-                    if stream.has_unreported_drops:
-                        idle = min(idle, max(next_report - monotonic(), 0.0))
-                    wakeup.wait(idle)
-                self.waiting = False
+                self._sleep_until_event(next_report)
         finally:
             self.detach()
 
