@@ -60,6 +60,7 @@ from snakepit_bridge.server import (
 from snakepit_bridge.telemetry.stream import (
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_BATCH_EVENTS,
+    DEFAULT_MAX_BUFFER,
     TelemetryStream,
 )
 
@@ -204,6 +205,7 @@ class Config:
     """What one row measures: the RPC, the batch bounds and the switch interval."""
 
     rpc: str
+    max_buffer: int
     max_batch_events: int
     max_batch_bytes: int
     switch_interval: float
@@ -211,6 +213,8 @@ class Config:
     def label(self, base: Config) -> str:
         """The RPC, with what differs from ``base``."""
         notes = []
+        if self.max_buffer != base.max_buffer:
+            notes.append(f"buffer {self.max_buffer}")
         if self.rpc == "batched" and self.max_batch_events != base.max_batch_events:
             notes.append(f"{self.max_batch_events} events")
         if self.rpc == "batched" and self.max_batch_bytes != base.max_batch_bytes:
@@ -232,7 +236,7 @@ def run_once(config: Config, tool: Callable[[], int]) -> Result:
 
 def _run_once(config: Config, tool: Callable[[], int]) -> Result:
     rpc = config.rpc
-    stream = TelemetryStream()
+    stream = TelemetryStream(config.max_buffer)
     server = BridgeServer(
         stream,
         port=0,
@@ -342,6 +346,7 @@ def main() -> int:
     )
     parser.add_argument("--rpcs", default="single,batched", help="comma-separated")
     parser.add_argument("--switch-interval", type=float, default=None)
+    parser.add_argument("--max-buffer", type=int, default=DEFAULT_MAX_BUFFER)
     parser.add_argument(
         "--max-batch-events", type=int, default=DEFAULT_MAX_BATCH_EVENTS
     )
@@ -355,6 +360,7 @@ def main() -> int:
         return 0
     base = Config(
         rpc="single",
+        max_buffer=args.max_buffer,
         max_batch_events=args.max_batch_events,
         max_batch_bytes=args.max_batch_bytes,
         switch_interval=(
@@ -368,10 +374,9 @@ def main() -> int:
         batched = replace(base, rpc="batched")
         configs += [
             replace(batched, max_batch_events=1024),
-            replace(batched, max_batch_events=4096),
+            replace(batched, max_buffer=4096, max_batch_events=2048),
+            replace(batched, max_buffer=8192, max_batch_events=4096),
             replace(batched, switch_interval=0.001),
-            replace(batched, switch_interval=0.0005),
-            replace(batched, switch_interval=0.001, max_batch_events=1024),
         ]
 
     tools = {
@@ -390,7 +395,7 @@ def main() -> int:
     print(
         f"python {sys.version.split()[0]}, grpcio {grpc.__version__}; "
         f"switch interval {base.switch_interval * 1000:g} ms; "
-        f"batch bounds {base.max_batch_events} events, {base.max_batch_bytes} bytes; "
+        f"buffer {base.max_buffer} events; batch bounds {base.max_batch_events} events, {base.max_batch_bytes} bytes; "
         f"medians of {args.runs} runs"
     )
     print()

@@ -3,16 +3,23 @@
 Run from the repository root, with the package installed (``.venv/bin/pip install -e
 'priv/python[dev]'``): ``.venv/bin/python bench/python_emit.py [--runs 7]``.
 
-Cases (each the median over ``--runs`` runs, in µs of CPU):
+Cases (each the median over ``--runs`` runs, in µs of the emitting thread's CPU), with two
+baselines measured in the same run:
 
-* ``emit, no backend``: the default no-op.
-* ``emit, no client``: into a TelemetryStream nobody drains (buffer large enough that
-  nothing is dropped), so this is the emitting thread's whole cost.
-* ``emit, buffer full`` / ``emit, disabled`` / ``emit, sampled out``: the drop paths.
-* ``span, no client``: one ``with span(...)`` block (two events).
-* ``emit, client draining``: a gRPC client in another process drains the stream over
-  127.0.0.1; the emitting thread's CPU per emit, and the whole worker process's CPU per
-  event (emit plus the gRPC server sending one event per message).
+* baseline, ``a bare call and a flag test``: the floor for an event that is removed;
+* baseline, ``build and serialize the protobuf``: what ``emit`` cost when it serialized
+  each event itself (before the sender thread took that over);
+* ``emit, no backend``: the default no-op;
+* ``emit, attached (buffered)``: into a GrpcBackend's stream, emptied every 4,096 events
+  as a consumer would (only the emits are timed), so this is the emitting thread's cost;
+* ``emit, buffer full`` / ``disabled`` / ``sampled out`` / ``filtered out``: the paths
+  that remove an event (each counted);
+* ``span, no client``: one ``with span(...)`` block (two events);
+* ``emit, client draining``: a client in another process drains ``StreamTelemetryBatched``
+  over 127.0.0.1; the emitting thread's CPU per emit, and the whole worker process's CPU
+  per event (emit, and the sender serializing and sending the batches).
+
+The ratios printed last divide each case by its baseline.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from collections.abc import Callable
 import grpc
 from snakepit_bridge import telemetry
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
-from snakepit_bridge.server import STREAM_TELEMETRY_PATH, BridgeServer
+from snakepit_bridge.server import STREAM_TELEMETRY_BATCHED_PATH, BridgeServer
+from snakepit_bridge.telemetry.encoding import encode_event
+from snakepit_bridge.telemetry.stream import TelemetryStream
 
 MEASUREMENTS = {"duration": 123_456, "count": 1}
 METADATA = {"tool": "resize", "operation": "run", "result": "ok"}
@@ -56,27 +65,86 @@ def _emit_loop(n: int) -> None:
         emit(EVENT, MEASUREMENTS, METADATA)
 
 
-def _span_loop(n: int) -> None:
-    span = telemetry.span
+class _Flag:
+    enabled = False
+
+
+def _bare_call_loop(n: int) -> None:
+    """The floor for a removed event: a call that tests a flag and returns."""
+    flag = _Flag()
+
+    def gate(event: str, measurements: object, metadata: object) -> None:
+        if not flag.enabled:
+            return
+
     for _ in range(n):
-        with span("tool.execution", METADATA):
-            pass
+        gate(EVENT, MEASUREMENTS, METADATA)
 
 
-def _fresh_stream(max_buffer: int) -> telemetry.TelemetryStream:
-    stream = telemetry.TelemetryStream(max_buffer=max_buffer)
+def _protobuf_loop(n: int) -> None:
+    """The same event built and serialized as a protobuf message, nothing else."""
+    clock = time.time_ns
+    for _ in range(n):
+        encode_event(EVENT, MEASUREMENTS, METADATA, None, clock()).SerializeToString()
+
+
+_KEPT = 4096
+"""Events an attached stream holds at most in these runs: a consumer keeps it short."""
+
+
+def _attached_loop(n: int) -> int:
+    """Emit into the active stream, emptied every ``_KEPT`` events as a consumer would;
+    return the CPU ns the emits took (not the emptying: a consumer frees on its thread).
+    """
+    stream = telemetry.get_backend().stream  # type: ignore[union-attr]
+    buffer = stream.buffer
+    emit = telemetry.emit
+    spent = 0
+    done = 0
+    while done < n:
+        chunk = min(_KEPT, n - done)
+        started = time.thread_time_ns()
+        for _ in range(chunk):
+            emit(EVENT, MEASUREMENTS, METADATA)
+        spent += time.thread_time_ns() - started
+        done += chunk
+        if len(buffer) != chunk:
+            raise AssertionError(f"{chunk - len(buffer)} events were not buffered")
+        buffer.clear()
+    return spent
+
+
+def _fresh_stream(
+    max_buffer: int, max_buffer_bytes: int = 4 * 1024 * 1024
+) -> TelemetryStream:
+    stream = telemetry.TelemetryStream(
+        max_buffer=max_buffer, max_buffer_bytes=max_buffer_bytes
+    )
     telemetry.set_backend(telemetry.GrpcBackend(stream))
     return stream
+
+
+def _attached_cpu_per_call(n: int, runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        # The byte total is not given back by buffer.clear(): a bound it never reaches.
+        _fresh_stream(_KEPT, 1 << 62)
+        samples.append(_attached_loop(n) / n)
+    return _median_us(samples)
 
 
 def bench_local(n: int, runs: int) -> dict[str, float]:
     """Cases without a gRPC client."""
     results: dict[str, float] = {}
     telemetry.set_backend(None)
-    results["emit, no backend"] = _cpu_per_call(lambda: None, _emit_loop, n, runs)
-    results["emit, no client"] = _cpu_per_call(
-        lambda: _fresh_stream(n + 1), _emit_loop, n, runs
+    results["baseline: a bare call and a flag test"] = _cpu_per_call(
+        lambda: None, _bare_call_loop, n, runs
     )
+    results["baseline: build and serialize the protobuf"] = _cpu_per_call(
+        lambda: None, _protobuf_loop, n, runs
+    )
+    results["emit, no backend"] = _cpu_per_call(lambda: None, _emit_loop, n, runs)
+    results["emit, attached (buffered)"] = _attached_cpu_per_call(n, runs)
 
     def full() -> None:
         stream = _fresh_stream(1)
@@ -102,8 +170,24 @@ def bench_local(n: int, runs: int) -> dict[str, float]:
     results["emit, sampled out (pattern)"] = _cpu_per_call(
         sampled_out, _emit_loop, n, runs
     )
+
+    def filtered_out() -> None:
+        stream = _fresh_stream(n + 1)
+        event_filter = pb.TelemetryEventFilter(deny=["tool.*"])
+        stream.apply_control(pb.TelemetryControl(filter=event_filter))
+
+    results["emit, filtered out (deny)"] = _cpu_per_call(
+        filtered_out, _emit_loop, n, runs
+    )
+
+    def span_loop(count: int) -> None:
+        span = telemetry.span
+        for _ in range(count):
+            with span("tool.execution", METADATA):
+                pass
+
     results["span, no client (2 events)"] = _cpu_per_call(
-        lambda: _fresh_stream(2 * n + 1), _span_loop, n, runs
+        lambda: _fresh_stream(2 * n + 1), span_loop, n, runs
     )
     telemetry.set_backend(None)
     return results
@@ -151,18 +235,18 @@ def bench_draining(n: int, runs: int) -> dict[str, float]:
 
 
 def drain_client(port: int, expect: int) -> None:
-    """Open StreamTelemetry, read ``expect`` events, print how many arrived."""
+    """Open StreamTelemetryBatched, read ``expect`` events, print how many arrived."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         method = channel.stream_stream(
-            STREAM_TELEMETRY_PATH,
+            STREAM_TELEMETRY_BATCHED_PATH,
             request_serializer=pb.TelemetryControl.SerializeToString,
-            response_deserializer=pb.TelemetryEvent.FromString,
+            response_deserializer=pb.TelemetryEventBatch.FromString,
         )
         call = method(iter(()))
         received = 0
-        for _ in call:
-            received += 1
-            if received == expect:
+        for batch in call:
+            received += len(batch.events)
+            if received >= expect:
                 break
         call.cancel()
     print(received, flush=True)
@@ -194,6 +278,21 @@ def main() -> int:
     for name, value in results.items():
         unit = "" if "not µs" in name else " µs"
         print(f"{name:<{width}}  {value:10.2f}{unit}")
+    protobuf = results["baseline: build and serialize the protobuf"]
+    bare = results["baseline: a bare call and a flag test"]
+    print()
+    print(
+        f"emit attached / protobuf baseline: {results['emit, attached (buffered)'] / protobuf:.2f}"
+    )
+    for case in (
+        "disabled",
+        "sampled out (pattern)",
+        "filtered out (deny)",
+        "buffer full (dropped)",
+    ):
+        print(
+            f"emit {case} / bare-call baseline: {results['emit, ' + case] / bare:.2f}"
+        )
     return 0
 
 

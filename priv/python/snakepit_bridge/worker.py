@@ -19,13 +19,13 @@ The bounds of the buffer and of the batches are set on the command line (and as 
 keyword arguments of the same names, with ``_`` for ``-``, when calling
 :func:`start_worker` from code):
 
-* ``--max-buffer N``: most events buffered (default 1024);
+* ``--max-buffer N``: most events buffered (default 4096);
 * ``--max-buffer-bytes N``: most bytes buffered, summed over the serialized events
   (default 4194304, 4 MiB);
 * ``--max-event-bytes N``: largest serialized event sent (default 262144, 256 KiB, the
   limit the Elixir side gives the NIF); a larger one is dropped and counted ``oversize``;
 * ``--max-batch-events N``: most events in one ``StreamTelemetryBatched`` message
-  (default 512);
+  (default 2048);
 * ``--max-batch-bytes N``: most bytes of one such message, framing included (default
   262144, 256 KiB); a single event larger than that goes alone.
 

@@ -11,6 +11,7 @@ import grpc
 
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.server import STREAM_TELEMETRY_BATCHED_PATH, STREAM_TELEMETRY_PATH
+from snakepit_bridge.telemetry.stream import BufferEntry, serialize_entry
 
 WAIT_SECONDS = 5.0
 
@@ -140,11 +141,11 @@ class StreamClient:
         self._reader.join(WAIT_SECONDS)
 
 
-def decode(message: pb.TelemetryEvent | bytes) -> pb.TelemetryEvent:
-    """Return a buffered or received message as a TelemetryEvent (bytes are parsed)."""
-    if isinstance(message, bytes):
-        return pb.TelemetryEvent.FromString(message)
-    return message
+def decode(message: pb.TelemetryEvent | BufferEntry) -> pb.TelemetryEvent:
+    """Return a buffered entry or a received message as a TelemetryEvent."""
+    if isinstance(message, pb.TelemetryEvent):
+        return message
+    return pb.TelemetryEvent.FromString(serialize_entry(message))
 
 
 def toggle(enabled: bool) -> pb.TelemetryControl:

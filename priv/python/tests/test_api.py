@@ -23,7 +23,13 @@ def _stream_backend(max_buffer: int = 1024) -> TelemetryStream:
 
 
 def _buffered_events(stream: TelemetryStream) -> list[pb.TelemetryEvent]:
-    return [decode(message) for message in stream.buffer]
+    """Drain the stream as its consumer does: events it cannot send are dropped, counted."""
+    events = []
+    while True:
+        try:
+            events.append(decode(stream.pop()))
+        except IndexError:
+            return events
 
 
 def test_no_backend_by_default_emit_is_a_no_op() -> None:
@@ -194,9 +200,12 @@ def test_emit_never_raises_and_counts_encode_errors(
 ) -> None:
     stream = _stream_backend()
     telemetry.emit(event, measurements, metadata)  # type: ignore[arg-type]
-    assert len(stream.buffer) == 0
+    # Refused by emit, or recorded and refused when the consumer serializes it.
+    assert _buffered_events(stream) == []
     assert stream.dropped_counts()["encode_error"] == 1
     assert telemetry.dropped_counts()["encode_error"] == 1
+    stats = stream.stats()
+    assert (stats.emitted, stats.enqueued, stats.sent, stats.buffered_bytes) == (1, 0, 0, 0)
 
 
 def test_int64_bounds_are_accepted() -> None:

@@ -301,16 +301,16 @@ def test_every_event_arrives_in_order(serve: Serve, connect_batched: Connect) ->
 def test_a_backlog_is_packed_many_events_per_message(
     serve: Serve, connect_batched: Connect
 ) -> None:
-    served = serve(max_buffer=4_096)
-    for index in range(2_000):
+    served = serve(max_buffer=8_192)
+    for index in range(5_000):
         served.stream.emit(f"early.{index}", {"n": index})
     client = connect_batched(served.port)
-    batches = [client.next_batch() for _ in range(4)]
-    assert [len(b.events) for b in batches] == [512, 512, 512, 464]
+    batches = [client.next_batch() for _ in range(3)]
+    assert [len(b.events) for b in batches] == [2048, 2048, 904]
     names = [name for batch in batches for name in _names(batch)]
-    assert names == [f"early.{i}" for i in range(2_000)]
-    wait_until(lambda: served.stream.stats().sent == 2_000)
-    assert served.stream.stats().sent_batches == 4
+    assert names == [f"early.{i}" for i in range(5_000)]
+    wait_until(lambda: served.stream.stats().sent == 5_000)
+    assert served.stream.stats().sent_batches == 3
 
 
 def test_under_load_messages_carry_many_events(serve: Serve, connect_batched: Connect) -> None:

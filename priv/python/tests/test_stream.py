@@ -8,7 +8,12 @@ from stream_client import decode, wait_until
 
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry.counters import Counter
-from snakepit_bridge.telemetry.stream import DROP_REASONS, OutgoingMessage, TelemetryStream
+from snakepit_bridge.telemetry.stream import (
+    DROP_REASONS,
+    OutgoingMessage,
+    TelemetryStream,
+    entry_charge,
+)
 
 
 def _names(messages: list[OutgoingMessage]) -> list[str]:
@@ -184,7 +189,7 @@ def test_stats_to_dict_is_json_ready() -> None:
         "emitted": 2,
         "enqueued": 1,
         "buffered": 1,
-        "buffered_bytes": len(stream.buffer[0]),
+        "buffered_bytes": entry_charge(stream.buffer[0]),
         "sent": 0,
         "sent_batches": 0,
         "dropped_total": 1,

@@ -18,13 +18,14 @@ from snakepit_bridge.telemetry.stream import (
     DEFAULT_MAX_EVENT_BYTES,
     DROP_REASONS,
     TelemetryStream,
+    entry_charge,
 )
 
 TEN_MB = 10 * 1000 * 1000
 
 
 def _buffer_sum(stream: TelemetryStream) -> int:
-    return sum(len(message) for message in stream.buffer)
+    return sum(entry_charge(entry) for entry in stream.buffer)
 
 
 def _drain(stream: TelemetryStream) -> list[bytes]:
@@ -122,7 +123,7 @@ def test_medium_events_overflow_by_bytes() -> None:
         stream.emit("tool.result_size", {"bytes": 100_000}, {"blob": blob})
         assert stream.buffered_bytes <= DEFAULT_MAX_BUFFER_BYTES
     stats = stream.stats()
-    size = len(stream.buffer[0])
+    size = entry_charge(stream.buffer[0])  # names, keys and values, plus framing
     assert 100_000 < size < 100_100
     assert stats.buffered == DEFAULT_MAX_BUFFER_BYTES // size  # 41
     assert stats.buffered < stream.max_buffer  # the count bound is not what stopped them
@@ -165,11 +166,12 @@ def test_the_consumer_gives_bytes_back() -> None:
         stream.emit(f"e.{index}", {"n": index})
     total = stream.buffered_bytes
     assert total == _buffer_sum(stream) > 0
+    first_charge = entry_charge(stream.buffer[0])
     consumer = stream.attach()
     events = consumer.events()
     first = next(events)
     assert isinstance(first, bytes)
-    assert stream.buffered_bytes == total - len(first)
+    assert stream.buffered_bytes == total - first_charge
     stream.close()
     rest = list(events)
     assert len(rest) == 4
@@ -282,3 +284,50 @@ def test_attach_resets_the_policy_but_keeps_bytes_consistent() -> None:
     stream.attach()
     assert stream.policy == ControlPolicy()
     assert stream.buffered_bytes == _buffer_sum(stream) > 0
+
+
+def test_emit_snapshots_the_callers_dicts() -> None:
+    stream = TelemetryStream()
+    measurements: dict[str, object] = {"n": 1}
+    metadata: dict[str, object] = {"tool": "a", "attempt": 1}
+    stream.emit("tool.execution.stop", measurements, metadata)
+    measurements["n"] = 2
+    metadata["tool"] = "changed"
+    metadata["attempt"] = 99
+    event = decode(stream.pop())
+    assert event.measurements["n"].int_value == 1
+    assert dict(event.metadata) == {"tool": "a", "attempt": "1"}
+
+
+def test_an_event_that_does_not_fit_a_batch_goes_back_in_order_and_bytes_stay_exact() -> None:
+    stream = TelemetryStream()
+    for index in range(3):
+        stream.emit(f"e.{index}", {"n": index}, {"blob": "x" * 100_000})
+    assert stream.buffered_bytes == _buffer_sum(stream) > 300_000
+    names = []
+    while stream.buffer:
+        batch, count = stream.pop_batch(10, 150_000)
+        assert count == 1  # a second 100 kB event does not fit
+        parsed = pb.TelemetryEventBatch.FromString(batch)
+        names.extend(".".join(event.event_parts) for event in parsed.events)
+        assert stream.buffered_bytes == _buffer_sum(stream)
+    assert names == ["e.0", "e.1", "e.2"]
+    assert stream.buffered_bytes == 0
+    assert stream.stats().sent == 0  # pop_batch hands over; the consumer counts sends
+
+
+def test_an_event_found_oversize_when_serialized_is_dropped_and_counted() -> None:
+    # A str measurement is not charged by its length at emit (numbers are the norm), so
+    # the consumer finds it oversize when it serializes it.
+    stream = TelemetryStream()
+    stream.emit("a.b", {"text": "y" * (DEFAULT_MAX_EVENT_BYTES + 10)})
+    stream.emit("a.c", {"n": 1})
+    assert len(stream.buffer) == 2
+    batch, count = stream.pop_batch(10, 1_000_000)
+    assert count == 1
+    assert [".".join(e.event_parts) for e in pb.TelemetryEventBatch.FromString(batch).events] == [
+        "a.c"
+    ]
+    stats = stream.stats()
+    assert stats.dropped["oversize"] == 1
+    assert (stats.emitted, stats.enqueued, stats.buffered_bytes) == (2, 1, 0)

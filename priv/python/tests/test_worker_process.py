@@ -130,10 +130,10 @@ def test_byte_bound_flags_reach_the_stream() -> None:
         worker.stop(grace=0)
     defaults = stream_bounds(parser.parse_args([]))
     assert defaults == {
-        "max_buffer": 1024,
+        "max_buffer": 4096,
         "max_buffer_bytes": 4_194_304,
         "max_event_bytes": 262_144,
-        "max_batch_events": 512,
+        "max_batch_events": 2048,
         "max_batch_bytes": 262_144,
         "min_batch_interval": 0.05,
     }

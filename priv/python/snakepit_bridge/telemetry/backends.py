@@ -7,16 +7,23 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import TextIO
+from collections.abc import Callable, Mapping
+from typing import TextIO, TypeAlias
 
+from snakepit_bridge.telemetry.context import CORRELATION_ID
 from snakepit_bridge.telemetry.counters import CounterSet
 from snakepit_bridge.telemetry.encoding import event_to_json_dict
 from snakepit_bridge.telemetry.stream import TelemetryStream
 
-__all__ = ["STDERR_LINE_PREFIX", "GrpcBackend", "StderrBackend", "TelemetryBackend"]
+__all__ = ["STDERR_LINE_PREFIX", "Emitter", "GrpcBackend", "StderrBackend", "TelemetryBackend"]
 
 STDERR_LINE_PREFIX = "TELEMETRY:"
+
+Emitter: TypeAlias = Callable[
+    [str, Mapping[str, object], Mapping[str, object] | None, str | None], None
+]
+"""What ``emit`` calls: ``(event, measurements, metadata, correlation_id)``, where a
+``correlation_id`` of None means the current context's (see :meth:`TelemetryBackend.emitter`)."""
 
 
 class TelemetryBackend(ABC):
@@ -35,6 +42,28 @@ class TelemetryBackend(ABC):
         correlation_id: str | None,
     ) -> None:
         """Handle one event (dotted name, measurements, metadata, correlation id)."""
+
+    def emitter(self) -> Emitter:
+        """Return the callable the public ``emit`` calls while this backend is active.
+
+        It receives ``correlation_id=None`` when the caller passed none, and must then use
+        the current context's id. The default resolves it and calls :meth:`emit`; a backend
+        may return something faster that resolves it only for events it keeps.
+        """
+        backend_emit = self.emit
+        current_correlation_id = CORRELATION_ID.get
+
+        def emit_with_context(
+            event: str,
+            measurements: Mapping[str, object],
+            metadata: Mapping[str, object] | None,
+            correlation_id: str | None,
+        ) -> None:
+            if correlation_id is None:
+                correlation_id = current_correlation_id()
+            backend_emit(event, measurements, metadata, correlation_id)
+
+        return emit_with_context
 
     def is_enabled(self) -> bool:
         """Whether events are currently wanted (lets callers skip expensive measurements)."""
@@ -69,6 +98,14 @@ class GrpcBackend(TelemetryBackend):
     ) -> None:
         """Enqueue the event on the stream (drops and counts instead of blocking)."""
         self._stream.emit(event, measurements, metadata, correlation_id)
+
+    def emitter(self) -> Emitter:
+        """Return the stream's own ``emit``.
+
+        It resolves the context's correlation id only for events it keeps, so a disabled,
+        filtered or sampled-out event costs two calls.
+        """
+        return self._stream.emit
 
     def is_enabled(self) -> bool:
         """False while the client has telemetry switched off."""

@@ -1,23 +1,43 @@
 """The bounded buffer between ``emit`` (any thread) and the gRPC response stream.
 
+Who builds the protobuf
+-----------------------
+``emit`` only records the event: a tuple of the name, copies of the measurements and
+metadata dicts (non-str metadata values converted with ``str()`` at once), the
+correlation id and the timestamp (:data:`EventRecord`). The consumer (the gRPC sender
+thread) serializes records when it packs them (:meth:`TelemetryStream.pop_batch`,
+:meth:`TelemetryStream.pop`). This keeps the emitting thread's cost to a few dict and
+tuple operations (``bench/python_emit.py``: about 0.6 of what serializing costs); a
+record protobuf refuses (an int outside int64, a lone surrogate, a non-str key, an
+unsupported measurement type) is dropped as ``encode_error`` by the consumer, and one
+whose bytes exceed ``max_event_bytes`` as ``oversize``. Such late drops are counted like
+any other and taken off ``enqueued`` (:meth:`TelemetryStream.stats`), so
+``emitted == enqueued + dropped`` holds at any moment.
+
 Bounds
 ------
-* ``max_buffer`` (default 1024): most messages buffered.
-* ``max_buffer_bytes`` (default 4 MiB): most bytes buffered, the sum of ``len()`` of the
-  buffered serialized messages.
+* ``max_buffer`` (default 4096): most events buffered.
+* ``max_buffer_bytes`` (default 4 MiB): most bytes buffered, summed over each entry's
+  charge (:func:`entry_charge`): for raw bytes their length; for a record a lower bound of
+  its serialized size fixed at ``emit`` (the name, the metadata values, the correlation id,
+  and a fixed allowance per measurement and per metadata pair: str measurement values
+  and long keys are not counted there).
 * ``max_event_bytes`` (default 256 KiB, the limit the Elixir side gives the NIF): the
-  largest serialized event accepted; a larger one is dropped as ``oversize`` (an event
-  larger than ``max_buffer_bytes`` is oversize too, since it could never fit).
+  largest serialized event accepted; a larger one is dropped as ``oversize``, by ``emit``
+  when its charge already exceeds it, else by the consumer (an event larger than
+  ``max_buffer_bytes`` is oversize too, since it could never fit).
 
 An event that would take the buffer past ``max_buffer`` or ``max_buffer_bytes`` is
 dropped as ``overflow``. When the buffer is already full the event is dropped as
-``overflow`` before it is serialized, so the drop path stays cheap (its size is then not
-known, so such an event counts as ``overflow`` even if it would also be oversize).
+``overflow`` before it is recorded, so the drop path stays cheap.
 
 Thread-safety
 -------------
-* The buffer is a ``collections.deque`` of serialized messages (``bytes``). In CPython
-  ``append`` and ``popleft`` are single C calls made under the GIL, so they are atomic.
+* The buffer is a ``collections.deque`` of entries (records, or ``bytes`` from
+  :meth:`TelemetryStream.enqueue_raw`). In CPython ``append``, ``appendleft`` and
+  ``popleft`` are single C calls made under the GIL, so they are atomic. A serialized
+  event that does not fit the batch being packed goes back to the front
+  (``appendleft``, charged as its bytes, under both locks: see :meth:`pop_batch`).
 * Bytes are counted by two monotonic counters: ``_bytes_in`` (bytes ever appended) and
   ``_bytes_out`` (bytes ever popped); what is buffered is their difference.
   ``self.n += size`` is not atomic across threads, so each counter has its own small lock
@@ -31,7 +51,8 @@ Thread-safety
   serializing or waking the consumer. Uncontended the lock costs about 0.1-0.2 µs per
   emit (``bench/python_emit.py``).
 * The counters never drift, whatever the number of threads, and the buffer never holds
-  more than ``max_buffer`` messages or ``max_buffer_bytes`` bytes: a producer reads
+  more than ``max_buffer`` messages or ``max_buffer_bytes`` bytes (an event put back by
+  the consumer may add the difference between its bytes and its charge): a producer reads
   ``_bytes_out`` without its lock, and a stale value only overstates what is buffered.
 * A cheap unlocked pre-check of both bounds drops events before they are serialized when
   the buffer is full; it may let an event through that the locked check then drops.
@@ -61,7 +82,7 @@ of a call that then dies are reported on the next call. (Drops as ``closed``, af
 
 Batches (``StreamTelemetryBatched``): :meth:`StreamConsumer.batches` yields serialized
 ``TelemetryEventBatch`` messages. Each packs whatever is buffered at that moment, oldest
-first, up to ``max_batch_events`` events (default 512) and ``max_batch_bytes`` bytes
+first, up to ``max_batch_events`` events (default 2048) and ``max_batch_bytes`` bytes
 (default 256 KiB, the whole serialized batch); an event whose own entry is larger than
 ``max_batch_bytes`` goes alone. The consumer never waits to fill a batch: a lone event
 leaves at once. It does pace messages: after one is sent, the next one waits until
@@ -75,9 +96,9 @@ event after a quiet spell goes at once; an event during a busy spell waits at mo
 interval. While the consumer lingers like that, producers wake it only when a full batch is
 buffered (``lingering``, with the same ordering argument as ``waiting`` above).
 
-A batch is the concatenation of the buffered event bytes, each framed as field 1,
-length-delimited (``0x0A``, varint length, the event's bytes), so no protobuf
-object is built per event. Drop reports go first in the next batch (within the same
+A batch is the concatenation of the events' serialized bytes, each framed as field 1,
+length-delimited (``0x0A``, varint length, the event's bytes), so no batch message
+object is built. Drop reports go first in the next batch (within the same
 bounds). ``sent`` counts events either way; ``sent_batches`` counts batch messages.
 
 Only one consumer (one gRPC call) is attached at a time: :meth:`TelemetryStream.attach`
@@ -100,6 +121,7 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
+from snakepit_bridge.telemetry.context import CORRELATION_ID
 from snakepit_bridge.telemetry.counters import Counter, CounterSet
 from snakepit_bridge.telemetry.encoding import encode_event
 from snakepit_bridge.telemetry.policy import ControlPolicy
@@ -114,6 +136,8 @@ __all__ = [
     "DROP_REASONS",
     "DROP_REPORT_EVENT",
     "DROP_REPORT_INTERVAL_SECONDS",
+    "BufferEntry",
+    "EventRecord",
     "OutgoingMessage",
     "StreamConsumer",
     "StreamStats",
@@ -121,6 +145,8 @@ __all__ = [
     "batch_entry_size",
     "check_batch_bounds",
     "check_batch_interval",
+    "entry_charge",
+    "serialize_entry",
 ]
 
 OutgoingMessage: TypeAlias = pb.TelemetryEvent | bytes
@@ -144,14 +170,14 @@ DROP_REPORT_EVENT: Final = "telemetry.dropped"
 DROP_REPORT_INTERVAL_SECONDS: Final = 0.25
 """Shortest time between two drop reports of a stream."""
 
-DEFAULT_MAX_BUFFER: Final = 1024
+DEFAULT_MAX_BUFFER: Final = 4096
 """Default bound on buffered messages."""
 DEFAULT_MAX_BUFFER_BYTES: Final = 4 * 1024 * 1024
 """Default bound on buffered bytes (4 MiB)."""
 DEFAULT_MAX_EVENT_BYTES: Final = 256 * 1024
 """Default bound on one serialized event (256 KiB, as the NIF's on the Elixir side)."""
 
-DEFAULT_MAX_BATCH_EVENTS: Final = 512
+DEFAULT_MAX_BATCH_EVENTS: Final = 2048
 """Default bound on the events packed into one ``TelemetryEventBatch`` message."""
 DEFAULT_MAX_BATCH_BYTES: Final = 256 * 1024
 """Default bound on one serialized ``TelemetryEventBatch`` message (256 KiB), framing
@@ -168,6 +194,52 @@ is buffered (see the module doc); 0 sends whenever anything is buffered."""
 
 _IDLE_RECHECK_SECONDS: Final = 1.0
 """Longest sleep of an idle consumer; only a safety net, wake-ups are explicit."""
+
+EventRecord: TypeAlias = tuple[
+    str, dict[str, object], dict[str, object] | None, str | None, int, int
+]
+"""What ``emit`` buffers: the event name, copies of the measurements and metadata (metadata
+values already ``str``), the correlation id, ``timestamp_ns`` and the record's charge
+against ``max_buffer_bytes``."""
+
+BufferEntry: TypeAlias = EventRecord | bytes
+"""A buffered entry: an event record, or bytes that go on the wire as they are."""
+
+_RECORD_OVERHEAD: Final = 16
+"""Bytes charged per record beyond its name: the timestamp and field framing."""
+_MEASUREMENT_OVERHEAD: Final = 24
+"""Bytes charged per measurement: a short key, the value (a number) and framing."""
+_METADATA_OVERHEAD: Final = 16
+"""Bytes charged per metadata pair beyond its value: a short key and framing."""
+
+
+_join: Final = "".join
+_current_correlation_id: Final = CORRELATION_ID.get
+
+
+def entry_charge(entry: BufferEntry) -> int:
+    """What a buffered ``entry`` counts against ``max_buffer_bytes``.
+
+    The length of raw bytes, or the charge an event record was given when it was emitted.
+    """
+    return len(entry) if isinstance(entry, bytes) else entry[5]
+
+
+def serialize_entry(entry: BufferEntry) -> bytes:
+    """The wire bytes of a buffered entry.
+
+    A record is serialized as a ``TelemetryEvent``, raw bytes pass as they are. Counts
+    nothing (the consumer's drops are counted by the stream).
+
+    Raises:
+        TypeError, ValueError, AttributeError, UnicodeError: on a record protobuf cannot hold.
+    """
+    if isinstance(entry, bytes):
+        return entry
+    event, measurements, metadata, correlation_id, timestamp_ns, _ = entry
+    return encode_event(
+        event, measurements, metadata, correlation_id, timestamp_ns
+    ).SerializeToString()
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,7 +558,7 @@ class TelemetryStream:
         self._max_event_bytes = min(max_event_bytes, max_buffer_bytes)
         self._random = random_source
         self._clock_ns = clock_ns
-        self._buffer: deque[bytes] = deque()
+        self._buffer: deque[BufferEntry] = deque()
         self._bytes_in = 0  # bytes ever appended; written under _admit_lock only
         self._bytes_out = 0  # bytes ever popped; written under _pop_lock only
         self._admit_lock = threading.Lock()  # producers: bound checks + append
@@ -497,6 +569,10 @@ class TelemetryStream:
         self._lock = threading.Lock()  # guards attach/release/control/close, never emit
 
         self._enqueued = Counter()
+        # Events enqueued, then dropped when the consumer serialized them (encode_error,
+        # oversize): counted under their reason, and taken off `enqueued` in stats().
+        self._late_drops = Counter()
+        self._count_late_drop = self._late_drops.increment
         # Events and batch messages sent, in one attribute: keep the instance's attributes
         # few. On CPython 3.11 a 30th one made emit's drop paths about 10% slower
         # (bench/python_emit.py: 0.28 -> 0.31 µs with the buffer full).
@@ -517,14 +593,18 @@ class TelemetryStream:
 
     # -- producer side (any thread) -------------------------------------------------
 
-    def emit(  # noqa: PLR0911, PLR0912 - the hot path, kept in one function on purpose
+    def emit(  # noqa: PLR0911, PLR0912, PLR0915 - the hot path, kept in one function on purpose
         self,
         event: str,
         measurements: Mapping[str, object],
         metadata: Mapping[str, object] | None = None,
         correlation_id: str | None = None,
     ) -> None:
-        """Enqueue one event, or drop and count it. Never raises, never blocks."""
+        """Enqueue one event, or drop and count it. Never raises, never blocks.
+
+        ``correlation_id`` None means the current context's id (read only for an event
+        that is kept).
+        """
         try:
             policy = self._policy
             if not policy.enabled:
@@ -548,26 +628,43 @@ class TelemetryStream:
                 if self._random() >= rate:
                     self._count_sampled_out()
                     return
+            buffer = self._buffer
             if (
-                len(self._buffer) >= self._max_buffer
+                len(buffer) >= self._max_buffer
                 or self._bytes_in - self._bytes_out >= self._max_buffer_bytes
             ):
                 self._count_overflow()
                 return
-            # Serialized at once: a bytes object is one compact allocation, while keeping
-            # the protobuf object alive in the buffer costs about 1 µs more per event.
-            message = encode_event(
-                event, measurements, metadata, correlation_id, self._clock_ns()
-            ).SerializeToString()
+            # Recorded, not serialized: the consumer builds the protobuf (see the module
+            # doc). The dicts are copied so that later changes by the caller do not show.
+            # Joining the metadata values both checks that they are str and sizes them.
+            measurements = dict(measurements)
+            size = _RECORD_OVERHEAD + len(event) + _MEASUREMENT_OVERHEAD * len(measurements)
+            if metadata:
+                metadata = dict(metadata)
+                try:
+                    size += len(_join(metadata.values()))  # type: ignore[arg-type]
+                except TypeError:  # a value that is not a str: converted now, as sent
+                    metadata = {
+                        key: value if type(value) is str else str(value)
+                        for key, value in metadata.items()
+                    }
+                    size += len(_join(metadata.values()))  # type: ignore[arg-type]
+                size += _METADATA_OVERHEAD * len(metadata)
+            else:
+                metadata = None
+            if correlation_id is None:
+                correlation_id = _current_correlation_id()
+            if correlation_id:
+                size += len(correlation_id)
+            record = (event, measurements, metadata, correlation_id, self._clock_ns(), size)
         except Exception:
             self._count_encode_error()
             return
         # Same as _admit, inlined: this is the hot path.
-        size = len(message)
         if size > self._max_event_bytes:
             self._count_oversize()
             return
-        buffer = self._buffer
         lock = self._admit_lock
         lock.acquire()
         try:
@@ -578,7 +675,7 @@ class TelemetryStream:
             )
             if admitted:
                 self._bytes_in = bytes_in
-                buffer.append(message)
+                buffer.append(record)
         finally:
             lock.release()
         if not admitted:
@@ -673,29 +770,57 @@ class TelemetryStream:
         """The attached consumer, if any."""
         return self._consumer
 
+    def _encode(self, entry: BufferEntry) -> bytes | None:
+        """The wire bytes of a buffered entry, or None if it is dropped (and counted).
+
+        Raw bytes pass as they are. A record is serialized here, on the consumer's thread;
+        one that protobuf refuses is dropped as ``encode_error``, and one whose bytes come
+        out over ``max_event_bytes`` (its charge at ``emit`` was a lower bound) as
+        ``oversize``.
+        """
+        if isinstance(entry, bytes):
+            return entry
+        try:
+            message = serialize_entry(entry)
+        except Exception:
+            self._count_late_drop()
+            self._count_encode_error()
+            return None
+        if len(message) > self._max_event_bytes:
+            self._count_late_drop()
+            self._count_oversize()
+            return None
+        return message
+
     def pop(self) -> bytes:
-        """Remove and return the oldest buffered message (for the consumer).
+        """Remove the oldest buffered event and return its wire bytes (for the consumer).
+
+        Events dropped while being serialized (see :meth:`_encode`) are skipped.
 
         Raises:
             IndexError: if the buffer is empty.
         """
         with self._pop_lock:
-            message = self._buffer.popleft()
-            self._bytes_out += len(message)
-        return message
+            while True:
+                entry = self._buffer.popleft()
+                self._bytes_out += entry_charge(entry)
+                message = self._encode(entry)
+                if message is not None:
+                    return message
 
     def pop_batch(
         self, max_events: int, max_bytes: int, first: list[bytes] | None = None
     ) -> tuple[bytes, int]:
-        """Remove the oldest buffered messages that fit one batch; return it and its size.
+        """Remove the oldest buffered events that fit one batch; return it and its size.
 
-        The batch is a serialized ``TelemetryEventBatch``: each message framed as field 1
-        (tag ``0x0A``, varint length, the message). Messages of ``first`` (drop reports)
-        go before buffered ones, and those packed are removed from the list. At most
-        ``max_events`` messages and ``max_bytes`` bytes (framing included), except that
-        the first message always goes, alone if it does not fit. Returns ``(b"", 0)``
-        when there is nothing to send. Bounds are not checked here (see
-        :func:`check_batch_bounds`).
+        The batch is a serialized ``TelemetryEventBatch``: each event's bytes framed as
+        field 1 (tag ``0x0A``, varint length, the event). Messages of ``first`` (drop
+        reports) go before buffered ones, and those packed are removed from the list. At
+        most ``max_events`` events and ``max_bytes`` bytes (framing included), except
+        that the first event always goes, alone if it does not fit. Records are
+        serialized here (see :meth:`_encode`); one that does not fit the batch goes back
+        to the front of the buffer as bytes. Returns ``(b"", 0)`` when there is nothing
+        to send. Bounds are not checked here (see :func:`check_batch_bounds`).
         """
         parts: list[bytes] = []
         append = parts.append
@@ -720,28 +845,37 @@ class TelemetryStream:
             return b"".join(parts), count
         one_byte = _ONE_BYTE_ENTRY_PREFIX
         popleft = buffer.popleft
-        popped = 0
+        encode = self._encode
+        charged = 0
         with self._pop_lock:
-            # Only consumers pop, under this lock: buffer[0] stays until popped here.
-            # Producers only append, so a non-empty buffer stays non-empty.
+            # Only consumers pop, under this lock; producers only append, so a non-empty
+            # buffer stays non-empty and its front entry stays until popped here.
             while count < max_events and buffer:
-                message = buffer[0]
+                item = popleft()
+                charged += entry_charge(item)
+                encoded = encode(item)
+                if encoded is None:
+                    continue
+                message = encoded
                 size = len(message)
                 prefix = one_byte[size] if size < 128 else _entry_prefix(size)
                 entry = len(prefix) + size
                 if count and total + entry > max_bytes:
+                    # Back to the front, now charged as the bytes it is. bytes_in goes up
+                    # rather than bytes_out down, so that both counters stay monotonic.
+                    with self._admit_lock:
+                        self._bytes_in += size
+                        buffer.appendleft(message)
                     break
-                popleft()
                 append(prefix)
                 append(message)
                 total += entry
-                popped += size
                 count += 1
-            self._bytes_out += popped
+            self._bytes_out += charged
         return b"".join(parts), count
 
     @property
-    def buffer(self) -> deque[bytes]:
+    def buffer(self) -> deque[BufferEntry]:
         """The underlying buffer, for reading only (take messages with :meth:`pop`)."""
         return self._buffer
 
@@ -875,7 +1009,7 @@ class TelemetryStream:
     def stats(self) -> StreamStats:
         """Return a snapshot of the counters."""
         return StreamStats(
-            enqueued=self._enqueued.value,
+            enqueued=self._enqueued.value - self._late_drops.value,
             buffered=len(self._buffer),
             buffered_bytes=self.buffered_bytes,
             sent=self._sent["events"].value,
