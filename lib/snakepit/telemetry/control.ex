@@ -8,6 +8,14 @@ defmodule Snakepit.Telemetry.Control do
     * `{:sampling, rate, patterns}` → `TelemetrySamplingUpdate`
     * `{:filter, allow, deny}` → `TelemetryEventFilter`
 
+  It has the functions and arities of Snakepit v0.13's `Snakepit.Telemetry.Control`
+  (`toggle/1`, `sampling/1,2`, `filter/0,1`). Snakepit returns the generated protobuf
+  struct `%Snakepit.Bridge.TelemetryControl{}` and raises `FunctionClauseError` on a
+  bad argument; here there is no generated Elixir protobuf code (the NIF encodes the
+  message), and a bad argument is an error value, so each returns `{:ok, message}` or
+  `{:error, reason}`. `Snakepit.Telemetry.GrpcStream`'s `toggle`, `update_sampling`
+  and `update_filter` build and send them for you.
+
   ## Event patterns
 
   Patterns select worker events by their dotted worker name (such as
@@ -74,10 +82,16 @@ defmodule Snakepit.Telemetry.Control do
   end
 
   @doc """
-  Sets the worker's event filter. `opts` (a keyword list) takes `:allow` and
-  `:deny`, each a list of patterns (default `[]`). An event is sent when it
-  matches an allow pattern (or `allow` is empty) and no deny pattern.
+  Sets the worker's event filter. `opts` (a keyword list, default `[]` as in
+  Snakepit's `filter/0`) takes `:allow` and `:deny`, each a list of patterns
+  (default `[]`). An event is sent when it matches an allow pattern (or `allow` is
+  empty) and no deny pattern; `filter()` lets every event through.
 
+  An unknown option is `{:error, {:invalid_option, key}}` (Snakepit ignores it, so
+  a misspelt `:denny` silently filters nothing).
+
+      iex> Snakepit.Telemetry.Control.filter()
+      {:ok, {:filter, [], []}}
       iex> Snakepit.Telemetry.Control.filter(allow: ["python.*"], deny: ["python.gc.*"])
       {:ok, {:filter, ["python.*"], ["python.gc.*"]}}
       iex> Snakepit.Telemetry.Control.filter(deny: ["tool.result_size"])
@@ -86,6 +100,8 @@ defmodule Snakepit.Telemetry.Control do
       {:error, {:invalid_option, :block}}
   """
   @spec filter(keyword()) :: {:ok, message()} | {:error, error()}
+  def filter(opts \\ [])
+
   def filter(opts) when is_list(opts) do
     with :ok <- check_options(opts),
          {:ok, allow} <- check_patterns(Keyword.get(opts, :allow, [])),

@@ -53,9 +53,9 @@ defmodule Snakepit.Telemetry.GrpcStream do
         clock), `:count` when sent.
       * Metadata: what the worker sent (catalog keys as atoms, other keys as binaries), then
         `:worker_id`, `:node` (the node's name when the event is delivered),
-        `:timestamp_ns` (the worker's wall clock), `:correlation_id` (when set) and the
-        registration metadata (`:pool_name`, `:python_pid`, ...), which win over keys of
-        the same name sent by the worker.
+        `:timestamp_ns` (the worker's wall clock), `:correlation_id` (`nil` when the
+        worker sent none) and the registration metadata (`:pool_name`, `:python_pid`,
+        ...), which win over keys of the same name sent by the worker.
 
   And, for each stream (emitted by `Snakepit.Telemetry.Dispatcher`, so a handler may call
   any function of this module):

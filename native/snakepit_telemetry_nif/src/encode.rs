@@ -156,16 +156,18 @@ impl TermEncoder {
         values.extend_from_slice(&shared.values);
         keys.push(shared.timestamp_key);
         values.push(record.timestamp_ns.encode(env));
-        let has_correlation = !record.correlation_id.is_empty();
-        if has_correlation {
-            keys.push(shared.correlation_key);
+        // Always present, nil when the worker sent none (as Snakepit's stream manager does);
+        // a `correlation_id` in the worker's own metadata never replaces it.
+        keys.push(shared.correlation_key);
+        if record.correlation_id.is_empty() {
+            values.push(rustler::types::atom::nil().encode(env));
+        } else {
             values.push(record.correlation_id.encode(env));
         }
         for (key, value) in &record.metadata {
             let key = match key {
                 MetaKey::Known(id) => {
-                    let overridden = worker.reserved.contains(id)
-                        || (has_correlation && Some(*id) == self.ids.correlation_id);
+                    let overridden = worker.reserved.contains(id) || Some(*id) == self.ids.correlation_id;
                     if overridden {
                         continue;
                     }

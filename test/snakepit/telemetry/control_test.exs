@@ -34,6 +34,36 @@ defmodule Snakepit.Telemetry.ControlTest do
     end
   end
 
+  describe "filter/0" do
+    test "Snakepit's filter/0: no allow or deny patterns, every event passes" do
+      assert Control.filter() == {:ok, {:filter, [], []}}
+      assert Control.filter() == Control.filter([])
+    end
+
+    test "applied to a worker's settings, it clears an earlier filter" do
+      alias Snakepit.Telemetry.Settings
+      settings = %Settings{enabled: true, sampling_rate: 1.0, allow: ["python.*"], deny: ["x"]}
+      {:ok, message} = Control.filter()
+      assert {:ok, %Settings{allow: [], deny: []}} = Settings.change(settings, message, 16)
+    end
+  end
+
+  describe "Snakepit's documented examples, in this module's shape" do
+    test "toggle/1, sampling/1,2, filter/1" do
+      assert Control.toggle(true) == {:ok, {:toggle, true}}
+      assert Control.sampling(0.5) == {:ok, {:sampling, 0.5, []}}
+
+      assert Control.sampling(0.1, ["python.call.*"]) ==
+               {:ok, {:sampling, 0.1, ["python.call.*"]}}
+
+      assert Control.filter(allow: ["python.call.start"]) ==
+               {:ok, {:filter, ["python.call.start"], []}}
+
+      assert Control.filter(deny: ["python.memory.sampled"]) ==
+               {:ok, {:filter, [], ["python.memory.sampled"]}}
+    end
+  end
+
   describe "filter/1" do
     test "allow and deny, defaults empty" do
       assert Control.filter([]) == {:ok, {:filter, [], []}}

@@ -67,6 +67,35 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
       end
     end
 
+    test "every worker event carries :correlation_id: nil when blank, never the worker's own key",
+         %{worker: worker, id: id} do
+      Forwarder.attach([@tool ++ [:stop]])
+      register!(id, worker)
+
+      for {correlation_id, metadata} <- [
+            {nil, %{"tool" => "a"}},
+            {"", %{"tool" => "b"}},
+            {nil, %{"tool" => "c", "correlation_id" => "forged"}},
+            {"real", %{"tool" => "d", "correlation_id" => "forged"}}
+          ] do
+        PythonWorker.run(worker, %{
+          "op" => "emit",
+          "event" => "tool.execution.stop",
+          "measurements" => %{"duration" => 1},
+          "metadata" => metadata,
+          "correlation_id" => correlation_id
+        })
+      end
+
+      got =
+        for _ <- 1..4 do
+          assert_receive {:telemetry, _, _, meta}, @timeout
+          {meta.tool, Map.fetch!(meta, :correlation_id)}
+        end
+
+      assert got == [{"a", nil}, {"b", nil}, {"c", nil}, {"d", "real"}]
+    end
+
     test "that raises emits exception with duration, error_type and error_message",
          %{worker: worker, id: id} do
       Forwarder.attach([@tool ++ [:exception]])

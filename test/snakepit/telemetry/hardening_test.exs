@@ -83,8 +83,8 @@ defmodule Snakepit.Telemetry.HardeningTest do
       assert_receive {:wide, ^id, d40, 40, size40}, @timeout
       assert_receive {:wide, ^id, d126, 126, size126}, @timeout
       assert {d40, d126} == {scale.(40), scale.(126)}
-      # The worker's keys plus worker_id, node, pool_name, timestamp_ns.
-      assert {size40, size126} == {44, 130}
+      # The worker's keys plus worker_id, node, pool_name, timestamp_ns, correlation_id (nil).
+      assert {size40, size126} == {45, 131}
       wait_until(fn -> stream(id).dropped.too_many_keys == 2 end)
       refute_received {:wide, ^id, _, _, _}
     end
@@ -99,7 +99,8 @@ defmodule Snakepit.Telemetry.HardeningTest do
 
       for keys <- [33, 300, 2000, 40] do
         assert_receive {:wide, ^id, _, ^keys, size}, @timeout
-        assert size == keys + 3
+        # worker_id, node, timestamp_ns and correlation_id (nil) beside the worker's keys.
+        assert size == keys + 4
       end
 
       assert stream(id).dropped.too_many_keys == 0

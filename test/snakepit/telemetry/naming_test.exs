@@ -89,7 +89,7 @@ defmodule Snakepit.Telemetry.NamingTest do
       queue_timeout: [:snakepit, :pool, :queue, :timeout],
       worker_spawn_started: [:snakepit, :pool, :worker, :spawn_started],
       worker_spawned: [:snakepit, :pool, :worker, :spawned],
-      worker_ready: [:snakepit, :pool, :worker, :worker_ready],
+      worker_ready: [:snakepit, :pool, :worker_ready],
       worker_spawn_failed: [:snakepit, :pool, :worker, :spawn_failed],
       worker_terminated: [:snakepit, :pool, :worker, :terminated],
       worker_restarted: [:snakepit, :pool, :worker, :restarted]
@@ -138,6 +138,169 @@ defmodule Snakepit.Telemetry.NamingTest do
 
     error = assert_raise ArgumentError, fn -> Naming.grpc_event(:call, :lost) end
     assert error.message =~ "{:connection, :lost}"
+  end
+
+  describe "Snakepit v0.13 compatibility" do
+    # Snakepit's lists, from lib/snakepit/telemetry/naming.ex of nshkrdotcom/snakepit v0.13.
+    @snakepit_pool_events [
+      :initialized,
+      :init_started,
+      :init_complete,
+      :status,
+      :queue_enqueued,
+      :queue_dequeued,
+      :queue_timeout,
+      :worker_spawn_started,
+      :worker_spawned,
+      :worker_ready,
+      :worker_spawn_failed,
+      :worker_terminated,
+      :worker_restarted
+    ]
+    @snakepit_session_events [:created, :destroyed, :affinity_assigned, :affinity_broken]
+    @snakepit_python_events [
+      :call_start,
+      :call_stop,
+      :call_exception,
+      :memory_sampled,
+      :cpu_sampled,
+      :gc_completed,
+      :error_occurred
+    ]
+    @snakepit_grpc_events [
+      :call_start,
+      :call_stop,
+      :call_exception,
+      :stream_opened,
+      :stream_message,
+      :stream_closed,
+      :connection_established,
+      :connection_lost,
+      :connection_reconnected
+    ]
+
+    test "pool_events/0, session_events/0, python_events/0, grpc_events/0 are Snakepit's lists" do
+      assert Naming.pool_events() == @snakepit_pool_events
+      assert Naming.session_events() == @snakepit_session_events
+      assert Naming.python_events() == @snakepit_python_events
+      assert Naming.grpc_events() == @snakepit_grpc_events
+    end
+
+    test "pool_event/1 gives Snakepit's names, including worker_ready" do
+      assert Naming.pool_event(:worker_ready) == [:snakepit, :pool, :worker_ready]
+      assert Naming.pool_event(:init_started) == [:snakepit, :pool, :init_started]
+      assert Naming.pool_event(:init_complete) == [:snakepit, :pool, :init_complete]
+      assert Naming.pool_event(:worker_spawned) == [:snakepit, :pool, :worker, :spawned]
+      assert Naming.pool_event(:queue_timeout) == [:snakepit, :pool, :queue, :timeout]
+    end
+
+    test "every listed name is accepted by its builder and names a catalog event" do
+      catalog = MapSet.new(Catalog.events(), & &1.event)
+
+      for name <- Naming.pool_events(), do: assert(Naming.pool_event(name) in catalog)
+      for name <- Naming.session_events(), do: assert(Naming.session_event(name) in catalog)
+      for name <- Naming.python_events(), do: assert(Naming.python_event(name) in catalog)
+
+      for name <- Naming.grpc_events() do
+        [kind, _] = name |> Atom.to_string() |> String.split("_", parts: 2)
+        assert Naming.grpc_event(String.to_existing_atom(kind), name) in catalog
+      end
+    end
+
+    test "every catalog pool event is in pool_events/0" do
+      from_catalog = for %{event: [:snakepit, :pool | _] = event} <- Catalog.events(), do: event
+
+      assert Enum.sort(Enum.map(Naming.pool_events(), &Naming.pool_event/1)) ==
+               Enum.sort(from_catalog)
+    end
+
+    test "grpc_event/2 takes Snakepit's joined form and gives the real event" do
+      assert Naming.grpc_event(:call, :call_start) == [:snakepit, :grpc, :call, :start]
+      assert Naming.grpc_event(:call, :call_exception) == [:snakepit, :grpc, :call, :exception]
+      assert Naming.grpc_event(:stream, :stream_message) == [:snakepit, :grpc, :stream, :message]
+
+      assert Naming.grpc_event(:connection, :connection_reconnected) ==
+               [:snakepit, :grpc, :connection, :reconnected]
+
+      # The joined name of another kind is not accepted.
+      assert_raise ArgumentError, fn -> Naming.grpc_event(:stream, :call_start) end
+    end
+
+    test "measurement_keys/0 is Snakepit's list, in its order" do
+      assert Naming.measurement_keys() == [
+               :duration,
+               :duration_ms,
+               :bytes,
+               :system_time,
+               :queue_depth,
+               :queue_time,
+               :available_workers,
+               :busy_workers,
+               :total_workers,
+               :worker_count,
+               :lifetime,
+               :total_commands,
+               :command_count,
+               :downtime,
+               :restart_count,
+               :retry_count,
+               :request_size,
+               :response_size,
+               :message_size,
+               :sequence_number,
+               :message_count,
+               :network_time,
+               :uptime,
+               :call_count,
+               :affinity_duration,
+               :commands_with_affinity,
+               :rss_bytes,
+               :vms_bytes,
+               :cpu_percent,
+               :collected,
+               :generation,
+               :latency_ms,
+               :count,
+               :python_pid
+             ]
+    end
+
+    test "Snakepit's documented examples" do
+      assert Naming.from_parts(["python", "call", "start"]) ==
+               {:ok, [:snakepit, :python, :call, :start]}
+
+      assert Naming.from_parts(["unknown", "event"]) == {:error, :unknown_event}
+      assert Naming.measurement_key("duration") == {:ok, :duration}
+      assert Naming.measurement_key("unknown_key") == {:error, :unknown_measurement_key}
+      assert Naming.event(:pool, :worker, :spawned) == [:snakepit, :pool, :worker, :spawned]
+    end
+
+    test "event/3 builds [:snakepit | parts] from three atoms" do
+      assert Naming.event(:pool, :worker, :spawned) == [:snakepit, :pool, :worker, :spawned]
+      assert Naming.event(:grpc, :call, :stop) == Naming.grpc_event(:call, :stop)
+      assert Naming.event(:myapp, :model, :loaded) == [:snakepit, :myapp, :model, :loaded]
+    end
+
+    test "event/3 raises ArgumentError for anything but atoms, creating no atom" do
+      for args <- [["pool", :worker, :spawned], [:pool, 1, :spawned]] do
+        error = assert_raise ArgumentError, fn -> apply(Naming, :event, args) end
+        assert error.message =~ "three atoms"
+      end
+
+      name = "never_an_atom_#{System.unique_integer([:positive])}"
+      before = :erlang.system_info(:atom_count)
+
+      raised =
+        try do
+          Naming.event(:pool, :worker, name)
+        rescue
+          e in ArgumentError -> e
+        end
+
+      assert :erlang.system_info(:atom_count) == before
+      assert %ArgumentError{} = raised
+      assert raised.message =~ inspect(name)
+    end
   end
 
   test "key lists come from the catalog" do
