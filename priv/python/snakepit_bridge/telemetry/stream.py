@@ -171,7 +171,7 @@ DROP_REPORT_INTERVAL_SECONDS: Final = 0.25
 """Shortest time between two drop reports of a stream."""
 
 DEFAULT_MAX_BUFFER: Final = 4096
-"""Default bound on buffered messages."""
+"""Default bound on buffered events (records and raw messages)."""
 DEFAULT_MAX_BUFFER_BYTES: Final = 4 * 1024 * 1024
 """Default bound on buffered bytes (4 MiB)."""
 DEFAULT_MAX_EVENT_BYTES: Final = 256 * 1024
@@ -536,7 +536,7 @@ class TelemetryStream:
         """Create a stream.
 
         Args:
-            max_buffer: most messages held while no consumer keeps up (>= 1).
+            max_buffer: most events held while no consumer keeps up (>= 1).
             max_buffer_bytes: most bytes held, summed over the serialized messages (>= 1).
             max_event_bytes: largest serialized event accepted (>= 1); the bound used is
                 at most ``max_buffer_bytes``.
@@ -949,7 +949,7 @@ class TelemetryStream:
 
     @property
     def max_buffer(self) -> int:
-        """The bound on buffered messages."""
+        """The bound on buffered events."""
         return self._max_buffer
 
     @property
