@@ -17,10 +17,12 @@ defmodule Snakepit.Telemetry.Test.PythonWorker do
 
   @doc """
   Starts a worker; `args` are extra command-line flags such as `--ignore-control`, `env`
-  extra environment variables (`[{"SNAKEPIT_WORKER_TOKEN", "..."}]`).
+  extra environment variables (`[{"SNAKEPIT_WORKER_TOKEN", "..."}]`), `script` the worker
+  script under `test/support` (any that speaks the same stdin protocol, such as
+  `python/snakepit_style_worker.py`).
   """
-  def start(args \\ [], env \\ []) do
-    script = Path.expand("python/scripted_worker.py", __DIR__)
+  def start(args \\ [], env \\ [], script \\ "python/scripted_worker.py") do
+    script = Path.expand(script, __DIR__)
     pythonpath = Path.expand("../../priv/python", __DIR__)
 
     port =

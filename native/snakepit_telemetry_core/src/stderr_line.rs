@@ -8,16 +8,16 @@
 //!
 //! `TELEMETRY:` then one JSON object with the keys `event` (the dotted name, required),
 //! `measurements` (an object), `metadata` (an object), `timestamp_ns` (an integer) and
-//! `correlation_id` (a string). Two writers, both accepted:
+//! `correlation_id` (a string). Two formats, both accepted:
 //!
-//! - this repo's `StderrBackend` (`priv/python/snakepit_bridge/telemetry/backends.py`,
-//!   `encoding.event_to_json_dict`): compact separators, no NaN (`allow_nan=False`),
-//!   measurements already int, float or string, metadata strings, `correlation_id` null
-//!   when unset;
-//! - Snakepit's (`nshkrdotcom/snakepit`, `priv/python/snakepit_bridge/telemetry/backends/stderr.py`):
-//!   plain `json.dumps(payload)`, so `", "`/`": "` separators, `NaN`/`Infinity`/`-Infinity`
-//!   for non-finite floats, the caller's measurement and metadata values as they were (bools,
-//!   numbers, null), and `correlation_id` `""` when unset.
+//! - Snakepit's (`nshkrdotcom/snakepit`, `priv/python/snakepit_bridge/telemetry/backends/stderr.py`),
+//!   which this repo's `StderrBackend` (`priv/python/snakepit_bridge/telemetry/backends/stderr.py`)
+//!   now writes byte for byte: plain `json.dumps(payload)`, so `", "`/`": "` separators,
+//!   `NaN`/`Infinity`/`-Infinity` for non-finite floats, the caller's measurement and metadata
+//!   values as they were (bools, numbers, null), and `correlation_id` `""` when unset;
+//! - the one earlier versions of this repo's `StderrBackend` wrote: compact separators, no
+//!   NaN, measurements already int, float or string, metadata strings, `correlation_id` null
+//!   when unset.
 //!
 //! Neither writes another key, so any other key is a `decode_error`, and so is a key given
 //! twice at the top level. A missing or null field other than `event` takes its gRPC default
@@ -427,12 +427,12 @@ mod tests {
 
     #[test]
     fn lines_written_by_the_real_writers() {
-        // Printed by this repo's encoding.event_to_json_dict + StderrBackend's json.dumps.
+        // Printed by earlier versions of this repo's StderrBackend (compact, null id).
         let ours = r#"TELEMETRY:{"event":"tool.execution.stop","measurements":{"duration":1500,"count":1,"bytes":"x"},"metadata":{"tool":"p","n":"None","cl\u00e9":"3"},"timestamp_ns":5,"correlation_id":null}"#;
         let record = run(ours).expect("accepted");
         assert_eq!(record.measurements.len(), 3);
         assert_eq!((meta(&record, "n"), meta(&record, "clé")), (Some("None".into()), Some("3".into())));
-        // Printed by Python's json.dumps(payload), as Snakepit's StderrBackend calls it.
+        // Printed by Python's json.dumps(payload), as Snakepit's StderrBackend and ours call it.
         let snakepits = r#"TELEMETRY:{"event": "python.cpu.sampled", "measurements": {"cpu_percent": 12.5, "count": true}, "metadata": {"cl\u00e9": "\u00e9t\u00e9", "n": null, "f": 1e-05, "big": 1000000000000000000000000000000, "inf": -Infinity}, "timestamp_ns": 1, "correlation_id": ""}"#;
         let record = run(snakepits).expect("accepted");
         assert_eq!(record.measurements.len(), 2);

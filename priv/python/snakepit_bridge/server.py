@@ -48,6 +48,9 @@ from snakepit_bridge.auth import BearerToken, BearerTokenInterceptor, TokenSourc
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry.counters import Counter
 from snakepit_bridge.telemetry.stream import (
+    CAPABILITIES_HEADER,
+    CAPABILITY_BATCHED,
+    CAPABILITY_SAMPLING_PATTERNS,
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_BATCH_EVENTS,
     DEFAULT_MIN_BATCH_INTERVAL,
@@ -88,9 +91,6 @@ STREAM_TELEMETRY_BATCHED_PATH: Final = f"/{SERVICE_NAME}/{STREAM_TELEMETRY_BATCH
 EXECUTE_TOOL_METHOD: Final = "ExecuteTool"
 EXECUTE_TOOL_PATH: Final = f"/{SERVICE_NAME}/{EXECUTE_TOOL_METHOD}"
 
-CAPABILITIES_HEADER: Final = "x-snakepit-telemetry-capabilities"
-CAPABILITY_SAMPLING_PATTERNS: Final = "sampling-patterns"
-CAPABILITY_BATCHED: Final = "batched"
 CAPABILITIES: Final = f"{CAPABILITY_SAMPLING_PATTERNS},{CAPABILITY_BATCHED}"
 """The capability header's value: comma-separated tokens."""
 

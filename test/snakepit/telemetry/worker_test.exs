@@ -300,6 +300,54 @@ defmodule Snakepit.Telemetry.WorkerTest do
       for name <- fresh, do: assert_raise(ArgumentError, fn -> String.to_existing_atom(name) end)
     end
 
+    test "the Python package's StderrBackend (Snakepit's line, values unconverted) reaches handlers",
+         %{id: id} do
+      Forwarder.attach([@stop, [:snakepit, :python, :tool, :execution, :start]])
+
+      # Snakepit's own stderr backend, as an adapter would install it: int, float, bool and
+      # None metadata go on the line as JSON values, not strings.
+      program = """
+      import time
+      from snakepit_bridge import telemetry
+      from snakepit_bridge.telemetry.backends.stderr import StderrBackend
+      from snakepit_bridge.telemetry.manager import set_backend
+      set_backend(StderrBackend())
+      telemetry.emit("tool.execution.stop", {"duration": 7, "count": True},
+                     {"tool": "stderr-backend", "attempt": 2, "ratio": 0.5, "cached": False, "parent": None})
+      telemetry.emit("tool.execution.stop", {"duration": float("nan")}, {"tool": "nan"})
+      with telemetry.span("tool.execution", {"tool": "spanned"}, correlation_id="cid-5"):
+          pass
+      time.sleep(30)
+      """
+
+      # The Worker puts priv/python on the PYTHONPATH.
+      start_supervised!(
+        {Worker, id: id, mode: :stderr, command: [PythonWorker.python(), "-c", program]}
+      )
+
+      assert_receive {:telemetry, @stop, %{duration: _} = first,
+                      %{worker_id: ^id, tool: "stderr-backend", correlation_id: nil} = meta},
+                     @timeout
+
+      assert first.count == 1
+
+      assert {meta["attempt"], meta["ratio"], meta["cached"], meta["parent"]} ==
+               {"2", "0.5", "False", "None"}
+
+      assert_receive {:telemetry, [:snakepit, :python, :tool, :execution, :start],
+                      %{system_time: _},
+                      %{worker_id: ^id, tool: "spanned", correlation_id: "cid-5"}},
+                     @timeout
+
+      assert_receive {:telemetry, @stop, %{duration: _},
+                      %{worker_id: ^id, tool: "spanned", correlation_id: "cid-5"}},
+                     @timeout
+
+      refute_received {:telemetry, @stop, _, %{tool: "nan"}}
+      wait_until(fn -> stream(id).received == 4 end)
+      assert %{emitted: 3, dropped: %{invalid_measurement: 1}} = stream(id)
+    end
+
     test "a gRPC worker's stderr lines arrive beside its stream", %{id: id} do
       Forwarder.attach([@stop])
 

@@ -12,7 +12,7 @@ from contextvars import Token
 from types import TracebackType
 from typing import Final
 
-from snakepit_bridge.telemetry.backends import Emitter, TelemetryBackend
+from snakepit_bridge.telemetry.backends.base import Emitter, TelemetryBackend
 from snakepit_bridge.telemetry.context import CORRELATION_ID
 from snakepit_bridge.telemetry.counters import CounterSet
 from snakepit_bridge.telemetry.encoding import MeasurementValue

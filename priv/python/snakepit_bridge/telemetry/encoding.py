@@ -18,7 +18,6 @@ from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 __all__ = [
     "MeasurementValue",
     "encode_event",
-    "event_to_json_dict",
     "measurement_value",
 ]
 
@@ -88,36 +87,3 @@ def encode_event(
         for key, value in metadata.items():
             fields[key] = value if type(value) is str else str(value)
     return message
-
-
-def event_to_json_dict(
-    event: str,
-    measurements: Mapping[str, object],
-    metadata: Mapping[str, object] | None,
-    correlation_id: str | None,
-    timestamp_ns: int,
-) -> dict[str, object]:
-    """Return the JSON-ready form of one emit call (the StderrBackend's line payload).
-
-    Raises:
-        TypeError: on a non-str key or an unsupported measurement type.
-    """
-    if type(event) is not str:
-        raise TypeError(f"event name must be str, got {type(event).__name__}")
-    plain_measurements: dict[str, MeasurementValue] = {}
-    for key, value in measurements.items():
-        if type(key) is not str:
-            raise TypeError(f"measurement key must be str, got {type(key).__name__}")
-        plain_measurements[key] = measurement_value(value)
-    plain_metadata: dict[str, str] = {}
-    for key, value in (metadata or {}).items():
-        if type(key) is not str:
-            raise TypeError(f"metadata key must be str, got {type(key).__name__}")
-        plain_metadata[key] = value if type(value) is str else str(value)
-    return {
-        "event": event,
-        "measurements": plain_measurements,
-        "metadata": plain_metadata,
-        "timestamp_ns": timestamp_ns,
-        "correlation_id": correlation_id or None,
-    }

@@ -116,9 +116,9 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry.context import CORRELATION_ID
@@ -126,7 +126,13 @@ from snakepit_bridge.telemetry.counters import Counter, CounterSet
 from snakepit_bridge.telemetry.encoding import encode_event
 from snakepit_bridge.telemetry.policy import ControlPolicy
 
+if TYPE_CHECKING:
+    from snakepit_bridge.telemetry.aio import TelemetryContext
+
 __all__ = [
+    "CAPABILITIES_HEADER",
+    "CAPABILITY_BATCHED",
+    "CAPABILITY_SAMPLING_PATTERNS",
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_MAX_BATCH_EVENTS",
     "DEFAULT_MAX_BUFFER",
@@ -166,6 +172,13 @@ DROP_REASONS: Final = (
 
 DROP_REPORT_EVENT: Final = "telemetry.dropped"
 """The catalog event by which the worker reports its own drops."""
+
+CAPABILITIES_HEADER: Final = "x-snakepit-telemetry-capabilities"
+"""Response header of a telemetry call: what the worker honours (comma-separated tokens)."""
+CAPABILITY_SAMPLING_PATTERNS: Final = "sampling-patterns"
+"""Capability: the worker applies pattern-scoped sampling rules itself."""
+CAPABILITY_BATCHED: Final = "batched"
+"""Capability: the worker serves ``StreamTelemetryBatched``."""
 
 DROP_REPORT_INTERVAL_SECONDS: Final = 0.25
 """Shortest time between two drop reports of a stream."""
@@ -595,7 +608,7 @@ class TelemetryStream:
 
     def emit(  # noqa: PLR0911, PLR0912, PLR0915 - the hot path, kept in one function on purpose
         self,
-        event: str,
+        event_name: str,
         measurements: Mapping[str, object],
         metadata: Mapping[str, object] | None = None,
         correlation_id: str | None = None,
@@ -613,14 +626,14 @@ class TelemetryStream:
                 else:
                     self._count_disabled()
                 return
-            rate = policy.decisions.get(event)
+            rate = policy.decisions.get(event_name)
             if rate is None:
-                if len(event) > self._max_event_bytes:
+                if len(event_name) > self._max_event_bytes:
                     # The name alone is too large to send (its serialized form is at
                     # least as long); dropped before patterns run over it.
                     self._count_oversize()
                     return
-                rate = policy.resolve(event)
+                rate = policy.resolve(event_name)
             if rate < 1.0:
                 if rate < 0.0:  # FILTERED_OUT
                     self._count_filtered_out()
@@ -639,7 +652,7 @@ class TelemetryStream:
             # doc). The dicts are copied so that later changes by the caller do not show.
             # Joining the metadata values both checks that they are str and sizes them.
             measurements = dict(measurements)
-            size = _RECORD_OVERHEAD + len(event) + _MEASUREMENT_OVERHEAD * len(measurements)
+            size = _RECORD_OVERHEAD + len(event_name) + _MEASUREMENT_OVERHEAD * len(measurements)
             if metadata:
                 metadata = dict(metadata)
                 try:
@@ -657,7 +670,7 @@ class TelemetryStream:
                 correlation_id = _current_correlation_id()
             if correlation_id:
                 size += len(correlation_id)
-            record = (event, measurements, metadata, correlation_id, self._clock_ns(), size)
+            record = (event_name, measurements, metadata, correlation_id, self._clock_ns(), size)
         except Exception:
             self._count_encode_error()
             return
@@ -742,14 +755,17 @@ class TelemetryStream:
 
     # -- consumer side ----------------------------------------------------------------
 
-    def attach(self) -> StreamConsumer:
-        """Attach a new consumer, replacing (detaching) the current one.
+    def attach(self, consumer: StreamConsumer | None = None) -> StreamConsumer:
+        """Attach a new consumer, replacing (detaching) the current one; return it.
 
-        Control settings are per call: attaching resets them to the defaults (enabled,
-        rate 1.0, no filters) so that a new client does not inherit an old one's choices.
-        Buffered events stay and go to the new consumer.
+        ``consumer`` is a fresh one made for this stream (for example an
+        :class:`~snakepit_bridge.telemetry.aio.AsyncStreamConsumer`); by default a
+        :class:`StreamConsumer` is made. Control settings are per call: attaching resets
+        them to the defaults (enabled, rate 1.0, no filters) so that a new client does not
+        inherit an old one's choices. Buffered events stay and go to the new consumer.
         """
-        consumer = StreamConsumer(self)
+        if consumer is None:
+            consumer = StreamConsumer(self)
         with self._lock:
             previous = self._consumer
             self._consumer = consumer
@@ -807,6 +823,45 @@ class TelemetryStream:
                 message = self._encode(entry)
                 if message is not None:
                     return message
+
+    def pop_event(self) -> pb.TelemetryEvent:
+        """Remove the oldest buffered event and return it as a ``TelemetryEvent`` message.
+
+        The message form of :meth:`pop`, for a servicer whose response serializer is
+        ``TelemetryEvent.SerializeToString`` (a ``grpc.aio`` servicer, see :meth:`stream`).
+        Events dropped on the way (``encode_error``, ``oversize``) are skipped and counted.
+
+        Raises:
+            IndexError: if the buffer is empty.
+        """
+        with self._pop_lock:
+            while True:
+                entry = self._buffer.popleft()
+                self._bytes_out += entry_charge(entry)
+                message = self._to_message(entry)
+                if message is not None:
+                    return message
+
+    def _to_message(self, entry: BufferEntry) -> pb.TelemetryEvent | None:
+        """The ``TelemetryEvent`` of a buffered entry, or None if it is dropped (and counted)."""
+        try:
+            if isinstance(entry, bytes):
+                message = pb.TelemetryEvent.FromString(entry)
+            else:
+                event_name, measurements, metadata, correlation_id, timestamp_ns, _ = entry
+                message = encode_event(
+                    event_name, measurements, metadata, correlation_id, timestamp_ns
+                )
+            size = message.ByteSize()
+        except Exception:
+            self._count_late_drop()
+            self._count_encode_error()
+            return None
+        if size > self._max_event_bytes:
+            self._count_late_drop()
+            self._count_oversize()
+            return None
+        return message
 
     def pop_batch(
         self, max_events: int, max_bytes: int, first: list[bytes] | None = None
@@ -889,6 +944,30 @@ class TelemetryStream:
         """Counter of ``TelemetryEventBatch`` messages handed to a consumer."""
         return self._sent["batches"]
 
+    def stream(
+        self,
+        request_iterator: AsyncIterable[pb.TelemetryControl],
+        context: TelemetryContext,
+    ) -> AsyncIterator[pb.TelemetryEvent]:
+        """Serve this stream on a ``grpc.aio`` ``StreamTelemetry`` call (Snakepit's method).
+
+        For a servicer written as Snakepit's is::
+
+            async def StreamTelemetry(self, request_iterator, context):
+                async for event in self.telemetry_stream.stream(request_iterator, context):
+                    yield event
+
+        Sends the capability header, applies control messages as they arrive and yields
+        one ``TelemetryEvent`` per event until the stream is closed (and drained), a newer
+        call replaces this one, or the client goes away. See
+        :mod:`snakepit_bridge.telemetry.aio`.
+        """
+        from snakepit_bridge.telemetry.aio import (  # noqa: PLC0415 - aio builds on this module
+            serve_telemetry,
+        )
+
+        return serve_telemetry(self, request_iterator, context)
+
     # -- control ------------------------------------------------------------------------
 
     def apply_control(
@@ -927,6 +1006,44 @@ class TelemetryStream:
     def is_enabled(self) -> bool:
         """True unless the client switched telemetry off or the stream is closed."""
         return self._policy.enabled
+
+    @property
+    def enabled(self) -> bool:
+        """Whether events are kept (Snakepit's attribute); False after :meth:`close`.
+
+        Setting it is what a ``toggle`` control message does (ignored after :meth:`close`).
+        """
+        return self._policy.enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        enabled = bool(value)
+        self._change_policy(lambda policy: policy.with_enabled(enabled))
+
+    @property
+    def sampling_rate(self) -> float:
+        """The rate of events that no pattern-scoped rule matches (Snakepit's attribute).
+
+        Setting it is what a pattern-less ``sampling`` control message does (it also ends
+        pattern-scoped rules); the value is clamped to [0.0, 1.0] as Snakepit clamps
+        control messages. A value ``float()`` refuses raises ``TypeError`` or
+        ``ValueError``, and NaN ``ValueError``; nothing is changed then.
+        """
+        return self._policy.sampling_rate
+
+    @sampling_rate.setter
+    def sampling_rate(self, value: float) -> None:
+        rate = float(value)
+        if math.isnan(rate):
+            raise ValueError("sampling_rate must be a number in [0.0, 1.0], got nan")
+        clamped = min(max(rate, 0.0), 1.0)
+        self._change_policy(lambda policy: policy.with_sampling(clamped))
+
+    def _change_policy(self, change: Callable[[ControlPolicy], ControlPolicy]) -> None:
+        """Replace the policy in force by ``change(policy)``, unless the stream is closed."""
+        with self._lock:
+            if not self._closed:
+                self._policy = change(self._policy)
 
     # -- lifecycle and stats --------------------------------------------------------------
 

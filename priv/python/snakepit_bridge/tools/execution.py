@@ -25,7 +25,7 @@ from typing import Final
 from google.protobuf import any_pb2
 
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
-from snakepit_bridge.telemetry.context import CORRELATION_ID
+from snakepit_bridge.telemetry.context import CORRELATION_HEADER, CORRELATION_ID
 from snakepit_bridge.tools.errors import (
     InvalidParameterError,
     ResultEncodingError,
@@ -43,9 +43,6 @@ __all__ = [
     "decode_parameters",
     "run_tool_call",
 ]
-
-CORRELATION_HEADER: Final = "x-snakepit-correlation-id"
-"""Invocation metadata header carrying the call's correlation id (Snakepit's name)."""
 
 CORRELATION_METADATA_KEY: Final = "correlation_id"
 """Key of the correlation id in the request's and the response's ``metadata`` maps."""
