@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import hmac
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Final, NoReturn
 
 import grpc
@@ -73,7 +73,7 @@ class BearerToken:
             )
         self._secret = secret
 
-    def accepts(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
+    def accepts(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
         """True if ``metadata`` has exactly one ``authorization: Bearer <this token>``."""
         values = [value for key, value in metadata or () if key == AUTHORIZATION_HEADER]
         if len(values) != 1:

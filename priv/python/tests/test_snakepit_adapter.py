@@ -392,3 +392,50 @@ def test_a_newer_call_replaces_the_current_one(aio_server: AioServer, client: St
         second.close()
     stream = aio_server.servicer.telemetry_stream
     wait_until(lambda: stream.current_consumer is None)
+
+
+def test_aio_servicer_serves_only_the_holder_of_the_workers_token(
+    aio_server: AioServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Elixir Worker starts a worker with SNAKEPIT_WORKER_TOKEN; the NIF sends it.
+    monkeypatch.setenv("SNAKEPIT_WORKER_TOKEN", "s3cret-token")
+    stream = aio_server.servicer.telemetry_stream
+    owner = StreamClient(aio_server.port, (("authorization", "Bearer s3cret-token"),))
+    try:
+        owner.wait_headers()
+        consumer = stream.current_consumer
+        assert consumer is not None
+        owner.send(sampling(0.5))
+        wait_until(lambda: stream.sampling_rate == 0.5)
+        for metadata in (None, (("authorization", "Bearer wrong-token"),)):
+            intruder = StreamClient(aio_server.port, metadata)
+            try:
+                intruder.send(toggle(False))
+                assert intruder.wait_end() == grpc.StatusCode.UNAUTHENTICATED
+            finally:
+                intruder.close()
+        # The owner's call and settings are untouched.
+        assert stream.current_consumer is consumer
+        assert stream.enabled and stream.sampling_rate == 0.5
+        owner.send(sampling(1.0))
+        wait_until(lambda: stream.sampling_rate == 1.0)
+        telemetry.emit("tool.result_size", {"bytes": 4})
+        assert _next_event_not_a_drop_report(owner).measurements["bytes"].int_value == 4
+    finally:
+        owner.close()
+
+
+def test_aio_servicer_drops_and_counts_what_protobuf_refuses(
+    aio_server: AioServer, client: StreamClient
+) -> None:
+    client.wait_headers()
+    stream = aio_server.servicer.telemetry_stream
+    telemetry.emit("tool.result_size", {"bytes": 1}, {"bad": "\ud800"})  # lone surrogate
+    telemetry.emit("tool.result_size", {"bytes": 2**64})  # outside int64
+    telemetry.emit("tool.result_size", {"bytes": 3}, {f"k{n}": "v" for n in range(300)})
+    event = _next_event_not_a_drop_report(client)
+    assert event.measurements["bytes"].int_value == 3
+    assert len(event.metadata) == 300
+    assert stream.dropped_counts()["encode_error"] == 2
+    stats = stream.stats()
+    assert stats.emitted == stats.enqueued + stats.dropped_total

@@ -22,8 +22,8 @@ defmodule Snakepit.Telemetry.SnakepitStyleServicerTest do
 
   @timeout 30_000
 
-  defp start_worker do
-    worker = PythonWorker.start([], [], "python/snakepit_style_worker.py")
+  defp start_worker(env \\ []) do
+    worker = PythonWorker.start([], env, "python/snakepit_style_worker.py")
 
     id = "snakepit-style-#{System.unique_integer([:positive])}"
 
@@ -275,6 +275,37 @@ defmodule Snakepit.Telemetry.SnakepitStyleServicerTest do
     emit(worker, "python.call.stop", 3, %{"metadata" => %{"tool" => "denied"}})
     receive_tagged(id, @call_stop, "denied", 3)
     assert stats(worker)["dropped_count"] == dropped
+  end
+
+  test "with SNAKEPIT_WORKER_TOKEN only the token's holder reads or steers the worker" do
+    token = "tok-" <> Base.encode16(:crypto.strong_rand_bytes(16), case: :lower)
+    {worker, id} = start_worker([{"SNAKEPIT_WORKER_TOKEN", token}])
+    intruder = id <> "-intruder"
+    on_exit(fn -> GrpcStream.unregister_worker(intruder) end)
+    Forwarder.attach([@tool_stop])
+
+    # Without the token, or with a wrong one: refused, retried, never connected.
+    for opts <- [[], [token: "wrong-" <> token]] do
+      assert :ok = GrpcStream.register_worker(id, worker.endpoint, opts)
+      wait_until(fn -> stream(id).attempt >= 2 end)
+      assert %{status: :connecting, last_error: {:connect_failed, text}} = stream(id)
+      assert text =~ "Unauthenticated"
+    end
+
+    register!(id, worker, token: token)
+    assert :ok = GrpcStream.update_sampling(id, 1.0)
+
+    # A second client without the token while the owner streams: refused; the owner's call
+    # and settings stay (it would otherwise replace the owner's call and reset them).
+    assert :ok = GrpcStream.register_worker(intruder, worker.endpoint)
+    wait_until(fn -> stream(intruder).attempt >= 2 end)
+    assert %{status: :connecting} = stream(intruder)
+    assert :ok = GrpcStream.unregister_worker(intruder)
+
+    emit(worker, "tool.execution.stop", 3, %{"metadata" => %{"tool" => "owned"}})
+    receive_tagged(id, @tool_stop, "owned", 3)
+    assert %{status: :connected, attempt: 0} = stream(id)
+    refute inspect(GrpcStream.list_streams()) =~ token
   end
 
   test "killing the worker with SIGKILL crashes none of our processes" do

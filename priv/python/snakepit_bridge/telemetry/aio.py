@@ -15,6 +15,9 @@ This is how Snakepit's ``grpc_server.py`` serves a
 :meth:`TelemetryStream.stream <snakepit_bridge.telemetry.stream.TelemetryStream.stream>`
 calls :func:`serve_telemetry`. One call of it:
 
+* checks the caller's bearer token when the worker has one (``SNAKEPIT_WORKER_TOKEN``, set
+  by the Elixir ``Worker`` that started it): only the BEAM that started the worker reads
+  or steers it, as on this package's own server;
 * attaches an :class:`AsyncStreamConsumer`, replacing the stream's current consumer (whose
   call then ends), and resets the control settings, as a call on this package's own server
   does;
@@ -43,8 +46,15 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Final, TypeAlias
 
+import grpc
 import grpc.aio
 
+from snakepit_bridge.auth import (
+    UNAUTHENTICATED_DETAILS,
+    BearerToken,
+    TokenSource,
+    resolve_token,
+)
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry.stream import (
     CAPABILITIES_HEADER,
@@ -157,8 +167,24 @@ async def serve_telemetry(
     stream: TelemetryStream,
     request_iterator: AsyncIterable[pb.TelemetryControl],
     context: TelemetryContext,
+    token: str | BearerToken | TokenSource | None = TokenSource.FROM_ENV,
 ) -> AsyncIterator[pb.TelemetryEvent]:
-    """Serve ``stream`` on one ``grpc.aio`` ``StreamTelemetry`` call (see the module doc)."""
+    """Serve ``stream`` on one ``grpc.aio`` ``StreamTelemetry`` call (see the module doc).
+
+    With a token (by default ``SNAKEPIT_WORKER_TOKEN``, which the Elixir ``Worker`` sets
+    and whose value the NIF sends), a call without exactly one ``authorization: Bearer
+    <token>`` header is aborted with ``UNAUTHENTICATED`` before it touches the stream: it
+    neither replaces the current call nor changes the settings. A token that is set but
+    invalid aborts every call the same way (never served unauthenticated by mistake).
+    """
+    try:
+        expected = resolve_token(token)
+    except (TypeError, ValueError):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
+        return
+    if expected is not None and not expected.accepts(context.invocation_metadata()):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
+        return
     consumer = AsyncStreamConsumer(stream, asyncio.get_running_loop())
     stream.attach(consumer)
     try:

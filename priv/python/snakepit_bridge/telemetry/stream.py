@@ -120,6 +120,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Ma
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias
 
+from snakepit_bridge.auth import BearerToken, TokenSource
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry.context import CORRELATION_ID
 from snakepit_bridge.telemetry.counters import Counter, CounterSet
@@ -948,6 +949,8 @@ class TelemetryStream:
         self,
         request_iterator: AsyncIterable[pb.TelemetryControl],
         context: TelemetryContext,
+        *,
+        token: str | BearerToken | TokenSource | None = TokenSource.FROM_ENV,
     ) -> AsyncIterator[pb.TelemetryEvent]:
         """Serve this stream on a ``grpc.aio`` ``StreamTelemetry`` call (Snakepit's method).
 
@@ -959,14 +962,16 @@ class TelemetryStream:
 
         Sends the capability header, applies control messages as they arrive and yields
         one ``TelemetryEvent`` per event until the stream is closed (and drained), a newer
-        call replaces this one, or the client goes away. See
+        call replaces this one, or the client goes away. When the worker has a token
+        (``token``; by default ``SNAKEPIT_WORKER_TOKEN``, set by the Elixir ``Worker``), a
+        call without it is aborted with ``UNAUTHENTICATED`` and changes nothing. See
         :mod:`snakepit_bridge.telemetry.aio`.
         """
         from snakepit_bridge.telemetry.aio import (  # noqa: PLC0415 - aio builds on this module
             serve_telemetry,
         )
 
-        return serve_telemetry(self, request_iterator, context)
+        return serve_telemetry(self, request_iterator, context, token)
 
     # -- control ------------------------------------------------------------------------
 
