@@ -117,6 +117,8 @@ defmodule Snakepit.Telemetry.GrpcStream do
           dropped: %{atom() => non_neg_integer()},
           source_dropped: %{String.t() => non_neg_integer()},
           metadata: map(),
+          pool_name: term(),
+          task_alive: boolean(),
           enabled: boolean(),
           sampling_rate: float(),
           sampling_rules: [Settings.rule()],
@@ -263,6 +265,10 @@ defmodule Snakepit.Telemetry.GrpcStream do
   the failed attempts since the last stream opened and `:last_error` says why the last
   attempt failed or the stream ended (both `0` and `nil` while connected).
 
+  Snakepit's keys are there too: `:pool_name` (the registration's, `nil` when none was
+  given) and `:task_alive` (true while the NIF keeps a stream open or is opening one:
+  `:connecting`, `:connected` or `:reconnecting`).
+
   It reads the NIF directly, so it answers even while handlers are busy or this process
   is restarting.
 
@@ -293,6 +299,8 @@ defmodule Snakepit.Telemetry.GrpcStream do
       |> Map.merge(Map.take(info, [:dropped, :metadata]))
       |> Map.put(:source_dropped, Map.new(info.source_dropped))
       |> Map.put(:connected_since, connected_since(info.connected_since))
+      |> Map.put(:pool_name, Map.get(info.metadata, :pool_name))
+      |> Map.put(:task_alive, info.status in [:connecting, :connected, :reconnecting])
       |> Map.update!(:endpoint, &if(&1 == @no_endpoint, do: :none, else: &1))
       |> Map.merge(settings)
     end

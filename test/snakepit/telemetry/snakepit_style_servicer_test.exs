@@ -72,6 +72,13 @@ defmodule Snakepit.Telemetry.SnakepitStyleServicerTest do
     register!(id, worker, pool_name: :default, python_pid: worker.os_pid)
     # Only StreamTelemetry is served, as by Snakepit's servicer: one event per message.
     assert %{protocol: :single, status: :connected} = stream(id)
+    # Snakepit's list_streams/0 keys.
+    assert %{worker_id: ^id, pool_name: :default, task_alive: true} = stream(id)
+
+    none = id <> "-none"
+    assert :ok = GrpcStream.register_worker(none, :none)
+    assert %{status: :not_streaming, pool_name: nil, task_alive: false} = stream(none)
+    assert :ok = GrpcStream.unregister_worker(none)
 
     before_ns = System.os_time(:nanosecond)
 
