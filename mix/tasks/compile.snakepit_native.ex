@@ -21,6 +21,12 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
   explicitly, so a `build.target-dir` in a `.cargo/config.toml` cannot move the
   library elsewhere.
 
+  It then builds the Python bridge's native encoder the same way (`-p
+  snakepit_bridge_wire`, a PyO3 extension module) and copies it to
+  `priv/python/snakepit_bridge/telemetry/_wire.abi3.so` (`_wire.pyd` on Windows). That
+  one is optional: if it fails, a warning says so and Python workers serialize events
+  with protobuf instead.
+
   The library is copied to `priv/native/libsnakepit_telemetry_nif.so`
   (`libsnakepit_telemetry_nif.dll` on Windows), the name
   `Snakepit.Telemetry.Native` loads (`:erlang.load_nif/2` appends `.so`, on macOS
@@ -45,6 +51,7 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
   use Mix.Task.Compiler
 
   @crate "snakepit_telemetry_nif"
+  @wire_crate "snakepit_bridge_wire"
   @skip_env "SNAKEPIT_TELEMETRY_SKIP_NATIVE"
   # This file lives in <root>/mix/tasks/, also when the project is a dependency.
   @default_root Path.expand("../..", __DIR__)
@@ -88,8 +95,46 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     cargo = find_cargo(path)
     run_cargo(cargo, root, target_dir, profile)
     source = built_library(target_dir, profile, :os.type())
-    copy_if_changed(source, destination(priv, :os.type()))
+    result = copy_if_changed(source, destination(priv, :os.type()))
+    build_python_encoder(cargo, root, priv, target_dir, profile)
+    result
   end
+
+  # The Python bridge's native encoder (`native/#{@wire_crate}`, a PyO3 extension module):
+  # optional, since `snakepit_bridge` falls back to protobuf without it, so a failed build
+  # is reported and compilation goes on. Skipped when the crate is not in `root`.
+  defp build_python_encoder(cargo, root, priv, target_dir, profile) do
+    if File.regular?(Path.join([root, "native", @wire_crate, "Cargo.toml"])) do
+      args =
+        ["build"] ++
+          if(profile == :release, do: ["--release"], else: []) ++
+          ["--manifest-path", Path.join(root, "Cargo.toml"), "-p", @wire_crate] ++
+          ["--target-dir", target_dir]
+
+      Mix.shell().info("Building the Python bridge's native encoder #{@wire_crate} (#{profile})")
+      {_output, status} = System.cmd(cargo, args, cd: root, into: IO.stream(:stdio, :line))
+      {built, loaded} = python_extension_names(@wire_crate, :os.type())
+      file = Path.join([target_dir, Atom.to_string(profile), built])
+
+      if status == 0 and File.regular?(file) do
+        copy_if_changed(file, Path.join([priv, "python", "snakepit_bridge", "telemetry", loaded]))
+      else
+        Mix.shell().error("""
+        warning: the Python bridge's native encoder (crate #{@wire_crate}) was not built \
+        (cargo exit status #{status}); Python workers will serialize events with protobuf \
+        instead, at several times the CPU per event.
+        """)
+      end
+    end
+  end
+
+  @doc false
+  # The file cargo builds for the PyO3 crate `crate` on `os_type`, and the name Python
+  # imports it by (`_wire`, built against the stable ABI).
+  @spec python_extension_names(String.t(), {atom(), atom()}) :: {String.t(), String.t()}
+  def python_extension_names(crate, {:win32, _}), do: {"#{crate}.dll", "_wire.pyd"}
+  def python_extension_names(crate, {:unix, :darwin}), do: {"lib#{crate}.dylib", "_wire.abi3.so"}
+  def python_extension_names(crate, {:unix, _}), do: {"lib#{crate}.so", "_wire.abi3.so"}
 
   @doc false
   # Cargo's target directory: `cargo_target_dir` (the value of CARGO_TARGET_DIR)

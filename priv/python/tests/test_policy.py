@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 from stream_client import decode, event_filter, sampling, toggle
@@ -30,13 +29,13 @@ def _seeded_stream(max_buffer: int = 100_000) -> TelemetryStream:
 def test_toggle_disables_and_reenables_at_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
     stream = TelemetryStream()
     built: list[str] = []
-    real_encode = encoding.encode_event
+    real_encode = encoding.encode_record
 
-    def spy(event: str, *args: Any) -> pb.TelemetryEvent:
-        built.append(event)
-        return real_encode(event, *args)
+    def spy(record: encoding.EventRecord) -> bytes:
+        built.append(record[0])
+        return real_encode(record)
 
-    monkeypatch.setattr(stream_module, "encode_event", spy)
+    monkeypatch.setattr(stream_module, "encode_record", spy)
     stream.apply_control(toggle(False))
     assert not stream.is_enabled()
     stream.emit("off.event", {"n": 1})

@@ -1,28 +1,57 @@
-"""Turning an ``emit`` call into a wire message (protobuf) or a JSON-ready dict.
+"""Turning an ``emit`` call into a wire message.
 
 Measurement values keep their type: ``int`` (and ``bool``, and other ``numbers.Integral``)
 become ``int_value``, ``float`` (and other ``numbers.Real``) ``float_value``, ``str``
 ``string_value``. Anything else is an error. Metadata values are converted with ``str()``.
 Keys must be ``str``. Errors (a wrong type, an int outside int64, a string protobuf cannot
 encode) raise; callers count the event as dropped.
+
+Serializing a buffered record (:func:`encode_record`) is done by the native encoder
+``snakepit_bridge.telemetry._wire`` when it is built (``native/snakepit_bridge_wire``, a
+Rust extension that ``mix compile`` and ``scripts/setup`` build; about 7x faster than
+protobuf in Python, ``bench/python_emit.py``), else by protobuf. Both give the same message
+and raise for the same records (``tests/test_wire.py`` checks them against each other).
+Setting ``SNAKEPIT_BRIDGE_NATIVE_ENCODER=0`` in the environment uses protobuf even when
+the extension is there.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
-from typing import TypeAlias
+import os
+from collections.abc import Callable, Mapping
+from typing import Final, TypeAlias
 
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 
 __all__ = [
+    "NATIVE_ENCODER",
+    "NATIVE_ENCODER_ENV",
+    "EventRecord",
     "MeasurementValue",
+    "RecordEncoder",
     "encode_event",
+    "encode_record",
+    "encode_record_with_protobuf",
     "measurement_value",
+    "native_record_encoder",
 ]
 
 MeasurementValue: TypeAlias = int | float | str
 """The value types a measurement may have on the wire."""
+
+EventRecord: TypeAlias = tuple[
+    str, dict[str, object], dict[str, object] | None, str | None, int, int
+]
+"""What ``emit`` buffers: the event name, copies of the measurements and metadata (metadata
+values already ``str``), the correlation id, ``timestamp_ns`` and the record's charge
+against ``max_buffer_bytes``."""
+
+RecordEncoder: TypeAlias = Callable[[EventRecord], bytes]
+"""Serializes a record into ``TelemetryEvent`` bytes; raises where protobuf would."""
+
+NATIVE_ENCODER_ENV: Final = "SNAKEPIT_BRIDGE_NATIVE_ENCODER"
+"""Set to ``0`` to serialize with protobuf even when the native encoder is built."""
 
 _TelemetryEvent = pb.TelemetryEvent
 
@@ -87,3 +116,43 @@ def encode_event(
         for key, value in metadata.items():
             fields[key] = value if type(value) is str else str(value)
     return message
+
+
+def encode_record_with_protobuf(record: EventRecord) -> bytes:
+    """Serialize a buffered record by building its protobuf message (the fallback)."""
+    event, measurements, metadata, correlation_id, timestamp_ns, _ = record
+    return encode_event(
+        event, measurements, metadata, correlation_id, timestamp_ns
+    ).SerializeToString()
+
+
+def native_record_encoder() -> RecordEncoder | None:
+    """Return the native encoder, or None when ``_wire`` is not built (or cannot load)."""
+    try:
+        from snakepit_bridge.telemetry import _wire  # noqa: PLC0415 - optional extension
+    except ImportError:
+        return None
+    return _bind_native(_wire.encode_record)
+
+
+def _bind_native(
+    native_encode: Callable[[tuple[object, ...], Callable[[object], object]], bytes],
+) -> RecordEncoder:
+    convert = measurement_value
+
+    def encode_record_natively(record: EventRecord) -> bytes:
+        return native_encode(record, convert)
+
+    return encode_record_natively
+
+
+def _select_record_encoder() -> tuple[RecordEncoder, bool]:
+    if os.environ.get(NATIVE_ENCODER_ENV, "1") != "0":
+        native = native_record_encoder()
+        if native is not None:
+            return native, True
+    return encode_record_with_protobuf, False
+
+
+encode_record, NATIVE_ENCODER = _select_record_encoder()
+"""The record encoder in use, and whether it is the native one."""

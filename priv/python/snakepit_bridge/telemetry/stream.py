@@ -124,7 +124,7 @@ from snakepit_bridge.auth import BearerToken, TokenSource
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry.context import CORRELATION_ID
 from snakepit_bridge.telemetry.counters import Counter, CounterSet
-from snakepit_bridge.telemetry.encoding import encode_event
+from snakepit_bridge.telemetry.encoding import EventRecord, encode_event, encode_record
 from snakepit_bridge.telemetry.policy import ControlPolicy
 
 if TYPE_CHECKING:
@@ -209,13 +209,6 @@ is buffered (see the module doc); 0 sends whenever anything is buffered."""
 _IDLE_RECHECK_SECONDS: Final = 1.0
 """Longest sleep of an idle consumer; only a safety net, wake-ups are explicit."""
 
-EventRecord: TypeAlias = tuple[
-    str, dict[str, object], dict[str, object] | None, str | None, int, int
-]
-"""What ``emit`` buffers: the event name, copies of the measurements and metadata (metadata
-values already ``str``), the correlation id, ``timestamp_ns`` and the record's charge
-against ``max_buffer_bytes``."""
-
 BufferEntry: TypeAlias = EventRecord | bytes
 """A buffered entry: an event record, or bytes that go on the wire as they are."""
 
@@ -242,18 +235,18 @@ def entry_charge(entry: BufferEntry) -> int:
 def serialize_entry(entry: BufferEntry) -> bytes:
     """The wire bytes of a buffered entry.
 
-    A record is serialized as a ``TelemetryEvent``, raw bytes pass as they are. Counts
-    nothing (the consumer's drops are counted by the stream).
+    A record is serialized as a ``TelemetryEvent`` (by
+    :data:`~snakepit_bridge.telemetry.encoding.encode_record`: the native encoder when it
+    is built), raw bytes pass as they are. Counts nothing (the consumer's drops are
+    counted by the stream).
 
     Raises:
-        TypeError, ValueError, AttributeError, UnicodeError: on a record protobuf cannot hold.
+        Exception: on a record protobuf cannot hold (``TypeError``, ``ValueError``,
+            ``OverflowError``, ``UnicodeError``, ...).
     """
     if isinstance(entry, bytes):
         return entry
-    event, measurements, metadata, correlation_id, timestamp_ns, _ = entry
-    return encode_event(
-        event, measurements, metadata, correlation_id, timestamp_ns
-    ).SerializeToString()
+    return encode_record(entry)
 
 
 @dataclass(frozen=True, slots=True)

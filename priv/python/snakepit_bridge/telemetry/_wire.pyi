@@ -1,0 +1,7 @@
+"""Type stub of the native encoder (``native/snakepit_bridge_wire``), present only when built."""
+
+from collections.abc import Callable
+
+def encode_record(
+    record: tuple[object, ...], measurement_value: Callable[[object], object], /
+) -> bytes: ...
