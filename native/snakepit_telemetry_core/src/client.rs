@@ -41,6 +41,9 @@ pub enum OpenError {
 }
 /// Response header by which a worker says it applies sampling patterns itself.
 pub const CAPABILITIES_HEADER: &str = "x-snakepit-telemetry-capabilities";
+/// Request header: the longest response message this client reads (a decimal byte count),
+/// so that a worker sizes its batches to fit; longer messages are skipped as oversize.
+pub const MAX_MESSAGE_HEADER: &str = "x-snakepit-max-message-bytes";
 /// HTTP/2 receive windows: what a worker may send before the stream task reads it.
 ///
 /// The stream window bounds the unread bytes per stream (the stream task stops reading while
@@ -207,8 +210,8 @@ pub fn status_text(status: &Status) -> String {
 
 /// Opens StreamTelemetry; `controls` is the request stream (every control message for the
 /// stream's lifetime). No deadline is set: the stream lives until either side ends it.
-/// Messages longer than `max_message` bytes are skipped and reported, never buffered.
-/// `token` goes in an `authorization: Bearer` header, marked sensitive.
+/// Messages longer than `max_message` bytes are skipped and reported, never buffered;
+/// `max_message` is also sent to the worker (`MAX_MESSAGE_HEADER`). `token` goes in an `authorization: Bearer` header, marked sensitive.
 pub async fn open_stream(
     mut channel: Channel,
     protocol: Protocol,
@@ -226,7 +229,8 @@ pub async fn open_stream(
         .method(http::Method::POST)
         .uri(path)
         .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers");
+        .header(http::header::TE, "trailers")
+        .header(MAX_MESSAGE_HEADER, max_message);
     if let Some(token) = token {
         // Checked by the Elixir layer (visible ASCII); the error never repeats the value.
         let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))

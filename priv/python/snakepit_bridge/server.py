@@ -38,7 +38,7 @@ With a token (``SNAKEPIT_WORKER_TOKEN`` or ``token=``), every method is behind
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
@@ -71,6 +71,7 @@ __all__ = [
     "DEFAULT_HOST",
     "EXECUTE_TOOL_METHOD",
     "EXECUTE_TOOL_PATH",
+    "MAX_MESSAGE_HEADER",
     "SERVICE_NAME",
     "STREAM_TELEMETRY_BATCHED_METHOD",
     "STREAM_TELEMETRY_BATCHED_PATH",
@@ -80,6 +81,7 @@ __all__ = [
     "ServerStartError",
     "TelemetryService",
     "ToolService",
+    "client_max_message_bytes",
     "serialize_outgoing",
 ]
 
@@ -93,6 +95,11 @@ EXECUTE_TOOL_PATH: Final = f"/{SERVICE_NAME}/{EXECUTE_TOOL_METHOD}"
 
 CAPABILITIES: Final = f"{CAPABILITY_SAMPLING_PATTERNS},{CAPABILITY_BATCHED}"
 """The capability header's value: comma-separated tokens."""
+
+MAX_MESSAGE_HEADER: Final = "x-snakepit-max-message-bytes"
+"""Request header: the longest response message the client reads (decimal bytes)."""
+MIN_CLIENT_MESSAGE_BYTES: Final = 1024
+"""A smaller ``MAX_MESSAGE_HEADER`` value is ignored (no client asks for less)."""
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_MAX_WORKERS: Final = 8
@@ -111,6 +118,28 @@ def serialize_outgoing(message: OutgoingMessage | pb.TelemetryEventBatch) -> byt
     if type(message) is bytes:
         return message
     return message.SerializeToString()  # type: ignore[union-attr]
+
+
+def client_max_message_bytes(
+    invocation_metadata: Sequence[tuple[str, str | bytes]] | None, max_batch_bytes: int
+) -> int:
+    """Return the batch byte bound for a call.
+
+    That is ``max_batch_bytes``, lowered to the client's ``x-snakepit-max-message-bytes``
+    when that is smaller; a missing, repeated or malformed header, or one below 1024, is
+    ignored.
+    """
+    values = [value for key, value in invocation_metadata or () if key == MAX_MESSAGE_HEADER]
+    if len(values) != 1:
+        return max_batch_bytes
+    raw = values[0]
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
+        return max_batch_bytes
+    limit = int(text)
+    if limit < MIN_CLIENT_MESSAGE_BYTES:
+        return max_batch_bytes
+    return min(max_batch_bytes, limit)
 
 
 class TelemetryService:
@@ -210,11 +239,14 @@ class TelemetryService:
         controls: Iterator[pb.TelemetryControl],
         context: grpc.ServicerContext,
     ) -> Iterator[bytes]:
-        """Handle one ``StreamTelemetryBatched`` call: headers, then batches of events."""
+        """Handle one ``StreamTelemetryBatched`` call: headers, then batches of events.
+
+        A client that sends ``x-snakepit-max-message-bytes`` gets batches of at most that
+        many bytes (when it is below ``max_batch_bytes``), so none is too long for it.
+        """
         consumer = self._open(controls, context)
-        yield from consumer.batches(
-            self._max_batch_events, self._max_batch_bytes, self._min_batch_interval
-        )
+        max_bytes = client_max_message_bytes(context.invocation_metadata(), self._max_batch_bytes)
+        yield from consumer.batches(self._max_batch_events, max_bytes, self._min_batch_interval)
 
     def _open(
         self, controls: Iterator[pb.TelemetryControl], context: grpc.ServicerContext

@@ -19,15 +19,16 @@ The bounds of the buffer and of the batches are set on the command line (and as 
 keyword arguments of the same names, with ``_`` for ``-``, when calling
 :func:`start_worker` from code):
 
-* ``--max-buffer N``: most events buffered (default 4096);
+* ``--max-buffer N``: most events buffered (default 8192);
 * ``--max-buffer-bytes N``: most bytes buffered, summed over the serialized events
   (default 4194304, 4 MiB);
 * ``--max-event-bytes N``: largest serialized event sent (default 262144, 256 KiB, the
   limit the Elixir side gives the NIF); a larger one is dropped and counted ``oversize``;
 * ``--max-batch-events N``: most events in one ``StreamTelemetryBatched`` message
-  (default 2048);
+  (default 8192);
 * ``--max-batch-bytes N``: most bytes of one such message, framing included (default
-  262144, 256 KiB); a single event larger than that goes alone.
+  1048576, 1 MiB, lowered to what the client says it reads); a single event larger than
+  that goes alone.
 
 An event that does not fit is dropped and counted, never waited for. Scripts that build
 on :func:`build_arg_parser` pass the parsed bounds on with :func:`stream_bounds`.

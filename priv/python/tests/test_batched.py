@@ -19,6 +19,7 @@ from snakepit_bridge.server import (
     CAPABILITY_SAMPLING_PATTERNS,
     BridgeServer,
     TelemetryService,
+    client_max_message_bytes,
 )
 from snakepit_bridge.telemetry.counters import Counter
 from snakepit_bridge.telemetry.encoding import encode_event
@@ -301,16 +302,58 @@ def test_every_event_arrives_in_order(serve: Serve, connect_batched: Connect) ->
 def test_a_backlog_is_packed_many_events_per_message(
     serve: Serve, connect_batched: Connect
 ) -> None:
-    served = serve(max_buffer=8_192)
-    for index in range(5_000):
+    full = DEFAULT_MAX_BATCH_EVENTS
+    total = 2 * full + 904
+    served = serve(max_buffer=total)
+    for index in range(total):
         served.stream.emit(f"early.{index}", {"n": index})
     client = connect_batched(served.port)
     batches = [client.next_batch() for _ in range(3)]
-    assert [len(b.events) for b in batches] == [2048, 2048, 904]
+    assert [len(b.events) for b in batches] == [full, full, 904]
     names = [name for batch in batches for name in _names(batch)]
-    assert names == [f"early.{i}" for i in range(5_000)]
-    wait_until(lambda: served.stream.stats().sent == 5_000)
+    assert names == [f"early.{i}" for i in range(total)]
+    wait_until(lambda: served.stream.stats().sent == total)
     assert served.stream.stats().sent_batches == 3
+
+
+def test_batches_fit_the_message_size_the_client_reads(serve: Serve) -> None:
+    served = serve(max_buffer=2_000)
+    for index in range(2_000):
+        served.stream.emit("tool.result_size", {"bytes": index}, {"k": "v" * 20})
+    client = StreamClient(served.port, (("x-snakepit-max-message-bytes", "4096"),), batched=True)
+    try:
+        received = 0
+        while received < 2_000:
+            raw = client.next_raw()
+            assert len(raw) <= 4096
+            received += len(pb.TelemetryEventBatch.FromString(raw).events)
+        assert received == 2_000
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        (None, 1_048_576),
+        ((("x-snakepit-max-message-bytes", "65536"),), 65_536),
+        ((("x-snakepit-max-message-bytes", b"65536"),), 65_536),
+        ((("x-snakepit-max-message-bytes", "4194304"),), 1_048_576),  # never raises the bound
+        ((("x-snakepit-max-message-bytes", "1023"),), 1_048_576),  # too small: ignored
+        ((("x-snakepit-max-message-bytes", "-5"),), 1_048_576),
+        ((("x-snakepit-max-message-bytes", "1e6"),), 1_048_576),
+        ((("x-snakepit-max-message-bytes", "٣٣٣٣٣"),), 1_048_576),  # non-ASCII digits
+        ((("x-snakepit-max-message-bytes", "9" * 40),), 1_048_576),
+        (
+            (("x-snakepit-max-message-bytes", "4096"), ("x-snakepit-max-message-bytes", "8192")),
+            1_048_576,
+        ),
+    ],
+)
+def test_client_max_message_bytes(
+    metadata: tuple[tuple[str, str | bytes], ...] | None, expected: int
+) -> None:
+    assert client_max_message_bytes(metadata, 1_048_576) == expected
 
 
 def test_under_load_messages_carry_many_events(serve: Serve, connect_batched: Connect) -> None:

@@ -130,11 +130,11 @@ def test_byte_bound_flags_reach_the_stream() -> None:
         worker.stop(grace=0)
     defaults = stream_bounds(parser.parse_args([]))
     assert defaults == {
-        "max_buffer": 4096,
+        "max_buffer": 8192,
         "max_buffer_bytes": 4_194_304,
         "max_event_bytes": 262_144,
-        "max_batch_events": 2048,
-        "max_batch_bytes": 262_144,
+        "max_batch_events": 8192,
+        "max_batch_bytes": 1_048_576,
         "min_batch_interval": 0.05,
     }
     for bad in ("-1", "nan", "inf", "soon"):

@@ -41,6 +41,32 @@ defmodule Snakepit.Telemetry.ProtocolTest do
     assert %{emitted: 5_000} = stream(id)
   end
 
+  test "the worker sizes its batches to what the NIF reads (x-snakepit-max-message-bytes)" do
+    # The NIF reads batched messages up to max(max_batch_bytes, max_event_bytes + 16): 64 KiB
+    # here, where the worker's own default is 1 MiB. A backlog of ~800 KiB, emitted before
+    # the stream opens, must arrive whole, in messages the NIF accepts.
+    restart_app_for_test(max_batch_bytes: 65_536, max_event_bytes: 8_192)
+    {worker, id} = start_worker(["--max-buffer", "10000"])
+    Forwarder.attach([@stop])
+
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 1},
+      "metadata" => %{"tool" => String.duplicate("t", 60)},
+      "count" => 8_000
+    })
+
+    register!(id, worker)
+    assert stream(id).protocol == :batched
+    for _ <- 1..8_000, do: assert_receive({:telemetry, @stop, _, %{worker_id: ^id}}, 10_000)
+    stats = PythonWorker.stats(worker)
+    assert stats["sent_batches"] >= 12
+    wait_until(fn -> stream(id).received == stats["sent"] end)
+    assert %{emitted: 8_000, dropped: dropped} = stream(id)
+    assert Map.get(dropped, :oversize, 0) == 0
+  end
+
   test "a bad event inside a batch is dropped alone; the rest of the batch arrives" do
     {worker, id} = start_worker()
     Forwarder.attach([@stop])
