@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 
 use crate::proto::TelemetryControl;
+use crate::transit::SentReport;
 use crate::wire::{frame, Incoming, MessageReader};
 
 const STREAM_TELEMETRY: &str = "/snakepit.bridge.BridgeService/StreamTelemetry";
@@ -44,6 +45,10 @@ pub const CAPABILITIES_HEADER: &str = "x-snakepit-telemetry-capabilities";
 /// Request header: the longest response message this client reads (a decimal byte count),
 /// so that a worker sizes its batches to fit; longer messages are skipped as oversize.
 pub const MAX_MESSAGE_HEADER: &str = "x-snakepit-max-message-bytes";
+/// Response headers: the worker stream's identity and how many events it has handed to calls
+/// (`transit.rs`).
+pub const STREAM_ID_HEADER: &str = "x-snakepit-telemetry-stream-id";
+pub const SENT_HEADER: &str = "x-snakepit-telemetry-sent";
 /// HTTP/2 receive windows: what a worker may send before the stream task reads it.
 ///
 /// The stream window bounds the unread bytes per stream (the stream task stops reading while
@@ -132,6 +137,9 @@ pub struct OpenStream {
     pub events: EventStream,
     /// What the worker said it honours, from its response headers (empty for Snakepit's own).
     pub capabilities: String,
+    /// How many events the worker had handed to calls when this one opened (None for
+    /// Snakepit's own, which does not say).
+    pub sent: Option<SentReport>,
 }
 
 /// How a stream ended, as seen by its reader.
@@ -251,9 +259,10 @@ pub async fn open_stream(
         Some(_) => Some(StreamEnd::Closed),
         None => None,
     };
-    let capabilities =
-        response.headers().get(CAPABILITIES_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    Ok(OpenStream { events: EventStream::new(response.into_body(), max_message, end), capabilities })
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+    let capabilities = header(CAPABILITIES_HEADER).unwrap_or("").to_string();
+    let sent = SentReport::parse(header(STREAM_ID_HEADER), header(SENT_HEADER));
+    Ok(OpenStream { events: EventStream::new(response.into_body(), max_message, end), capabilities, sent })
 }
 
 #[cfg(test)]

@@ -27,10 +27,12 @@ pub enum DropReason {
     Oversize,
     /// The event carries more metadata keys than `max_metadata_keys`.
     TooManyKeys,
+    /// The worker handed it to a call that broke before the NIF read it (`transit.rs`).
+    LostInTransit,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::UnknownEvent,
         DropReason::InvalidMeasurement,
         DropReason::DecodeError,
@@ -41,12 +43,15 @@ impl DropReason {
         DropReason::SampledOut,
         DropReason::Oversize,
         DropReason::TooManyKeys,
+        DropReason::LostInTransit,
     ];
 }
 
 #[derive(Default, Debug)]
 pub struct StreamCounters {
     received: AtomicU64,
+    /// Events read from the worker's gRPC calls (not stderr lines): for `transit.rs`.
+    received_from_calls: AtomicU64,
     emitted: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
     /// What the worker reported it dropped before sending (`source_drops.rs`).
@@ -65,6 +70,15 @@ impl StreamCounters {
     /// A message arrived from the worker (counted before any check).
     pub fn add_received(&self, n: u64) {
         self.received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events read from a gRPC call (also counted by `add_received`).
+    pub fn add_received_from_calls(&self, n: u64) {
+        self.received_from_calls.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn received_from_calls(&self) -> u64 {
+        self.received_from_calls.load(Ordering::Relaxed)
     }
 
     /// Events handed to the receiving process.

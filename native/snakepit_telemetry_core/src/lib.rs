@@ -12,6 +12,7 @@
 //! - `client`, `control`, `proto`: the gRPC client of StreamTelemetry and its messages
 //! - `wire`: gRPC message framing, read with a bound on every message
 //! - `tool_client`: the unary ExecuteTool call
+//! - `transit`: events a worker handed to a call that broke before the NIF read them
 //! - `stderr_line`: one `TELEMETRY:{json}` stderr line to a checked event, as `translate` does
 //!
 //! The NIF crate (`snakepit_telemetry_nif`) adds the runtime, the stream tasks and the terms.
@@ -29,5 +30,6 @@ pub mod settings;
 pub mod source_drops;
 pub mod stderr_line;
 pub mod tool_client;
+pub mod transit;
 pub mod translate;
 pub mod wire;

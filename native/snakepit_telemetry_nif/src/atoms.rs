@@ -95,6 +95,7 @@ rustler::atoms! {
     sampled_out,
     oversize,
     too_many_keys,
+    lost_in_transit,
     // Settings.
     enabled,
     sampling_rate,
@@ -151,5 +152,6 @@ pub fn drop_reason(reason: snakepit_telemetry_core::counters::DropReason) -> Ato
         SampledOut => sampled_out(),
         Oversize => oversize(),
         TooManyKeys => too_many_keys(),
+        LostInTransit => lost_in_transit(),
     }
 }

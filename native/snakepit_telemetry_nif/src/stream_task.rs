@@ -33,6 +33,7 @@ use snakepit_telemetry_core::registry::{CloseReason, StreamState};
 use snakepit_telemetry_core::settings::{samples_patterns, Decision, Policy, Removal, Sampler};
 use snakepit_telemetry_core::source_drops::ReportShape;
 use snakepit_telemetry_core::stderr_line::{parse_line, LineOutcome};
+use snakepit_telemetry_core::transit::{SentReport, TransitLedger};
 use snakepit_telemetry_core::translate::{translate, EventLimits, EventRecord};
 use snakepit_telemetry_core::wire::Incoming;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -217,11 +218,17 @@ impl StreamTask {
             sent: 0,
         };
         let mut backoff = Backoff { random: Sampler::new(sampler_seed(self.worker.generation)), streak: 0 };
+        let mut transit = TransitLedger::default();
         let end = loop {
-            let attempt =
-                std::panic::AssertUnwindSafe(self.stream(&mut stop, &mut lines, &mut flow, &mut backoff))
-                    .catch_unwind()
-                    .await;
+            let attempt = std::panic::AssertUnwindSafe(self.stream(
+                &mut stop,
+                &mut lines,
+                &mut flow,
+                &mut backoff,
+                &mut transit,
+            ))
+            .catch_unwind()
+            .await;
             match attempt {
                 Ok(end) => break end,
                 Err(_) => {
@@ -253,6 +260,7 @@ impl StreamTask {
         lines: &mut mpsc::Receiver<StderrLine>,
         flow: &mut Flow,
         backoff: &mut Backoff,
+        transit: &mut TransitLedger,
     ) -> TaskEnd {
         let mut settings = self.state.settings.subscribe();
         let mut receiver = self.receiver.clone();
@@ -290,7 +298,10 @@ impl StreamTask {
                         )))
                     });
                     link = match opened {
-                        Ok((events, samples_patterns, protocol)) => {
+                        Ok((events, samples_patterns, protocol, sent)) => {
+                            let counters = &self.state.counters;
+                            let lost = transit.opened(sent, counters.received_from_calls());
+                            counters.add_dropped(DropReason::LostInTransit, lost);
                             gate.policy = policy(&mut settings, samples_patterns);
                             flow.sent = 0;
                             let opened = match lost_at {
@@ -423,7 +434,10 @@ impl StreamTask {
     /// headers say what the worker honours. Returns the events and that capability.
     /// `StreamTelemetryBatched` is tried first unless `single` says the worker answered it
     /// UNIMPLEMENTED before (a Snakepit worker); then `StreamTelemetry`, and `single` is set.
-    async fn open(&self, single: &mut bool) -> Result<(EventStream, bool, Protocol), CloseReason> {
+    async fn open(
+        &self,
+        single: &mut bool,
+    ) -> Result<(EventStream, bool, Protocol, Option<SentReport>), CloseReason> {
         let address = self.address.as_ref().ok_or(CloseReason::Unregistered)?;
         let channel = address.connect(self.connect.timeout).await.map_err(CloseReason::ConnectFailed)?;
         let mut protocol = if *single { Protocol::Single } else { Protocol::Batched };
@@ -454,7 +468,7 @@ impl StreamTask {
         if !self.state.set_connected(&opened.capabilities, protocol == Protocol::Batched) {
             return Err(CloseReason::Unregistered);
         }
-        Ok((opened.events, worker_samples_patterns, protocol))
+        Ok((opened.events, worker_samples_patterns, protocol, opened.sent))
     }
 
     /// New settings also apply to what is buffered but not yet sent (toggle and filters;
@@ -478,6 +492,7 @@ impl StreamTask {
     fn accept(&self, incoming: Incoming, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
         let counters = &self.state.counters;
         counters.add_received(1);
+        counters.add_received_from_calls(1);
         let bytes = match incoming {
             Incoming::Message(bytes) => bytes,
             Incoming::Oversize => return counters.add_dropped(DropReason::Oversize, 1),
@@ -501,10 +516,12 @@ impl StreamTask {
         };
         let Ok(events) = batch::events(&bytes) else {
             counters.add_received(1);
+            counters.add_received_from_calls(1);
             return counters.add_dropped(DropReason::DecodeError, 1);
         };
         for event in events {
             counters.add_received(1);
+            counters.add_received_from_calls(1);
             if event.len() > self.limits.max_event_bytes {
                 counters.add_dropped(DropReason::Oversize, 1);
                 continue;

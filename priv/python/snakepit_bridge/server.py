@@ -54,6 +54,8 @@ from snakepit_bridge.telemetry.stream import (
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_BATCH_EVENTS,
     DEFAULT_MIN_BATCH_INTERVAL,
+    SENT_HEADER,
+    STREAM_ID_HEADER,
     OutgoingMessage,
     StreamConsumer,
     TelemetryStream,
@@ -218,12 +220,19 @@ class TelemetryService:
         return self._controls_applied.value
 
     def initial_metadata(self) -> Metadata:
-        """Response headers sent when a call opens."""
+        """Return the response headers sent when a call opens.
+
+        The capabilities (when control messages are honoured), the stream's identity and
+        the events it handed to earlier calls (:meth:`TelemetryStream.handover`; read once
+        the new call has attached).
+        """
+        stream_id, sent = self._stream.handover()
+        handover = ((STREAM_ID_HEADER, stream_id), (SENT_HEADER, str(sent)))
         if not self._honour_control:
-            return ()
+            return handover
         if self._serve_batched:
-            return ((CAPABILITIES_HEADER, CAPABILITIES),)
-        return ((CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS),)
+            return ((CAPABILITIES_HEADER, CAPABILITIES), *handover)
+        return ((CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS), *handover)
 
     def stream_telemetry(
         self,
@@ -251,9 +260,9 @@ class TelemetryService:
     def _open(
         self, controls: Iterator[pb.TelemetryControl], context: grpc.ServicerContext
     ) -> StreamConsumer:
-        """Open a telemetry call: headers, a new consumer, the control reader thread."""
-        context.send_initial_metadata(self.initial_metadata())
+        """Open a telemetry call: a new consumer, headers, the control reader thread."""
         consumer = self._stream.attach()
+        context.send_initial_metadata(self.initial_metadata())
         if not context.add_callback(consumer.detach):
             consumer.detach()  # the call already ended
         reader = threading.Thread(

@@ -287,7 +287,10 @@ def client(aio_server: AioServer) -> Iterator[StreamClient]:
 def test_aio_servicer_streams_events_with_the_capability_header(
     aio_server: AioServer, client: StreamClient
 ) -> None:
-    assert ("x-snakepit-telemetry-capabilities", "sampling-patterns") in client.wait_headers()
+    headers = dict(client.wait_headers())
+    assert headers["x-snakepit-telemetry-capabilities"] == "sampling-patterns"
+    assert headers["x-snakepit-telemetry-sent"] == "0"
+    assert len(headers["x-snakepit-telemetry-stream-id"]) == 16
     telemetry.emit("tool.execution.stop", {"duration": 5}, {"tool": "t"}, correlation_id="c")
     event = client.next_event()
     assert list(event.event_parts) == ["tool", "execution", "stop"]
@@ -388,6 +391,8 @@ def test_a_newer_call_replaces_the_current_one(aio_server: AioServer, client: St
         assert client.wait_end() == grpc.StatusCode.OK
         telemetry.emit("tool.result_size", {"bytes": 9})
         assert second.next_event().measurements["bytes"].int_value == 9
+        # The second call was told what the first one had been handed (nothing).
+        assert dict(second.wait_headers())["x-snakepit-telemetry-sent"] == "0"
     finally:
         second.close()
     stream = aio_server.servicer.telemetry_stream

@@ -313,7 +313,8 @@ def test_an_event_that_does_not_fit_a_batch_goes_back_in_order_and_bytes_stay_ex
         assert stream.buffered_bytes == _buffer_sum(stream)
     assert names == ["e.0", "e.1", "e.2"]
     assert stream.buffered_bytes == 0
-    assert stream.stats().sent == 0  # pop_batch hands over; the consumer counts sends
+    # pop_batch counts what it hands over, under the lock handover() reads it with.
+    assert (stream.stats().sent, stream.stats().sent_batches) == (3, 3)
 
 
 def test_an_event_found_oversize_when_serialized_is_dropped_and_counted() -> None:

@@ -167,7 +167,8 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
              filtered_out: 0,
              sampled_out: 0,
              oversize: 0,
-             too_many_keys: 0
+             too_many_keys: 0,
+             lost_in_transit: 0
            }
   end
 

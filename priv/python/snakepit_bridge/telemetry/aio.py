@@ -21,8 +21,11 @@ calls :func:`serve_telemetry`. One call of it:
 * attaches an :class:`AsyncStreamConsumer`, replacing the stream's current consumer (whose
   call then ends), and resets the control settings, as a call on this package's own server
   does;
-* sends the response headers at once, with ``x-snakepit-telemetry-capabilities:
-  sampling-patterns`` (the stream applies pattern-scoped sampling, so the client sends its
+* sends the response headers at once: ``x-snakepit-telemetry-capabilities:
+  sampling-patterns``, and the stream's identity and the events it has handed to calls so
+  far (``x-snakepit-telemetry-stream-id``, ``x-snakepit-telemetry-sent``, see
+  :meth:`TelemetryStream.handover`), with which the client counts what a broken call lost;
+  ``sampling-patterns`` (the stream applies pattern-scoped sampling, so the client sends its
   rules instead of sampling again on its side); if the servicer already sent headers, the
   call goes on without the capability;
 * applies each ``TelemetryControl`` from ``request_iterator`` as it arrives, in a task of
@@ -60,6 +63,8 @@ from snakepit_bridge.telemetry.stream import (
     CAPABILITIES_HEADER,
     CAPABILITY_SAMPLING_PATTERNS,
     DROP_REPORT_INTERVAL_SECONDS,
+    SENT_HEADER,
+    STREAM_ID_HEADER,
     StreamConsumer,
     TelemetryStream,
 )
@@ -137,27 +142,28 @@ class AsyncStreamConsumer(StreamConsumer):
         stream = self._stream
         buffer = stream.buffer
         pop_event = stream.pop_event
-        count_sent = stream.sent_counter.increment
+        claim_sent = stream.claim_sent
         monotonic = time.monotonic
         next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         try:
             while self.is_current:
                 if stream.has_unreported_drops and monotonic() >= next_report:
                     for report in stream.take_drop_report():
-                        count_sent()
+                        if not claim_sent(self):
+                            return
                         yield pb.TelemetryEvent.FromString(report)
                     next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
                 try:
-                    message = pop_event()
+                    message = pop_event(self)
                 except IndexError:
                     if stream.closed and not buffer:
                         for report in stream.take_drop_report():
-                            count_sent()
+                            if not claim_sent(self):
+                                return
                             yield pb.TelemetryEvent.FromString(report)
                         return
                     await self._wait_for_event(next_report)
                     continue
-                count_sent()
                 yield message
         finally:
             self.detach()
@@ -187,10 +193,15 @@ async def serve_telemetry(
         return
     consumer = AsyncStreamConsumer(stream, asyncio.get_running_loop())
     stream.attach(consumer)
+    stream_id, sent = stream.handover()
     try:
         with contextlib.suppress(Exception):
             await context.send_initial_metadata(
-                ((CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS),)
+                (
+                    (CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS),
+                    (STREAM_ID_HEADER, stream_id),
+                    (SENT_HEADER, str(sent)),
+                )
             )
         reader = asyncio.create_task(_apply_controls(stream, request_iterator, consumer))
         try:

@@ -114,6 +114,7 @@ from __future__ import annotations
 
 import math
 import random
+import secrets
 import threading
 import time
 from collections import deque
@@ -144,6 +145,8 @@ __all__ = [
     "DROP_REASONS",
     "DROP_REPORT_EVENT",
     "DROP_REPORT_INTERVAL_SECONDS",
+    "SENT_HEADER",
+    "STREAM_ID_HEADER",
     "BufferEntry",
     "EventRecord",
     "OutgoingMessage",
@@ -181,6 +184,10 @@ CAPABILITY_SAMPLING_PATTERNS: Final = "sampling-patterns"
 """Capability: the worker applies pattern-scoped sampling rules itself."""
 CAPABILITY_BATCHED: Final = "batched"
 """Capability: the worker serves ``StreamTelemetryBatched``."""
+STREAM_ID_HEADER: Final = "x-snakepit-telemetry-stream-id"
+"""Response header: the stream's identity, random per :class:`TelemetryStream`."""
+SENT_HEADER: Final = "x-snakepit-telemetry-sent"
+"""Response header: events the stream handed to calls before this one (decimal)."""
 
 DROP_REPORT_INTERVAL_SECONDS: Final = 0.25
 """Shortest time between two drop reports of a stream."""
@@ -413,29 +420,30 @@ class StreamConsumer:
         stream = self._stream
         buffer = stream.buffer
         pop = stream.pop
-        count_sent = stream.sent_counter.increment
+        claim_sent = stream.claim_sent
         monotonic = time.monotonic
         next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         try:
             while self.is_current:
                 if stream.has_unreported_drops and monotonic() >= next_report:
                     for report in stream.take_drop_report():
-                        count_sent()
+                        if not claim_sent(self):
+                            return
                         yield report
                     next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
                 try:
-                    message = pop()
+                    message = pop(self)
                 except IndexError:
                     # Re-checked after `closed`: events appended between the failed pop and
                     # close() (the thread can be preempted right there) are drained first.
                     if stream.closed and not buffer:
                         for report in stream.take_drop_report():
-                            count_sent()
+                            if not claim_sent(self):
+                                return
                             yield report
                         return
                     self._sleep_until_event(next_report)
                     continue
-                count_sent()
                 yield message
         finally:
             self.detach()
@@ -485,8 +493,6 @@ class StreamConsumer:
         stream = self._stream
         buffer = stream.buffer
         pop_batch = stream.pop_batch
-        add_sent = stream.sent_counter.add
-        count_batch = stream.sent_batches_counter.increment
         monotonic = time.monotonic
         next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         reports: list[bytes] = []  # drop reports taken, not yet in a batch
@@ -508,10 +514,8 @@ class StreamConsumer:
                 ):
                     self._linger(sent_at + min_interval)
                     continue
-                batch, count = pop_batch(max_events, max_bytes, reports)
+                batch, count = pop_batch(max_events, max_bytes, reports, self)
                 if count:
-                    add_sent(count)
-                    count_batch()
                     sent_at = monotonic()
                     yield batch
                     continue
@@ -519,9 +523,9 @@ class StreamConsumer:
                 if stream.closed and not buffer:
                     reports.extend(stream.take_drop_report())
                     while reports:
-                        batch, count = pop_batch(max_events, max_bytes, reports)
-                        add_sent(count)
-                        count_batch()
+                        batch, count = pop_batch(max_events, max_bytes, reports, self)
+                        if not count:  # replaced meanwhile
+                            return
                         yield batch
                     return
                 self._sleep_until_event(next_report)
@@ -591,6 +595,8 @@ class TelemetryStream:
         # few. On CPython 3.11 a 30th one made emit's drop paths about 10% slower
         # (bench/python_emit.py: 0.28 -> 0.31 µs with the buffer full).
         self._sent = CounterSet(("events", "batches"))
+        self._count_sent = self._sent["events"].increment
+        self._stream_id = secrets.token_hex(8)  # this stream's identity (see handover())
         self._controls_rejected = Counter()
         self._drops = CounterSet(DROP_REASONS)
         self._reported: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -809,39 +815,71 @@ class TelemetryStream:
             return None
         return message
 
-    def pop(self) -> bytes:
+    def pop(self, consumer: StreamConsumer | None = None) -> bytes:
         """Remove the oldest buffered event and return its wire bytes (for the consumer).
 
-        Events dropped while being serialized (see :meth:`_encode`) are skipped.
+        Counted as sent. Events dropped while being serialized (see :meth:`_encode`) are
+        skipped. With ``consumer``, nothing is taken unless it is the current consumer (so
+        that a replaced call cannot take events after :meth:`handover` counted them).
 
         Raises:
-            IndexError: if the buffer is empty.
+            IndexError: if the buffer is empty, or ``consumer`` is no longer current.
         """
         with self._pop_lock:
+            if consumer is not None and not consumer.is_current:
+                raise IndexError("the consumer was replaced")
             while True:
                 entry = self._buffer.popleft()
                 self._bytes_out += entry_charge(entry)
                 message = self._encode(entry)
                 if message is not None:
+                    self._count_sent()
                     return message
 
-    def pop_event(self) -> pb.TelemetryEvent:
+    def pop_event(self, consumer: StreamConsumer | None = None) -> pb.TelemetryEvent:
         """Remove the oldest buffered event and return it as a ``TelemetryEvent`` message.
 
         The message form of :meth:`pop`, for a servicer whose response serializer is
         ``TelemetryEvent.SerializeToString`` (a ``grpc.aio`` servicer, see :meth:`stream`).
-        Events dropped on the way (``encode_error``, ``oversize``) are skipped and counted.
+        Counted as sent. Events dropped on the way (``encode_error``, ``oversize``) are
+        skipped and counted.
 
         Raises:
-            IndexError: if the buffer is empty.
+            IndexError: if the buffer is empty, or ``consumer`` is no longer current.
         """
         with self._pop_lock:
+            if consumer is not None and not consumer.is_current:
+                raise IndexError("the consumer was replaced")
             while True:
                 entry = self._buffer.popleft()
                 self._bytes_out += entry_charge(entry)
                 message = self._to_message(entry)
                 if message is not None:
+                    self._count_sent()
                     return message
+
+    def claim_sent(self, consumer: StreamConsumer) -> bool:
+        """Count one message (a drop report) as sent by ``consumer``, if it is current.
+
+        Returns False, counting nothing, when ``consumer`` was replaced: it must not send.
+        """
+        with self._pop_lock:
+            if not consumer.is_current:
+                return False
+            self._count_sent()
+            return True
+
+    def handover(self) -> tuple[str, int]:
+        """Return this stream's identity and the events it has handed to calls so far.
+
+        Sent in a new call's response headers (``x-snakepit-telemetry-stream-id``,
+        ``x-snakepit-telemetry-sent``) after it attached, so that the client can count what
+        the previous call lost in transit. Taken under the lock every pop holds, after
+        :meth:`attach` replaced the consumer: a replaced consumer takes nothing afterwards,
+        so the count covers every event any earlier call was given.
+        """
+        with self._pop_lock:
+            return self._stream_id, self._sent["events"].value
 
     def _to_message(self, entry: BufferEntry) -> pb.TelemetryEvent | None:
         """The ``TelemetryEvent`` of a buffered entry, or None if it is dropped (and counted)."""
@@ -865,7 +903,11 @@ class TelemetryStream:
         return message
 
     def pop_batch(
-        self, max_events: int, max_bytes: int, first: list[bytes] | None = None
+        self,
+        max_events: int,
+        max_bytes: int,
+        first: list[bytes] | None = None,
+        consumer: StreamConsumer | None = None,
     ) -> tuple[bytes, int]:
         """Remove the oldest buffered events that fit one batch; return it and its size.
 
@@ -876,8 +918,25 @@ class TelemetryStream:
         that the first event always goes, alone if it does not fit. Records are
         serialized here (see :meth:`_encode`); one that does not fit the batch goes back
         to the front of the buffer as bytes. Returns ``(b"", 0)`` when there is nothing
-        to send. Bounds are not checked here (see :func:`check_batch_bounds`).
+        to send. Bounds are not checked here (see :func:`check_batch_bounds`). The events
+        packed count as sent, and the message as a sent batch. With ``consumer``, nothing is
+        taken unless it is the current consumer (see :meth:`handover`).
         """
+        with self._pop_lock:
+            # Only consumers pop, under this lock; producers only append, so a non-empty
+            # buffer stays non-empty and its front entry stays until popped here.
+            if consumer is not None and not consumer.is_current:
+                return b"", 0
+            batch, count = self._pack_batch(max_events, max_bytes, first)
+            if count:
+                self._sent["events"].add(count)
+                self._sent["batches"].increment()
+            return batch, count
+
+    def _pack_batch(
+        self, max_events: int, max_bytes: int, first: list[bytes] | None
+    ) -> tuple[bytes, int]:
+        """:meth:`pop_batch`'s packing; the caller holds ``_pop_lock``."""
         parts: list[bytes] = []
         append = parts.append
         total = 0
@@ -903,31 +962,28 @@ class TelemetryStream:
         popleft = buffer.popleft
         encode = self._encode
         charged = 0
-        with self._pop_lock:
-            # Only consumers pop, under this lock; producers only append, so a non-empty
-            # buffer stays non-empty and its front entry stays until popped here.
-            while count < max_events and buffer:
-                item = popleft()
-                charged += entry_charge(item)
-                encoded = encode(item)
-                if encoded is None:
-                    continue
-                message = encoded
-                size = len(message)
-                prefix = one_byte[size] if size < 128 else _entry_prefix(size)
-                entry = len(prefix) + size
-                if count and total + entry > max_bytes:
-                    # Back to the front, now charged as the bytes it is. bytes_in goes up
-                    # rather than bytes_out down, so that both counters stay monotonic.
-                    with self._admit_lock:
-                        self._bytes_in += size
-                        buffer.appendleft(message)
-                    break
-                append(prefix)
-                append(message)
-                total += entry
-                count += 1
-            self._bytes_out += charged
+        while count < max_events and buffer:
+            item = popleft()
+            charged += entry_charge(item)
+            encoded = encode(item)
+            if encoded is None:
+                continue
+            message = encoded
+            size = len(message)
+            prefix = one_byte[size] if size < 128 else _entry_prefix(size)
+            entry = len(prefix) + size
+            if count and total + entry > max_bytes:
+                # Back to the front, now charged as the bytes it is. bytes_in goes up
+                # rather than bytes_out down, so that both counters stay monotonic.
+                with self._admit_lock:
+                    self._bytes_in += size
+                    buffer.appendleft(message)
+                break
+            append(prefix)
+            append(message)
+            total += entry
+            count += 1
+        self._bytes_out += charged
         return b"".join(parts), count
 
     @property

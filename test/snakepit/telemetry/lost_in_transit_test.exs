@@ -1,0 +1,94 @@
+defmodule Snakepit.Telemetry.LostInTransitTest do
+  # A connection that breaks while events are on the wire: what the worker handed to the
+  # dead call and the NIF never read is counted as :lost_in_transit when the stream comes
+  # back (the new call's headers say how many events earlier calls were handed), so that
+  # emitted == delivered + every drop, exactly, across the break.
+  use ExUnit.Case, async: false
+
+  alias Snakepit.Telemetry.GrpcStream
+  alias Snakepit.Telemetry.Test.{PythonWorker, TcpProxy}
+
+  import Snakepit.Telemetry.Test.Streams
+
+  @stop [:snakepit, :python, :tool, :execution, :stop]
+  @events 20_000
+
+  # Holds every event of worker `id` until the gate opens, so that the NIF's buffer fills,
+  # it stops reading, and the worker's batches wait on the wire.
+  def count_event(@stop, _measurements, metadata, {table, id, gate}) do
+    if metadata.worker_id == id do
+      wait_for_gate(gate)
+      :ets.update_counter(table, :delivered, 1, {:delivered, 0})
+    end
+  end
+
+  defp wait_for_gate(gate) do
+    if :atomics.get(gate, 1) == 0 do
+      Process.sleep(5)
+      wait_for_gate(gate)
+    end
+  end
+
+  test "events on a connection that breaks are counted as :lost_in_transit; everything adds up" do
+    restart_app_for_test(
+      max_buffer_size: 64,
+      max_batch_size: 16,
+      max_in_flight_batches: 1,
+      reconnect: [initial_ms: 20, max_ms: 100]
+    )
+
+    # A queue large enough that the worker itself drops nothing.
+    {worker, id} = start_worker(["--max-buffer", "100000"])
+    proxy = start_supervised!({TcpProxy, String.to_integer(worker.tcp_port)})
+
+    table = :ets.new(:lost_in_transit, [:public, :set])
+    gate = :atomics.new(1, [])
+    handler = "lost-in-transit-#{id}"
+    :ok = :telemetry.attach(handler, @stop, &__MODULE__.count_event/4, {table, id, gate})
+    on_exit(fn -> :telemetry.detach(handler) end)
+
+    assert :ok = GrpcStream.register_worker(id, "127.0.0.1:#{TcpProxy.port(proxy)}")
+    wait_until(fn -> stream(id).status == :connected end)
+    assert stream(id).protocol == :batched
+
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 1},
+      "metadata" => %{"tool" => String.duplicate("t", 100)},
+      "count" => @events
+    })
+
+    # The worker has handed the call far more than the NIF has read: those bytes sit in
+    # HTTP/2 windows and socket buffers. Now the connection breaks.
+    wait_until(fn -> PythonWorker.stats(worker)["sent"] - stream(id).received > 1_000 end)
+    assert TcpProxy.cut(proxy) >= 1
+
+    # The NIF notices the break when it reads again (the handler lets events through), opens
+    # a new call through the proxy and counts what the broken one lost.
+    :atomics.put(gate, 1, 1)
+    wait_until(fn -> stream(id).dropped.lost_in_transit > 0 end)
+    lost = stream(id).dropped.lost_in_transit
+
+    PythonWorker.run(worker, %{"op" => "wait_sent", "timeout_ms" => 60_000})
+    source = PythonWorker.stats(worker)
+
+    wait_until(
+      fn ->
+        info = stream(id)
+        delivered = :ets.lookup_element(table, :delivered, 2)
+
+        info.received + info.dropped.lost_in_transit == source["sent"] and
+          delivered + Enum.sum(Map.values(info.dropped)) == @events
+      end,
+      60_000
+    )
+
+    info = stream(id)
+    assert source["emitted"] == @events
+    assert source["dropped_total"] == 0
+    assert info.dropped.lost_in_transit == lost
+    assert Enum.sum(Map.values(info.dropped)) == lost
+    assert :ets.lookup_element(table, :delivered, 2) == @events - lost
+  end
+end
