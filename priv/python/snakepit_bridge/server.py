@@ -73,6 +73,7 @@ __all__ = [
     "DEFAULT_HOST",
     "EXECUTE_TOOL_METHOD",
     "EXECUTE_TOOL_PATH",
+    "KEEPALIVE_TIMEOUT_MS",
     "MAX_MESSAGE_HEADER",
     "SERVICE_NAME",
     "STREAM_TELEMETRY_BATCHED_METHOD",
@@ -102,6 +103,15 @@ MAX_MESSAGE_HEADER: Final = "x-snakepit-max-message-bytes"
 """Request header: the longest response message the client reads (decimal bytes)."""
 MIN_CLIENT_MESSAGE_BYTES: Final = 1024
 """A smaller ``MAX_MESSAGE_HEADER`` value is ignored (no client asks for less)."""
+
+KEEPALIVE_TIMEOUT_MS: Final = 300_000
+"""The server's keepalive timeout, which gRPC also sets as the sockets' ``TCP_USER_TIMEOUT``
+(gRFC A18): how long sent data may stay unacknowledged before the kernel aborts the
+connection. gRPC's default, 20 s, aborted telemetry connections while the client held the
+stream back (its buffer full, under CPU saturation: 100 workers on 2 cores, ``bench/scale.exs``
+lost 4-14 streams per 45-60 s run, "recvmsg: Connection timed out" in the worker's gRPC
+trace); with 5 minutes none broke. A peer that dies closes the socket at once on the same
+host; a vanished remote peer is still detected, after 5 minutes."""
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_MAX_WORKERS: Final = 8
@@ -413,7 +423,10 @@ class BridgeServer:
         # SO_REUSEPORT off: two workers must never share a port by accident.
         self._server = grpc.server(
             self._executor,
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ],
             interceptors=interceptors,
         )
         self._server.add_generic_rpc_handlers(
