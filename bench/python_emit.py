@@ -3,8 +3,9 @@
 Run from the repository root, with the package installed (``.venv/bin/pip install -e
 'priv/python[dev]'``): ``.venv/bin/python bench/python_emit.py [--runs 7]``.
 
-Cases (each the median over ``--runs`` runs, in µs of the emitting thread's CPU), with two
-baselines measured in the same run:
+Cases (each the median over ``--runs`` rounds, in µs of the emitting thread's CPU; a round
+runs every case once, so cases and baselines are measured side by side), with two
+baselines:
 
 * baseline, ``a bare call and a flag test``: the floor for an event that is removed;
 * baseline, ``build and serialize the protobuf``: what ``emit`` cost when it serialized
@@ -19,7 +20,10 @@ baselines measured in the same run:
   over 127.0.0.1; the emitting thread's CPU per emit, and the whole worker process's CPU
   per event (emit, and the sender serializing and sending the batches).
 
-The ratios printed last divide each case by its baseline.
+The ratios printed last divide each case by its baseline within each round, and report the
+median of those per-round ratios (the machine's speed drifts by up to 2x over minutes).
+The sender serializes with the native encoder when it is built
+(``SNAKEPIT_BRIDGE_NATIVE_ENCODER=0`` for protobuf).
 """
 
 from __future__ import annotations
@@ -45,18 +49,6 @@ EVENT = "tool.execution.stop"
 
 def _median_us(samples_ns: list[float]) -> float:
     return statistics.median(samples_ns) / 1000.0
-
-
-def _cpu_per_call(
-    setup: Callable[[], object], body: Callable[[int], None], n: int, runs: int
-) -> float:
-    samples = []
-    for _ in range(runs):
-        setup()
-        started = time.thread_time_ns()
-        body(n)
-        samples.append((time.thread_time_ns() - started) / n)
-    return _median_us(samples)
 
 
 def _emit_loop(n: int) -> None:
@@ -124,41 +116,60 @@ def _fresh_stream(
     return stream
 
 
-def _attached_cpu_per_call(n: int, runs: int) -> float:
-    samples = []
-    for _ in range(runs):
-        # The byte total is not given back by buffer.clear(): a bound it never reaches.
-        _fresh_stream(_KEPT, 1 << 62)
-        samples.append(_attached_loop(n) / n)
-    return _median_us(samples)
+def _sample(setup: Callable[[], object], body: Callable[[int], None], n: int) -> float:
+    """CPU ns per call of one run of ``body(n)`` after ``setup()``."""
+    setup()
+    started = time.thread_time_ns()
+    body(n)
+    return (time.thread_time_ns() - started) / n
 
 
-def bench_local(n: int, runs: int) -> dict[str, float]:
-    """Cases without a gRPC client."""
-    results: dict[str, float] = {}
-    telemetry.set_backend(None)
-    results["baseline: a bare call and a flag test"] = _cpu_per_call(
-        lambda: None, _bare_call_loop, n, runs
-    )
-    results["baseline: build and serialize the protobuf"] = _cpu_per_call(
-        lambda: None, _protobuf_loop, n, runs
-    )
-    results["emit, no backend"] = _cpu_per_call(lambda: None, _emit_loop, n, runs)
-    results["emit, attached (buffered)"] = _attached_cpu_per_call(n, runs)
+def _attached_sample(n: int) -> float:
+    # The byte total is not given back by buffer.clear(): a bound it never reaches.
+    _fresh_stream(_KEPT, 1 << 62)
+    return _attached_loop(n) / n
+
+
+RATIOS = {
+    "emit attached / protobuf baseline": (
+        "emit, attached (buffered)",
+        "baseline: build and serialize the protobuf",
+    ),
+    **{
+        f"emit {case} / bare-call baseline": (
+            f"emit, {case}",
+            "baseline: a bare call and a flag test",
+        )
+        for case in (
+            "disabled",
+            "sampled out (pattern)",
+            "filtered out (deny)",
+            "buffer full (dropped)",
+        )
+    },
+}
+"""Each ratio is taken within a round (both cases measured minutes apart at most), and the
+median of the rounds' ratios reported: the machine's speed drifts between rounds."""
+
+
+def bench_local(n: int, runs: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Cases without a gRPC client, interleaved: each round runs every case once.
+
+    Returns the median µs per call of each case, and the median per-round ratios.
+    """
+
+    def no_backend() -> None:
+        telemetry.set_backend(None)
 
     def full() -> None:
         stream = _fresh_stream(1)
         stream.emit(EVENT, MEASUREMENTS)
-
-    results["emit, buffer full (dropped)"] = _cpu_per_call(full, _emit_loop, n, runs)
 
     def disabled() -> None:
         stream = _fresh_stream(n + 1)
         stream.apply_control(
             pb.TelemetryControl(toggle=pb.TelemetryToggle(enabled=False))
         )
-
-    results["emit, disabled"] = _cpu_per_call(disabled, _emit_loop, n, runs)
 
     def sampled_out() -> None:
         stream = _fresh_stream(n + 1)
@@ -167,18 +178,10 @@ def bench_local(n: int, runs: int) -> dict[str, float]:
         )
         stream.apply_control(pb.TelemetryControl(sampling=update))
 
-    results["emit, sampled out (pattern)"] = _cpu_per_call(
-        sampled_out, _emit_loop, n, runs
-    )
-
     def filtered_out() -> None:
         stream = _fresh_stream(n + 1)
         event_filter = pb.TelemetryEventFilter(deny=["tool.*"])
         stream.apply_control(pb.TelemetryControl(filter=event_filter))
-
-    results["emit, filtered out (deny)"] = _cpu_per_call(
-        filtered_out, _emit_loop, n, runs
-    )
 
     def span_loop(count: int) -> None:
         span = telemetry.span
@@ -186,11 +189,37 @@ def bench_local(n: int, runs: int) -> dict[str, float]:
             with span("tool.execution", METADATA):
                 pass
 
-    results["span, no client (2 events)"] = _cpu_per_call(
-        lambda: _fresh_stream(2 * n + 1), span_loop, n, runs
-    )
+    cases: list[tuple[str, Callable[[], float]]] = [
+        (
+            "baseline: a bare call and a flag test",
+            lambda: _sample(no_backend, _bare_call_loop, n),
+        ),
+        (
+            "baseline: build and serialize the protobuf",
+            lambda: _sample(no_backend, _protobuf_loop, n),
+        ),
+        ("emit, no backend", lambda: _sample(no_backend, _emit_loop, n)),
+        ("emit, attached (buffered)", lambda: _attached_sample(n)),
+        ("emit, buffer full (dropped)", lambda: _sample(full, _emit_loop, n)),
+        ("emit, disabled", lambda: _sample(disabled, _emit_loop, n)),
+        ("emit, sampled out (pattern)", lambda: _sample(sampled_out, _emit_loop, n)),
+        ("emit, filtered out (deny)", lambda: _sample(filtered_out, _emit_loop, n)),
+        (
+            "span, no client (2 events)",
+            lambda: _sample(lambda: _fresh_stream(2 * n + 1), span_loop, n),
+        ),
+    ]
+    samples: dict[str, list[float]] = {name: [] for name, _ in cases}
+    ratios: dict[str, list[float]] = {name: [] for name in RATIOS}
+    for _ in range(runs):
+        this_round = {name: run() for name, run in cases}
+        for name, value in this_round.items():
+            samples[name].append(value)
+        for name, (case, baseline) in RATIOS.items():
+            ratios[name].append(this_round[case] / this_round[baseline])
     telemetry.set_backend(None)
-    return results
+    results = {name: _median_us(values) for name, values in samples.items()}
+    return results, {name: statistics.median(values) for name, values in ratios.items()}
 
 
 def bench_draining(n: int, runs: int) -> dict[str, float]:
@@ -272,27 +301,16 @@ def main() -> int:
     print(
         f"python {sys.version.split()[0]}, grpcio {grpc.__version__}; medians of {args.runs} runs"
     )
-    results = bench_local(args.n, args.runs)
+    results, ratios = bench_local(args.n, args.runs)
     results.update(bench_draining(args.drain_n, max(3, args.runs // 2)))
     width = max(len(name) for name in results)
     for name, value in results.items():
         unit = "" if "not µs" in name else " µs"
         print(f"{name:<{width}}  {value:10.2f}{unit}")
-    protobuf = results["baseline: build and serialize the protobuf"]
-    bare = results["baseline: a bare call and a flag test"]
     print()
-    print(
-        f"emit attached / protobuf baseline: {results['emit, attached (buffered)'] / protobuf:.2f}"
-    )
-    for case in (
-        "disabled",
-        "sampled out (pattern)",
-        "filtered out (deny)",
-        "buffer full (dropped)",
-    ):
-        print(
-            f"emit {case} / bare-call baseline: {results['emit, ' + case] / bare:.2f}"
-        )
+    print("ratios (median of the per-round ratios; each round runs every case once):")
+    for name, ratio in ratios.items():
+        print(f"{name}: {ratio:.2f}")
     return 0
 
 
