@@ -18,8 +18,9 @@ Snakepit's ``snakepit_bridge.telemetry`` API is here under the same names: ``emi
 ``reset_correlation_id``, ``new_correlation_id``, ``outgoing_metadata``,
 ``correlation_filter``) and the modules ``telemetry.manager``,
 ``telemetry.backends.{base,grpc,stderr}`` and ``telemetry.stream`` (whose
-``TelemetryStream.stream`` serves a ``grpc.aio`` servicer). Snakepit's OpenTelemetry
-helpers (``setup_tracing``, ``get_tracer``, ``otel_span``) are not.
+``TelemetryStream.stream`` serves a ``grpc.aio`` servicer), and Snakepit's OpenTelemetry
+helpers ``setup_tracing``, ``get_tracer`` and ``otel_span`` (OpenTelemetry itself is
+optional: see :mod:`snakepit_bridge.telemetry.tracing`).
 """
 
 from snakepit_bridge.telemetry.api import (
@@ -45,6 +46,7 @@ from snakepit_bridge.telemetry.context import (
 )
 from snakepit_bridge.telemetry.encoding import MeasurementValue
 from snakepit_bridge.telemetry.stream import StreamStats, TelemetryStream
+from snakepit_bridge.telemetry.tracing import get_tracer, otel_span, setup_tracing
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -62,11 +64,14 @@ __all__ = [
     "emit",
     "get_backend",
     "get_correlation_id",
+    "get_tracer",
     "is_enabled",
     "new_correlation_id",
+    "otel_span",
     "outgoing_metadata",
     "reset_correlation_id",
     "set_backend",
     "set_correlation_id",
+    "setup_tracing",
     "span",
 ]
