@@ -120,7 +120,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
 
 from snakepit_bridge.auth import BearerToken, TokenSource
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
@@ -224,6 +224,8 @@ _IDLE_RECHECK_SECONDS: Final = 1.0
 """Longest sleep of an idle consumer; only a safety net, wake-ups are explicit."""
 
 BufferEntry: TypeAlias = EventRecord | bytes
+
+_Out = TypeVar("_Out")
 """A buffered entry: an event record, or bytes that go on the wire as they are."""
 
 _RECORD_OVERHEAD: Final = 16
@@ -825,16 +827,7 @@ class TelemetryStream:
         Raises:
             IndexError: if the buffer is empty, or ``consumer`` is no longer current.
         """
-        with self._pop_lock:
-            if consumer is not None and not consumer.is_current:
-                raise IndexError("the consumer was replaced")
-            while True:
-                entry = self._buffer.popleft()
-                self._bytes_out += entry_charge(entry)
-                message = self._encode(entry)
-                if message is not None:
-                    self._count_sent()
-                    return message
+        return self._pop_one(consumer, self._encode)
 
     def pop_event(self, consumer: StreamConsumer | None = None) -> pb.TelemetryEvent:
         """Remove the oldest buffered event and return it as a ``TelemetryEvent`` message.
@@ -847,16 +840,21 @@ class TelemetryStream:
         Raises:
             IndexError: if the buffer is empty, or ``consumer`` is no longer current.
         """
+        return self._pop_one(consumer, self._to_message)
+
+    def _pop_one(
+        self, consumer: StreamConsumer | None, convert: Callable[[BufferEntry], _Out | None]
+    ) -> _Out:
         with self._pop_lock:
             if consumer is not None and not consumer.is_current:
                 raise IndexError("the consumer was replaced")
             while True:
                 entry = self._buffer.popleft()
                 self._bytes_out += entry_charge(entry)
-                message = self._to_message(entry)
-                if message is not None:
+                converted = convert(entry)
+                if converted is not None:
                     self._count_sent()
-                    return message
+                    return converted
 
     def claim_sent(self, consumer: StreamConsumer) -> bool:
         """Count one message (a drop report) as sent by ``consumer``, if it is current.
