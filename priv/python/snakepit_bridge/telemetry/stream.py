@@ -43,9 +43,10 @@ Thread-safety
   ``self.n += size`` is not atomic across threads, so each counter has its own small lock
   and one writer side: producers admit a message under ``_admit_lock`` (both bounds
   checked against ``_bytes_in - _bytes_out``, ``_bytes_in`` raised, the message appended);
-  the consumer pops a message (or a batch of them) and raises ``_bytes_out`` under
-  ``_pop_lock`` (a lock only because a replaced consumer may pop one last message while
-  its successor starts).
+  the consumer pops a message (or a batch of them), counts it sent and raises
+  ``_bytes_out`` under ``_pop_lock``, where a replaced consumer is refused, so that
+  :meth:`TelemetryStream.handover` (under the same lock) counts exactly what earlier calls
+  took.
   Producers never wait for the consumer and the consumer never waits for producers;
   emitting threads contend only with each other, for a few bytecodes, never while
   serializing or waking the consumer. Uncontended the lock costs about 0.1-0.2 µs per
@@ -62,52 +63,13 @@ Thread-safety
   reference assignment; an emitting thread reads the reference once per event. A control
   message with an invalid rate or pattern is rejected as a whole and counted
   (:attr:`StreamStats.controls_rejected`); the policy in force stays.
-* Wake-up: the consumer sets ``waiting`` *before* re-checking the buffer and sleeping;
-  a producer appends *before* reading ``waiting``. Under the GIL these steps are
-  sequentially consistent, so either the consumer's re-check sees the new event or the
-  producer sees ``waiting`` and sets the consumer's ``threading.Event``. Producers touch
-  the Event (which takes a lock) only while the consumer sleeps, never when it is busy.
+* Wake-up: a producer appends *before* it reads the consumer's ``waiting`` flag, and wakes
+  the consumer only while it sleeps (the ordering argument, which relies on the GIL, is in
+  :mod:`snakepit_bridge.telemetry.consumer`).
 
-The wake-up argument relies on the GIL (CPython 3.11+, the default build); a
-free-threaded build would need it revisited.
-
-Drop reports: the worker tells the Elixir side what it dropped. While there are drops not
-yet reported, the consumer sends, at most every ``DROP_REPORT_INTERVAL_SECONDS``, one
-``telemetry.dropped`` event per reason (measurement ``count``: events dropped for that
-reason since the previous report; metadata ``reason``), and once more before the iterator
-ends after :meth:`TelemetryStream.close`. Reports go straight to the call, never through
-the buffer, so no bound, toggle, filter or sampling drops them; drops after the last report
-of a call that then dies are reported on the next call. (Drops as ``closed``, after
-``close``, have no stream left to be reported on.)
-
-Batches (``StreamTelemetryBatched``): :meth:`StreamConsumer.batches` yields serialized
-``TelemetryEventBatch`` messages. Each packs whatever is buffered at that moment, oldest
-first, up to ``max_batch_events`` events (default 8192) and ``max_batch_bytes`` bytes
-(default 1 MiB, the whole serialized batch, lowered to what the client says it reads:
-``x-snakepit-max-message-bytes``); an event whose own entry is larger than
-``max_batch_bytes`` goes alone. The consumer never waits to fill a batch: a lone event
-leaves at once. It does pace messages: after one is sent, the next one waits until
-``min_batch_interval`` (default 50 ms) has passed since, unless a full batch (by count or
-by bytes) is buffered (or drop reports, or :meth:`TelemetryStream.close`, are waiting).
-Each message costs the gRPC server hundreds of µs of the worker's CPU whatever it carries,
-so a worker emitting 500 events/s in small bursts would otherwise spend tens of µs per
-event; paced, it sends at most 20 messages/s until it has full batches to send
-(``bench/RESULTS.md``). The first
-event after a quiet spell goes at once; an event during a busy spell waits at most the
-interval. While the consumer lingers like that, producers wake it only when a full batch is
-buffered (``lingering``, with the same ordering argument as ``waiting`` above).
-
-A batch is the concatenation of the events' serialized bytes, each framed as field 1,
-length-delimited (``0x0A``, varint length, the event's bytes), so no batch message
-object is built. Drop reports go first in the next batch (within the same
-bounds). ``sent`` counts events either way; ``sent_batches`` counts batch messages.
-
-Only one consumer (one gRPC call) is attached at a time: :meth:`TelemetryStream.attach`
-detaches the previous one, whose :meth:`StreamConsumer.events` iterator then ends.
-Delivery is at most once: an event (or a whole batch) handed to a call that then dies is
-lost. Messages leave the buffer only through a consumer (:meth:`TelemetryStream.pop`,
-:meth:`TelemetryStream.pop_batch`), never by popping :attr:`TelemetryStream.buffer`
-directly, or the byte total would not go down.
+How buffered events leave (one consumer per gRPC call, wake-ups, drop reports, batches and
+their pacing): :mod:`snakepit_bridge.telemetry.consumer`. Limits, defaults and the headers
+of a call: :mod:`snakepit_bridge.telemetry.protocol`.
 """
 
 from __future__ import annotations
@@ -118,16 +80,36 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
 
 from snakepit_bridge.auth import BearerToken, TokenSource
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
+from snakepit_bridge.telemetry.consumer import StreamConsumer
 from snakepit_bridge.telemetry.context import CORRELATION_ID
 from snakepit_bridge.telemetry.counters import Counter, CounterSet
 from snakepit_bridge.telemetry.encoding import EventRecord, encode_event, encode_record
 from snakepit_bridge.telemetry.policy import ControlPolicy
+from snakepit_bridge.telemetry.protocol import (
+    CAPABILITIES_HEADER,
+    CAPABILITY_BATCHED,
+    CAPABILITY_SAMPLING_PATTERNS,
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_BATCH_EVENTS,
+    DEFAULT_MAX_BUFFER,
+    DEFAULT_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MIN_BATCH_INTERVAL,
+    DROP_REASONS,
+    DROP_REPORT_EVENT,
+    DROP_REPORT_INTERVAL_SECONDS,
+    SENT_HEADER,
+    STREAM_ID_HEADER,
+    OutgoingMessage,
+    check_batch_bounds,
+    check_batch_interval,
+)
 
 if TYPE_CHECKING:
     from snakepit_bridge.telemetry.aio import TelemetryContext
@@ -160,73 +142,15 @@ __all__ = [
     "serialize_entry",
 ]
 
-OutgoingMessage: TypeAlias = pb.TelemetryEvent | bytes
-"""What the response stream carries: an event, or bytes that are already one serialized
-message. ``emit`` buffers serialized ``TelemetryEvent`` bytes."""
-
-DROP_REASONS: Final = (
-    "disabled",
-    "sampled_out",
-    "filtered_out",
-    "overflow",
-    "oversize",
-    "encode_error",
-    "closed",
-)
-"""Why an emitted event was not enqueued."""
-
-DROP_REPORT_EVENT: Final = "telemetry.dropped"
-"""The catalog event by which the worker reports its own drops."""
-
-CAPABILITIES_HEADER: Final = "x-snakepit-telemetry-capabilities"
-"""Response header of a telemetry call: what the worker honours (comma-separated tokens)."""
-CAPABILITY_SAMPLING_PATTERNS: Final = "sampling-patterns"
-"""Capability: the worker applies pattern-scoped sampling rules itself."""
-CAPABILITY_BATCHED: Final = "batched"
-"""Capability: the worker serves ``StreamTelemetryBatched``."""
-STREAM_ID_HEADER: Final = "x-snakepit-telemetry-stream-id"
-"""Response header: the stream's identity, random per :class:`TelemetryStream`."""
-SENT_HEADER: Final = "x-snakepit-telemetry-sent"
-"""Response header: events the stream handed to calls before this one (decimal)."""
-
-DROP_REPORT_INTERVAL_SECONDS: Final = 0.25
-"""Shortest time between two drop reports of a stream."""
-
-DEFAULT_MAX_BUFFER: Final = 8192
-"""Default bound on buffered events (records and raw messages): about 4 MiB of Python
-objects when full (a typical record takes about 530 bytes)."""
-DEFAULT_MAX_BUFFER_BYTES: Final = 4 * 1024 * 1024
-"""Default bound on buffered bytes (4 MiB)."""
-DEFAULT_MAX_EVENT_BYTES: Final = 256 * 1024
-"""Default bound on one serialized event (256 KiB, as the NIF's on the Elixir side)."""
-
-DEFAULT_MAX_BATCH_EVENTS: Final = 8192
-"""Default bound on the events packed into one ``TelemetryEventBatch`` message."""
-DEFAULT_MAX_BATCH_BYTES: Final = 1024 * 1024
-"""Default bound on one serialized ``TelemetryEventBatch`` message (1 MiB, what the NIF
-reads by default), framing included; only a batch of a single event may be larger.
-
-Batches this large are what keep a worker's delivery up while a tool thread holds the GIL:
-the sender gets the GIL back only every few switch intervals, and sends one message each
-time (``bench/python_batched.py``, busy tool: 2048 events / 256 KiB per message delivered
-about 106 k events/s, 8192 / 1 MiB about 186 k/s in the same run)."""
-
 _BATCH_TAG: Final = 0x0A
 """``TelemetryEventBatch.events``: field 1, wire type 2 (length-delimited)."""
 _ONE_BYTE_ENTRY_PREFIX: Final = tuple(bytes((_BATCH_TAG, size)) for size in range(128))
 """Entry prefixes (tag and one-byte varint length) of events under 128 bytes."""
 
-DEFAULT_MIN_BATCH_INTERVAL: Final = 0.05
-"""Default least time, in seconds, from one batch message to the next unless a full batch
-is buffered (see the module doc); 0 sends whenever anything is buffered."""
-
-_IDLE_RECHECK_SECONDS: Final = 1.0
-"""Longest sleep of an idle consumer; only a safety net, wake-ups are explicit."""
-
 BufferEntry: TypeAlias = EventRecord | bytes
+"""A buffered entry: an event record, or bytes that go on the wire as they are."""
 
 _Out = TypeVar("_Out")
-"""A buffered entry: an event record, or bytes that go on the wire as they are."""
 
 _RECORD_OVERHEAD: Final = 16
 """Bytes charged per record beyond its name: the timestamp and field framing."""
@@ -327,212 +251,6 @@ def _entry_prefix(size: int) -> bytes:
 def batch_entry_size(event_size: int) -> int:
     """Bytes a ``event_size``-byte serialized event takes inside a batch (framing included)."""
     return len(_entry_prefix(event_size)) + event_size
-
-
-def check_batch_bounds(max_events: int, max_bytes: int) -> None:
-    """Validate batch bounds.
-
-    Raises:
-        ValueError: if a bound is not an integer >= 1.
-    """
-    for name, bound in (("max_batch_events", max_events), ("max_batch_bytes", max_bytes)):
-        if type(bound) is not int or bound < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {bound!r}")
-
-
-def check_batch_interval(min_interval: float) -> None:
-    """Validate the least interval between batch messages, in seconds.
-
-    Raises:
-        ValueError: if it is not a finite int or float >= 0 (bool is refused).
-    """
-    if (
-        type(min_interval) not in (int, float)
-        or not math.isfinite(min_interval)
-        or min_interval < 0
-    ):
-        raise ValueError(
-            f"min_batch_interval must be a finite number of seconds >= 0, got {min_interval!r}"
-        )
-
-
-class StreamConsumer:
-    """One attached reader of a :class:`TelemetryStream` (one gRPC call)."""
-
-    __slots__ = (
-        "_detached",
-        "_stream",
-        "_wakeup",
-        "full_batch",
-        "full_batch_bytes",
-        "lingering",
-        "waiting",
-    )
-
-    def __init__(self, stream: TelemetryStream) -> None:
-        self._stream = stream
-        self._wakeup = threading.Event()
-        self._detached = False
-        self.waiting = False
-        """True while the consumer is about to sleep or sleeping; producers then wake it."""
-        self.lingering = False
-        """True while the consumer paces its next batch; producers wake it at a full batch."""
-        self.full_batch = DEFAULT_MAX_BATCH_EVENTS
-        """Buffered events that end a linger (the count bound of :meth:`batches`)."""
-        self.full_batch_bytes = DEFAULT_MAX_BATCH_BYTES
-        """Buffered bytes that end a linger (the byte bound of :meth:`batches`)."""
-
-    @property
-    def is_current(self) -> bool:
-        """True until this consumer is detached or replaced by a newer one."""
-        return not self._detached and self._stream.current_consumer is self
-
-    def wake(self) -> None:
-        """Wake the consumer if it sleeps (cheap to call when it does not)."""
-        self._wakeup.set()
-
-    def detach(self) -> None:
-        """Stop consuming; :meth:`events` ends. Idempotent; safe from any thread."""
-        self._detached = True
-        self._stream.release(self)
-        self._wakeup.set()
-
-    def _sleep_until_event(self, next_report: float) -> None:
-        """Sleep until an event arrives, the stream closes or the consumer is detached.
-
-        Producers wake it (see the module doc); with drops not yet reported it wakes by
-        ``next_report`` (monotonic) at the latest, else after ``_IDLE_RECHECK_SECONDS``.
-        """
-        stream = self._stream
-        wakeup = self._wakeup
-        wakeup.clear()
-        self.waiting = True
-        if not stream.buffer and self.is_current and not stream.closed:
-            idle = _IDLE_RECHECK_SECONDS
-            if stream.has_unreported_drops:
-                idle = min(idle, max(next_report - time.monotonic(), 0.0))
-            wakeup.wait(idle)
-        self.waiting = False
-
-    def events(self) -> Iterator[OutgoingMessage]:
-        """Yield buffered messages until detached, replaced, or the stream is closed.
-
-        After :meth:`TelemetryStream.close` the buffer is drained before the iterator ends.
-        """
-        stream = self._stream
-        buffer = stream.buffer
-        pop = stream.pop
-        claim_sent = stream.claim_sent
-        monotonic = time.monotonic
-        next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
-        try:
-            while self.is_current:
-                if stream.has_unreported_drops and monotonic() >= next_report:
-                    for report in stream.take_drop_report():
-                        if not claim_sent(self):
-                            return
-                        yield report
-                    next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
-                try:
-                    message = pop(self)
-                except IndexError:
-                    # Re-checked after `closed`: events appended between the failed pop and
-                    # close() (the thread can be preempted right there) are drained first.
-                    if stream.closed and not buffer:
-                        for report in stream.take_drop_report():
-                            if not claim_sent(self):
-                                return
-                            yield report
-                        return
-                    self._sleep_until_event(next_report)
-                    continue
-                yield message
-        finally:
-            self.detach()
-
-    def batches(
-        self,
-        max_events: int = DEFAULT_MAX_BATCH_EVENTS,
-        max_bytes: int = DEFAULT_MAX_BATCH_BYTES,
-        min_interval: float = DEFAULT_MIN_BATCH_INTERVAL,
-    ) -> Iterator[bytes]:
-        """Yield serialized ``TelemetryEventBatch`` messages until detached, replaced or closed.
-
-        Each batch packs what is buffered when it is built (see the module doc for the
-        bounds); with nothing buffered the consumer sleeps until an event arrives, and
-        never waits to fill a batch. After a batch, the next one waits until
-        ``min_interval`` seconds have passed unless a full batch is buffered (see the
-        module doc). Drop reports go first in a batch, at the same rate as :meth:`events`
-        sends them. After :meth:`TelemetryStream.close` the buffer is drained, the final
-        drop report sent, then the iterator ends.
-
-        Raises:
-            ValueError: if a bound is not an integer >= 1, or ``min_interval`` is not a
-                finite number >= 0 (before anything is consumed).
-        """
-        check_batch_bounds(max_events, max_bytes)
-        check_batch_interval(min_interval)
-        return self._batches(max_events, max_bytes, float(min_interval))
-
-    def _has_full_batch(self) -> bool:
-        """True when what is buffered fills a batch, by count or by bytes."""
-        stream = self._stream
-        return (
-            len(stream.buffer) >= self.full_batch or stream.buffered_bytes >= self.full_batch_bytes
-        )
-
-    def _linger(self, until: float) -> None:
-        """Sleep until ``until`` (monotonic) unless a full batch, close or detach comes first."""
-        stream = self._stream
-        wakeup = self._wakeup
-        wakeup.clear()
-        self.lingering = True
-        if not self._has_full_batch() and self.is_current and not stream.closed:
-            wakeup.wait(max(until - time.monotonic(), 0.0))
-        self.lingering = False
-
-    def _batches(self, max_events: int, max_bytes: int, min_interval: float) -> Iterator[bytes]:
-        stream = self._stream
-        buffer = stream.buffer
-        pop_batch = stream.pop_batch
-        monotonic = time.monotonic
-        next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
-        reports: list[bytes] = []  # drop reports taken, not yet in a batch
-        self.full_batch = max_events
-        self.full_batch_bytes = max_bytes
-        sent_at = -math.inf  # when the last batch went out
-        try:
-            while self.is_current:
-                if stream.has_unreported_drops and monotonic() >= next_report:
-                    reports.extend(stream.take_drop_report())
-                    next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
-                if (
-                    min_interval > 0.0
-                    and buffer
-                    and not reports
-                    and not stream.closed
-                    and monotonic() < sent_at + min_interval
-                    and not self._has_full_batch()
-                ):
-                    self._linger(sent_at + min_interval)
-                    continue
-                batch, count = pop_batch(max_events, max_bytes, reports, self)
-                if count:
-                    sent_at = monotonic()
-                    yield batch
-                    continue
-                # As in events(): re-checked, so nothing appended before close() is left.
-                if stream.closed and not buffer:
-                    reports.extend(stream.take_drop_report())
-                    while reports:
-                        batch, count = pop_batch(max_events, max_bytes, reports, self)
-                        if not count:  # replaced meanwhile
-                            return
-                        yield batch
-                    return
-                self._sleep_until_event(next_report)
-        finally:
-            self.detach()
 
 
 class TelemetryStream:

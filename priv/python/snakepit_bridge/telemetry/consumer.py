@@ -1,0 +1,257 @@
+"""The reader of a telemetry stream: one per gRPC call.
+
+A :class:`StreamConsumer` takes the events buffered in a
+:class:`~snakepit_bridge.telemetry.stream.TelemetryStream` and yields them one per message
+(:meth:`StreamConsumer.events`) or packed in batches (:meth:`StreamConsumer.batches`).
+
+Wake-up: the consumer sets ``waiting`` *before* re-checking the buffer and sleeping; a
+producer appends *before* reading ``waiting``. Under the GIL these steps are sequentially
+consistent, so either the consumer's re-check sees the new event or the producer sees
+``waiting`` and wakes the consumer. Producers touch the consumer's ``threading.Event``
+(which takes a lock) only while the consumer sleeps, never when it is busy. The argument
+relies on the GIL (CPython 3.11+, the default build); a free-threaded build would need it
+revisited.
+
+Drop reports: the worker tells the Elixir side what it dropped. While there are drops not
+yet reported, the consumer sends, at most every ``DROP_REPORT_INTERVAL_SECONDS``, one
+``telemetry.dropped`` event per reason (measurement ``count``: events dropped for that
+reason since the previous report; metadata ``reason``), and once more before the iterator
+ends after :meth:`TelemetryStream.close`. Reports go straight to the call, never through
+the buffer, so no bound, toggle, filter or sampling drops them; drops after the last report
+of a call that then dies are reported on the next call. (Drops as ``closed``, after
+``close``, have no stream left to be reported on.)
+
+Batches (``StreamTelemetryBatched``): :meth:`StreamConsumer.batches` yields serialized
+``TelemetryEventBatch`` messages. Each packs whatever is buffered at that moment, oldest
+first, up to ``max_batch_events`` events (default 8192) and ``max_batch_bytes`` bytes
+(default 1 MiB, the whole serialized batch, lowered to what the client says it reads:
+``x-snakepit-max-message-bytes``); an event whose own entry is larger than
+``max_batch_bytes`` goes alone. The consumer never waits to fill a batch: a lone event
+leaves at once. It does pace messages: after one is sent, the next one waits until
+``min_batch_interval`` (default 50 ms) has passed since, unless a full batch (by count or
+by bytes) is buffered (or drop reports, or :meth:`TelemetryStream.close`, are waiting).
+Each message costs the gRPC server hundreds of µs of the worker's CPU whatever it carries,
+so a worker emitting 500 events/s in small bursts would otherwise spend tens of µs per
+event; paced, it sends at most 20 messages/s until it has full batches to send
+(``bench/RESULTS.md``). The first
+event after a quiet spell goes at once; an event during a busy spell waits at most the
+interval. While the consumer lingers like that, producers wake it only when a full batch is
+buffered (``lingering``, with the same ordering argument as ``waiting`` above).
+
+A batch is the concatenation of the events' serialized bytes, each framed as field 1,
+length-delimited (``0x0A``, varint length, the event's bytes), so no batch message
+object is built. Drop reports go first in the next batch (within the same
+bounds). ``sent`` counts events either way; ``sent_batches`` counts batch messages.
+
+Only one consumer (one gRPC call) is attached at a time: :meth:`TelemetryStream.attach`
+detaches the previous one, whose :meth:`StreamConsumer.events` iterator then ends.
+Delivery is at most once: an event (or a whole batch) handed to a call that then dies is
+lost. Messages leave the buffer only through a consumer (:meth:`TelemetryStream.pop`,
+:meth:`TelemetryStream.pop_batch`), never by popping :attr:`TelemetryStream.buffer`
+directly, or the byte total would not go down.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+from snakepit_bridge.telemetry.protocol import (
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_BATCH_EVENTS,
+    DEFAULT_MIN_BATCH_INTERVAL,
+    DROP_REPORT_INTERVAL_SECONDS,
+    OutgoingMessage,
+    check_batch_bounds,
+    check_batch_interval,
+)
+
+if TYPE_CHECKING:
+    from snakepit_bridge.telemetry.stream import TelemetryStream
+
+__all__ = ["StreamConsumer"]
+
+_IDLE_RECHECK_SECONDS: Final = 1.0
+"""Longest sleep of an idle consumer; only a safety net, wake-ups are explicit."""
+
+
+class StreamConsumer:
+    """One attached reader of a :class:`TelemetryStream` (one gRPC call)."""
+
+    __slots__ = (
+        "_detached",
+        "_stream",
+        "_wakeup",
+        "full_batch",
+        "full_batch_bytes",
+        "lingering",
+        "waiting",
+    )
+
+    def __init__(self, stream: TelemetryStream) -> None:
+        self._stream = stream
+        self._wakeup = threading.Event()
+        self._detached = False
+        self.waiting = False
+        """True while the consumer is about to sleep or sleeping; producers then wake it."""
+        self.lingering = False
+        """True while the consumer paces its next batch; producers wake it at a full batch."""
+        self.full_batch = DEFAULT_MAX_BATCH_EVENTS
+        """Buffered events that end a linger (the count bound of :meth:`batches`)."""
+        self.full_batch_bytes = DEFAULT_MAX_BATCH_BYTES
+        """Buffered bytes that end a linger (the byte bound of :meth:`batches`)."""
+
+    @property
+    def is_current(self) -> bool:
+        """True until this consumer is detached or replaced by a newer one."""
+        return not self._detached and self._stream.current_consumer is self
+
+    def wake(self) -> None:
+        """Wake the consumer if it sleeps (cheap to call when it does not)."""
+        self._wakeup.set()
+
+    def detach(self) -> None:
+        """Stop consuming; :meth:`events` ends. Idempotent; safe from any thread."""
+        self._detached = True
+        self._stream.release(self)
+        self._wakeup.set()
+
+    def _sleep_until_event(self, next_report: float) -> None:
+        """Sleep until an event arrives, the stream closes or the consumer is detached.
+
+        Producers wake it (see the module doc); with drops not yet reported it wakes by
+        ``next_report`` (monotonic) at the latest, else after ``_IDLE_RECHECK_SECONDS``.
+        """
+        stream = self._stream
+        wakeup = self._wakeup
+        wakeup.clear()
+        self.waiting = True
+        if not stream.buffer and self.is_current and not stream.closed:
+            idle = _IDLE_RECHECK_SECONDS
+            if stream.has_unreported_drops:
+                idle = min(idle, max(next_report - time.monotonic(), 0.0))
+            wakeup.wait(idle)
+        self.waiting = False
+
+    def events(self) -> Iterator[OutgoingMessage]:
+        """Yield buffered messages until detached, replaced, or the stream is closed.
+
+        After :meth:`TelemetryStream.close` the buffer is drained before the iterator ends.
+        """
+        stream = self._stream
+        buffer = stream.buffer
+        pop = stream.pop
+        claim_sent = stream.claim_sent
+        monotonic = time.monotonic
+        next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
+        try:
+            while self.is_current:
+                if stream.has_unreported_drops and monotonic() >= next_report:
+                    for report in stream.take_drop_report():
+                        if not claim_sent(self):
+                            return
+                        yield report
+                    next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
+                try:
+                    message = pop(self)
+                except IndexError:
+                    # Re-checked after `closed`: events appended between the failed pop and
+                    # close() (the thread can be preempted right there) are drained first.
+                    if stream.closed and not buffer:
+                        for report in stream.take_drop_report():
+                            if not claim_sent(self):
+                                return
+                            yield report
+                        return
+                    self._sleep_until_event(next_report)
+                    continue
+                yield message
+        finally:
+            self.detach()
+
+    def batches(
+        self,
+        max_events: int = DEFAULT_MAX_BATCH_EVENTS,
+        max_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        min_interval: float = DEFAULT_MIN_BATCH_INTERVAL,
+    ) -> Iterator[bytes]:
+        """Yield serialized ``TelemetryEventBatch`` messages until detached, replaced or closed.
+
+        Each batch packs what is buffered when it is built (see the module doc for the
+        bounds); with nothing buffered the consumer sleeps until an event arrives, and
+        never waits to fill a batch. After a batch, the next one waits until
+        ``min_interval`` seconds have passed unless a full batch is buffered (see the
+        module doc). Drop reports go first in a batch, at the same rate as :meth:`events`
+        sends them. After :meth:`TelemetryStream.close` the buffer is drained, the final
+        drop report sent, then the iterator ends.
+
+        Raises:
+            ValueError: if a bound is not an integer >= 1, or ``min_interval`` is not a
+                finite number >= 0 (before anything is consumed).
+        """
+        check_batch_bounds(max_events, max_bytes)
+        check_batch_interval(min_interval)
+        return self._batches(max_events, max_bytes, float(min_interval))
+
+    def _has_full_batch(self) -> bool:
+        """True when what is buffered fills a batch, by count or by bytes."""
+        stream = self._stream
+        return (
+            len(stream.buffer) >= self.full_batch or stream.buffered_bytes >= self.full_batch_bytes
+        )
+
+    def _linger(self, until: float) -> None:
+        """Sleep until ``until`` (monotonic) unless a full batch, close or detach comes first."""
+        stream = self._stream
+        wakeup = self._wakeup
+        wakeup.clear()
+        self.lingering = True
+        if not self._has_full_batch() and self.is_current and not stream.closed:
+            wakeup.wait(max(until - time.monotonic(), 0.0))
+        self.lingering = False
+
+    def _batches(self, max_events: int, max_bytes: int, min_interval: float) -> Iterator[bytes]:
+        stream = self._stream
+        buffer = stream.buffer
+        pop_batch = stream.pop_batch
+        monotonic = time.monotonic
+        next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
+        reports: list[bytes] = []  # drop reports taken, not yet in a batch
+        self.full_batch = max_events
+        self.full_batch_bytes = max_bytes
+        sent_at = -math.inf  # when the last batch went out
+        try:
+            while self.is_current:
+                if stream.has_unreported_drops and monotonic() >= next_report:
+                    reports.extend(stream.take_drop_report())
+                    next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
+                if (
+                    min_interval > 0.0
+                    and buffer
+                    and not reports
+                    and not stream.closed
+                    and monotonic() < sent_at + min_interval
+                    and not self._has_full_batch()
+                ):
+                    self._linger(sent_at + min_interval)
+                    continue
+                batch, count = pop_batch(max_events, max_bytes, reports, self)
+                if count:
+                    sent_at = monotonic()
+                    yield batch
+                    continue
+                # As in events(): re-checked, so nothing appended before close() is left.
+                if stream.closed and not buffer:
+                    reports.extend(stream.take_drop_report())
+                    while reports:
+                        batch, count = pop_batch(max_events, max_bytes, reports, self)
+                        if not count:  # replaced meanwhile
+                            return
+                        yield batch
+                    return
+                self._sleep_until_event(next_report)
+        finally:
+            self.detach()
