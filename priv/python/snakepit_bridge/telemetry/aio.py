@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Final, TypeAlias
+from typing import TypeAlias
 
 import grpc
 import grpc.aio
@@ -59,6 +59,7 @@ from snakepit_bridge.auth import (
     resolve_token,
 )
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
+from snakepit_bridge.telemetry.consumer import IDLE_RECHECK_SECONDS
 from snakepit_bridge.telemetry.stream import (
     CAPABILITIES_HEADER,
     CAPABILITY_SAMPLING_PATTERNS,
@@ -79,9 +80,6 @@ __all__ = [
 
 TelemetryContext: TypeAlias = "grpc.aio.ServicerContext[pb.TelemetryControl, pb.TelemetryEvent]"
 """The servicer context of a ``StreamTelemetry`` call on a ``grpc.aio`` server."""
-
-_IDLE_RECHECK_SECONDS: Final = 1.0
-"""Longest sleep of an idle call; only a safety net, wake-ups are explicit."""
 
 
 class AsyncStreamConsumer(StreamConsumer):
@@ -117,15 +115,16 @@ class AsyncStreamConsumer(StreamConsumer):
     async def _wait_for_event(self, next_report: float) -> None:
         """Wait until an event arrives, the stream closes or the consumer is detached.
 
-        The same protocol as the threaded consumer (see the stream module's doc): ``waiting``
-        is set before the buffer is re-checked, producers append before reading it.
+        The same protocol as the threaded consumer (see
+        :mod:`snakepit_bridge.telemetry.consumer`): ``waiting`` is set before the buffer is
+        re-checked, producers append before reading it.
         """
         stream = self._stream
         self._ready.clear()
         self.waiting = True
         try:
             if not stream.buffer and self.is_current and not stream.closed:
-                idle = _IDLE_RECHECK_SECONDS
+                idle = IDLE_RECHECK_SECONDS
                 if stream.has_unreported_drops:
                     idle = min(idle, max(next_report - time.monotonic(), 0.0))
                 with contextlib.suppress(TimeoutError):

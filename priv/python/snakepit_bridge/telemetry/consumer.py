@@ -72,9 +72,9 @@ from snakepit_bridge.telemetry.protocol import (
 if TYPE_CHECKING:
     from snakepit_bridge.telemetry.stream import TelemetryStream
 
-__all__ = ["StreamConsumer"]
+__all__ = ["IDLE_RECHECK_SECONDS", "StreamConsumer"]
 
-_IDLE_RECHECK_SECONDS: Final = 1.0
+IDLE_RECHECK_SECONDS: Final = 1.0
 """Longest sleep of an idle consumer; only a safety net, wake-ups are explicit."""
 
 
@@ -123,14 +123,14 @@ class StreamConsumer:
         """Sleep until an event arrives, the stream closes or the consumer is detached.
 
         Producers wake it (see the module doc); with drops not yet reported it wakes by
-        ``next_report`` (monotonic) at the latest, else after ``_IDLE_RECHECK_SECONDS``.
+        ``next_report`` (monotonic) at the latest, else after ``IDLE_RECHECK_SECONDS``.
         """
         stream = self._stream
         wakeup = self._wakeup
         wakeup.clear()
         self.waiting = True
         if not stream.buffer and self.is_current and not stream.closed:
-            idle = _IDLE_RECHECK_SECONDS
+            idle = IDLE_RECHECK_SECONDS
             if stream.has_unreported_drops:
                 idle = min(idle, max(next_report - time.monotonic(), 0.0))
             wakeup.wait(idle)
