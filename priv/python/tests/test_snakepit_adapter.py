@@ -444,3 +444,31 @@ def test_aio_servicer_drops_and_counts_what_protobuf_refuses(
     assert stream.dropped_counts()["encode_error"] == 2
     stats = stream.stats()
     assert stats.emitted == stats.enqueued + stats.dropped_total
+
+
+def test_aio_servicer_under_a_burst_from_many_threads_accounts_for_every_event(
+    aio_server: AioServer, client: StreamClient
+) -> None:
+    client.wait_headers()
+    stream = aio_server.servicer.telemetry_stream
+    threads = [
+        threading.Thread(
+            target=lambda: [telemetry.emit("tool.result_size", {"bytes": n}) for n in range(5_000)]
+        )
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = stream.stats()
+    assert stats.emitted == 40_000
+    # Everything kept arrives (drop reports apart); the rest was dropped and counted.
+    received = 0
+    while received < stats.enqueued:
+        event = client.next_event()
+        if list(event.event_parts) != ["telemetry", "dropped"]:
+            received += 1
+    assert received == stats.enqueued
+    assert stats.enqueued + stats.dropped_total == 40_000
+    wait_until(lambda: stream.stats().buffered == 0)
