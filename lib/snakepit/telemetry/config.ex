@@ -60,7 +60,10 @@ defmodule Snakepit.Telemetry.Config do
     * `:max_batch_size` (positive integer, default `256`) - most events per
       batch sent from the NIF to `Snakepit.Telemetry.Dispatcher`.
     * `:max_batch_bytes` (positive integer, default `1_048_576`, 1 MiB) - most
-      bytes per batch (a single larger event travels alone).
+      bytes per batch (a single larger event travels alone). It also bounds a batched
+      message from a worker: the NIF reads messages up to
+      `max(max_batch_bytes, max_event_bytes + 16)` and tells the worker so
+      (`x-snakepit-max-message-bytes`), and this project's workers size their batches to it.
     * `:max_in_flight_batches` (positive integer, default `4`) - most batches
       per stream sent to `Snakepit.Telemetry.Dispatcher` and not yet
       acknowledged; while that many are pending, the stream's buffer fills.
