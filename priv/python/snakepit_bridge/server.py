@@ -272,7 +272,11 @@ class TelemetryService:
     ) -> StreamConsumer:
         """Open a telemetry call: a new consumer, headers, the control reader thread."""
         consumer = self._stream.attach()
-        context.send_initial_metadata(self.initial_metadata())
+        try:
+            context.send_initial_metadata(self.initial_metadata())
+        except BaseException:
+            consumer.detach()  # the call is gone: leave no consumer attached to it
+            raise
         if not context.add_callback(consumer.detach):
             consumer.detach()  # the call already ended
         reader = threading.Thread(

@@ -13,6 +13,7 @@ import pytest
 from conftest import ServedStream
 from stream_client import StreamClient, wait_until
 
+from snakepit_bridge.server import TelemetryService
 from snakepit_bridge.telemetry.stream import SENT_HEADER, STREAM_ID_HEADER, TelemetryStream
 
 
@@ -66,3 +67,18 @@ def test_every_call_says_what_earlier_calls_were_handed(
         assert (headers[STREAM_ID_HEADER], headers[SENT_HEADER]) == (stream_id, "50")
     finally:
         second.close()
+
+
+class _GoneContext:
+    """A call that ended before its headers could be sent."""
+
+    def send_initial_metadata(self, metadata: object) -> None:
+        raise RuntimeError("the call is gone")
+
+
+def test_a_call_that_fails_to_send_its_headers_leaves_no_consumer_attached() -> None:
+    stream = TelemetryStream()
+    service = TelemetryService(stream)
+    with pytest.raises(RuntimeError, match="gone"):
+        service.stream_telemetry(iter(()), _GoneContext()).__next__()  # type: ignore[arg-type]
+    assert stream.current_consumer is None
