@@ -10,7 +10,8 @@ use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyString, PyTuple};
 use crate::protobuf::{self, Value};
 
 /// Serialize `record` = `(name, measurements, metadata, correlation_id, timestamp_ns,
-/// charge)`. Measurement values that are not exactly `int`, `float` or `str` go through
+/// charge)`; `measurement_value` comes first so that Python can bind it with
+/// `functools.partial`. Measurement values that are not exactly `int`, `float` or `str` go through
 /// `measurement_value` (the Python package's conversion: bool and other integrals to int,
 /// other reals to float; it raises for anything else).
 ///
@@ -21,8 +22,8 @@ use crate::protobuf::{self, Value};
 #[pyfunction]
 pub fn encode_record<'py>(
     py: Python<'py>,
-    record: &Bound<'py, PyTuple>,
     measurement_value: &Bound<'py, PyAny>,
+    record: &Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let name = record.get_item(0)?;
     let measurements = record.get_item(1)?;

@@ -3,5 +3,5 @@
 from collections.abc import Callable
 
 def encode_record(
-    record: tuple[object, ...], measurement_value: Callable[[object], object], /
+    measurement_value: Callable[[object], object], record: tuple[object, ...], /
 ) -> bytes: ...

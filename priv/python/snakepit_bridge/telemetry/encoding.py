@@ -17,6 +17,7 @@ the extension is there.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 from collections.abc import Callable, Mapping
@@ -132,18 +133,8 @@ def native_record_encoder() -> RecordEncoder | None:
         from snakepit_bridge.telemetry import _wire  # noqa: PLC0415 - optional extension
     except ImportError:
         return None
-    return _bind_native(_wire.encode_record)
-
-
-def _bind_native(
-    native_encode: Callable[[tuple[object, ...], Callable[[object], object]], bytes],
-) -> RecordEncoder:
-    convert = measurement_value
-
-    def encode_record_natively(record: EventRecord) -> bytes:
-        return native_encode(record, convert)
-
-    return encode_record_natively
+    # A partial, not a closure: the sender calls it once per event, without a Python frame.
+    return functools.partial(_wire.encode_record, measurement_value)
 
 
 def _select_record_encoder() -> tuple[RecordEncoder, bool]:

@@ -253,6 +253,30 @@ def batch_entry_size(event_size: int) -> int:
     return len(_entry_prefix(event_size)) + event_size
 
 
+def _pack_reports(
+    first: list[bytes], parts: list[bytes], max_events: int, max_bytes: int
+) -> tuple[int, int]:
+    """Frame drop reports from ``first`` into ``parts`` while they fit a batch.
+
+    Those packed are removed from ``first`` (what is left did not fit). Returns their
+    count and bytes.
+    """
+    total = 0
+    count = 0
+    for message in first:
+        size = len(message)
+        prefix = _entry_prefix(size)
+        entry = len(prefix) + size
+        if count and (count >= max_events or total + entry > max_bytes):
+            break
+        parts.append(prefix)
+        parts.append(message)
+        total += entry
+        count += 1
+    del first[:count]
+    return count, total
+
+
 class TelemetryStream:
     """A buffer of telemetry events for one worker, bounded in messages and in bytes.
 
@@ -654,26 +678,18 @@ class TelemetryStream:
     ) -> tuple[bytes, int]:
         """:meth:`pop_batch`'s packing; the caller holds ``_pop_lock``."""
         parts: list[bytes] = []
-        append = parts.append
-        total = 0
-        count = 0
-        if first:
-            for message in first:
-                size = len(message)
-                prefix = _entry_prefix(size)
-                entry = len(prefix) + size
-                if count and (count >= max_events or total + entry > max_bytes):
-                    break
-                append(prefix)
-                append(message)
-                total += entry
-                count += 1
-            del first[:count]
-            if first:  # the batch is full
-                return b"".join(parts), count
-        buffer = self._buffer
-        if not buffer:
+        count, total = _pack_reports(first, parts, max_events, max_bytes) if first else (0, 0)
+        if first or not self._buffer:  # full with reports, or nothing else to send
             return b"".join(parts), count
+        count = self._pack_buffered(parts, count, total, max_events, max_bytes)
+        return b"".join(parts), count
+
+    def _pack_buffered(
+        self, parts: list[bytes], count: int, total: int, max_events: int, max_bytes: int
+    ) -> int:
+        """Append buffered events to ``parts`` (framed) while they fit; return the count."""
+        append = parts.append
+        buffer = self._buffer
         one_byte = _ONE_BYTE_ENTRY_PREFIX
         popleft = buffer.popleft
         encode = self._encode
@@ -681,10 +697,9 @@ class TelemetryStream:
         while count < max_events and buffer:
             item = popleft()
             charged += entry_charge(item)
-            encoded = encode(item)
-            if encoded is None:
+            message = encode(item)
+            if message is None:
                 continue
-            message = encoded
             size = len(message)
             prefix = one_byte[size] if size < 128 else _entry_prefix(size)
             entry = len(prefix) + size
@@ -700,7 +715,7 @@ class TelemetryStream:
             total += entry
             count += 1
         self._bytes_out += charged
-        return b"".join(parts), count
+        return count
 
     @property
     def buffer(self) -> deque[BufferEntry]:
