@@ -548,7 +548,7 @@ class TelemetryStream:
         if isinstance(entry, bytes):
             return entry
         try:
-            message = serialize_entry(entry)
+            message = encode_record(entry)
         except Exception:
             self._count_late_drop()
             self._count_encode_error()
@@ -622,25 +622,20 @@ class TelemetryStream:
             return self._stream_id, self._sent["events"].value
 
     def _to_message(self, entry: BufferEntry) -> pb.TelemetryEvent | None:
-        """The ``TelemetryEvent`` of a buffered entry, or None if it is dropped (and counted)."""
+        """The ``TelemetryEvent`` of a buffered entry, or None if it is dropped (and counted).
+
+        The entry's wire bytes (:meth:`_encode`, with its drops), parsed; raw bytes that do
+        not parse are dropped as ``encode_error``.
+        """
+        data = self._encode(entry)
+        if data is None:
+            return None
         try:
-            if isinstance(entry, bytes):
-                message = pb.TelemetryEvent.FromString(entry)
-            else:
-                event_name, measurements, metadata, correlation_id, timestamp_ns, _ = entry
-                message = encode_event(
-                    event_name, measurements, metadata, correlation_id, timestamp_ns
-                )
-            size = message.ByteSize()
+            return pb.TelemetryEvent.FromString(data)
         except Exception:
             self._count_late_drop()
             self._count_encode_error()
             return None
-        if size > self._max_event_bytes:
-            self._count_late_drop()
-            self._count_oversize()
-            return None
-        return message
 
     def pop_batch(
         self,
