@@ -33,11 +33,15 @@ def test_a_replaced_consumer_takes_nothing_after_the_handover() -> None:
     with pytest.raises(IndexError):
         stream.pop_event(first)
     assert stream.pop_batch(100, 1 << 20, [b"report"], first) == (b"", 0)
-    assert not stream.claim_sent(first)
+    stream.enabled = False
+    stream.emit("a.b", {"n": 10})  # one drop (disabled), for a report to claim
+    stream.enabled = True
+    assert stream.claim_drop_report(first) is None  # and the drop stays unreported
+    assert stream.has_unreported_drops
     assert stream.handover() == (stream_id, 4)
     # The current consumer goes on.
     assert stream.pop_batch(100, 1 << 20, None, second)[1] == 6
-    assert stream.claim_sent(second)
+    assert [len(report) > 0 for report in stream.claim_drop_report(second) or []] == [True]
     assert stream.handover() == (stream_id, 11)
     assert TelemetryStream().handover()[0] != stream_id
 

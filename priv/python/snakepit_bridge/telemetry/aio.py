@@ -141,24 +141,23 @@ class AsyncStreamConsumer(StreamConsumer):
         stream = self._stream
         buffer = stream.buffer
         pop_event = stream.pop_event
-        claim_sent = stream.claim_sent
+        claim_drop_report = stream.claim_drop_report
         monotonic = time.monotonic
         next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         try:
             while self.is_current:
                 if stream.has_unreported_drops and monotonic() >= next_report:
-                    for report in stream.take_drop_report():
-                        if not claim_sent(self):
-                            return
+                    reports = claim_drop_report(self)
+                    if reports is None:
+                        return
+                    for report in reports:
                         yield pb.TelemetryEvent.FromString(report)
                     next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
                 try:
                     message = pop_event(self)
                 except IndexError:
                     if stream.closed and not buffer:
-                        for report in stream.take_drop_report():
-                            if not claim_sent(self):
-                                return
+                        for report in claim_drop_report(self) or ():
                             yield pb.TelemetryEvent.FromString(report)
                         return
                     await self._wait_for_event(next_report)

@@ -144,16 +144,16 @@ class StreamConsumer:
         stream = self._stream
         buffer = stream.buffer
         pop = stream.pop
-        claim_sent = stream.claim_sent
+        claim_drop_report = stream.claim_drop_report
         monotonic = time.monotonic
         next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         try:
             while self.is_current:
                 if stream.has_unreported_drops and monotonic() >= next_report:
-                    for report in stream.take_drop_report():
-                        if not claim_sent(self):
-                            return
-                        yield report
+                    reports = claim_drop_report(self)
+                    if reports is None:
+                        return
+                    yield from reports
                     next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
                 try:
                     message = pop(self)
@@ -161,10 +161,7 @@ class StreamConsumer:
                     # Re-checked after `closed`: events appended between the failed pop and
                     # close() (the thread can be preempted right there) are drained first.
                     if stream.closed and not buffer:
-                        for report in stream.take_drop_report():
-                            if not claim_sent(self):
-                                return
-                            yield report
+                        yield from claim_drop_report(self) or ()
                         return
                     self._sleep_until_event(next_report)
                     continue

@@ -598,16 +598,19 @@ class TelemetryStream:
                     self._count_sent()
                     return converted
 
-    def claim_sent(self, consumer: StreamConsumer) -> bool:
-        """Count one message (a drop report) as sent by ``consumer``, if it is current.
+    def claim_drop_report(self, consumer: StreamConsumer) -> list[bytes] | None:
+        """Take the drop report due now (:meth:`take_drop_report`) for ``consumer`` to send.
 
-        Returns False, counting nothing, when ``consumer`` was replaced: it must not send.
+        Its messages are counted as sent, under the lock :meth:`handover` reads the count
+        with. Returns None, taking nothing, when ``consumer`` was replaced: it must not
+        send, and the drops stay for the current consumer to report.
         """
         with self._pop_lock:
             if not consumer.is_current:
-                return False
-            self._count_sent()
-            return True
+                return None
+            reports = self.take_drop_report()
+            self._sent["events"].add(len(reports))
+            return reports
 
     def handover(self) -> tuple[str, int]:
         """Return this stream's identity and the events it has handed to calls so far.
