@@ -50,8 +50,8 @@ impl DropReason {
 #[derive(Default, Debug)]
 pub struct StreamCounters {
     received: AtomicU64,
-    /// Events read from the worker's gRPC calls (not stderr lines): for `transit.rs`.
-    received_from_calls: AtomicU64,
+    /// Of `received`, the worker's stderr telemetry lines (the rest came from its gRPC calls).
+    received_lines: AtomicU64,
     emitted: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
     /// What the worker reported it dropped before sending (`source_drops.rs`).
@@ -72,13 +72,16 @@ impl StreamCounters {
         self.received.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Events read from a gRPC call (also counted by `add_received`).
-    pub fn add_received_from_calls(&self, n: u64) {
-        self.received_from_calls.fetch_add(n, Ordering::Relaxed);
+    /// A stderr telemetry line arrived (counted by `add_received` too).
+    pub fn add_received_line(&self) {
+        self.received_lines.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Events read from the worker's gRPC calls: what arrived that was not a stderr line
+    /// (`transit.rs`). Exact when read by the stream task, the only writer.
     pub fn received_from_calls(&self) -> u64 {
-        self.received_from_calls.load(Ordering::Relaxed)
+        let lines = self.received_lines.load(Ordering::Relaxed);
+        self.received.load(Ordering::Relaxed) - lines
     }
 
     /// Events handed to the receiving process.
@@ -120,5 +123,14 @@ mod tests {
         assert_eq!(counters.dropped(DropReason::UnknownEvent), 0);
         let total: u64 = snap.dropped.iter().map(|(_, n)| n).sum();
         assert_eq!(total, 3);
+    }
+
+    #[test]
+    fn events_from_calls_are_what_arrived_that_was_not_a_line() {
+        let counters = StreamCounters::default();
+        counters.add_received(5);
+        counters.add_received(1);
+        counters.add_received_line();
+        assert_eq!((counters.snapshot().received, counters.received_from_calls()), (6, 5));
     }
 }

@@ -492,7 +492,6 @@ impl StreamTask {
     fn accept(&self, incoming: Incoming, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
         let counters = &self.state.counters;
         counters.add_received(1);
-        counters.add_received_from_calls(1);
         let bytes = match incoming {
             Incoming::Message(bytes) => bytes,
             Incoming::Oversize => return counters.add_dropped(DropReason::Oversize, 1),
@@ -516,12 +515,10 @@ impl StreamTask {
         };
         let Ok(events) = batch::events(&bytes) else {
             counters.add_received(1);
-            counters.add_received_from_calls(1);
             return counters.add_dropped(DropReason::DecodeError, 1);
         };
         for event in events {
             counters.add_received(1);
-            counters.add_received_from_calls(1);
             if event.len() > self.limits.max_event_bytes {
                 counters.add_dropped(DropReason::Oversize, 1);
                 continue;
@@ -554,6 +551,7 @@ impl StreamTask {
     fn accept_line(&self, line: StderrLine, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
         let counters = &self.state.counters;
         counters.add_received(1);
+        counters.add_received_line();
         let outcome =
             parse_line(&self.encoder.catalog, self.limits.event, &line.0, name, |event| gate.check(event));
         let checked = match outcome {
