@@ -6,8 +6,6 @@ import pytest
 from stream_client import decode, event_filter, sampling, toggle
 
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
-from snakepit_bridge.telemetry import encoding
-from snakepit_bridge.telemetry import stream as stream_module
 from snakepit_bridge.telemetry.policy import (
     FILTERED_OUT,
     MAX_CACHED_DECISIONS,
@@ -26,24 +24,30 @@ def _seeded_stream(max_buffer: int = 100_000) -> TelemetryStream:
     return TelemetryStream(max_buffer=max_buffer, random_source=random.Random(7).random)
 
 
-def test_toggle_disables_and_reenables_at_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
+class _StrSpy:
+    """A metadata value that counts how often it is converted (an event being built)."""
+
+    def __init__(self) -> None:
+        self.conversions = 0
+
+    def __str__(self) -> str:
+        self.conversions += 1
+        return "spy"
+
+
+def test_toggle_disables_and_reenables_at_the_source() -> None:
     stream = TelemetryStream()
-    built: list[str] = []
-    real_encode = encoding.encode_record
-
-    def spy(record: encoding.EventRecord) -> bytes:
-        built.append(record[0])
-        return real_encode(record)
-
-    monkeypatch.setattr(stream_module, "encode_record", spy)
+    spy = _StrSpy()
     stream.apply_control(toggle(False))
     assert not stream.is_enabled()
-    stream.emit("off.event", {"n": 1})
+    stream.emit("off.event", {"n": 1}, {"value": spy})
+    assert spy.conversions == 0  # the disabled event was never built
     stream.apply_control(toggle(True))
-    stream.emit("on.event", {"n": 1})
-    assert built == []  # emit records; the consumer builds what it sends
-    assert ".".join(decode(stream.pop()).event_parts) == "on.event"
-    assert built == ["on.event"]  # the disabled event was never built
+    stream.emit("on.event", {"n": 1}, {"value": spy})
+    assert spy.conversions == 1  # converted once, whichever producer builds the message
+    event = decode(stream.pop())
+    assert ".".join(event.event_parts) == "on.event"
+    assert event.metadata["value"] == "spy"
     assert len(stream.buffer) == 0
     assert stream.dropped_counts()["disabled"] == 1
 

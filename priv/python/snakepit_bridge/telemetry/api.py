@@ -2,6 +2,12 @@
 
 Until a worker installs a backend with :func:`set_backend`, :func:`emit` returns at once
 and :func:`is_enabled` is False.
+
+When the native extension is built (see :mod:`snakepit_bridge.telemetry.producer`),
+``emit`` is ``_wire.EmitDispatch.emit``: it forwards each call to the active backend's
+emitter, straight into a stream's native producer with no Python frame in between (a
+removed event then costs about a bare Python call), or by calling a custom backend's
+emitter. Otherwise it is :func:`python_emit`, which does the same in Python.
 """
 
 from __future__ import annotations
@@ -10,12 +16,16 @@ import time
 from collections.abc import Mapping
 from contextvars import Token
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from snakepit_bridge.telemetry.backends.base import Emitter, TelemetryBackend
 from snakepit_bridge.telemetry.context import CORRELATION_ID
 from snakepit_bridge.telemetry.counters import CounterSet
 from snakepit_bridge.telemetry.encoding import MeasurementValue
+from snakepit_bridge.telemetry.producer import NATIVE_PRODUCER
+
+if TYPE_CHECKING:
+    from snakepit_bridge.telemetry import _wire
 
 __all__ = [
     "Span",
@@ -24,6 +34,7 @@ __all__ = [
     "emit",
     "get_backend",
     "is_enabled",
+    "python_emit",
     "set_backend",
     "span",
 ]
@@ -38,6 +49,17 @@ _time_ns = time.time_ns
 _monotonic_ns = time.monotonic_ns
 
 
+def _native_dispatch() -> _wire.EmitDispatch | None:
+    if not NATIVE_PRODUCER:
+        return None
+    from snakepit_bridge.telemetry import _wire  # noqa: PLC0415 - optional extension
+
+    return _wire.EmitDispatch()
+
+
+_dispatch: Final = _native_dispatch()
+
+
 def set_backend(backend: TelemetryBackend | None) -> TelemetryBackend | None:
     """Install the backend that receives events (None disables telemetry).
 
@@ -50,6 +72,8 @@ def set_backend(backend: TelemetryBackend | None) -> TelemetryBackend | None:
     drops = CounterSet((BACKEND_ERROR,))
     _api_drops, _count_backend_error = drops, drops[BACKEND_ERROR].increment
     _backend, _emit = backend, backend_emit
+    if _dispatch is not None:
+        _dispatch.set_target(backend_emit)
     return previous
 
 
@@ -69,7 +93,7 @@ def is_enabled() -> bool:
         return False
 
 
-def emit(
+def python_emit(
     event: str,
     measurements: Mapping[str, MeasurementValue],
     metadata: Mapping[str, object] | None = None,
@@ -105,6 +129,8 @@ def dropped_counts() -> dict[str, int]:
     for exceptions the backend raised.
     """
     counts = dict(_api_drops.snapshot())
+    if _dispatch is not None:
+        counts[BACKEND_ERROR] += _dispatch.backend_errors
     backend = _backend
     if backend is not None:
         try:
@@ -118,6 +144,11 @@ def dropped_counts() -> dict[str, int]:
 def dropped_count() -> int:
     """Return the total number of dropped events (see :func:`dropped_counts`)."""
     return sum(dropped_counts().values())
+
+
+emit: Final = _dispatch.emit if _dispatch is not None else python_emit
+"""Emit one telemetry event; never raises and never blocks (see :func:`python_emit`, the
+same function in Python, for the arguments)."""
 
 
 class Span:

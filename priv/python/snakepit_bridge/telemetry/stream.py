@@ -1,66 +1,57 @@
 """The bounded buffer between ``emit`` (any thread) and the gRPC response stream.
 
-Who builds the protobuf
------------------------
-``emit`` only records the event: a tuple of the name, copies of the measurements and
-metadata dicts (non-str metadata values converted with ``str()`` at once), the
-correlation id and the timestamp (:data:`EventRecord`). The consumer (the gRPC sender
-thread) serializes records when it packs them (:meth:`TelemetryStream.pop_batch`,
-:meth:`TelemetryStream.pop`). This keeps the emitting thread's cost to a few dict and
-tuple operations (``bench/python_emit.py``: about 0.6 of what serializing costs); a
-record protobuf refuses (an int outside int64, a lone surrogate, a non-str key, an
-unsupported measurement type) is dropped as ``encode_error`` by the consumer, and one
-whose bytes exceed ``max_event_bytes`` as ``oversize``. Such late drops are counted like
-any other and taken off ``enqueued`` (:meth:`TelemetryStream.stats`), so
-``emitted == enqueued + dropped`` holds at any moment.
+Who serializes
+--------------
+``emit`` is the stream's producer (:mod:`snakepit_bridge.telemetry.producer`):
+
+* the native producer (the ``_wire`` extension, used whenever it is built) serializes the
+  event into ``TelemetryEvent`` bytes at once, in Rust (about 0.3 µs), and buffers the
+  bytes: what protobuf would refuse is dropped as ``encode_error`` and an event over
+  ``max_event_bytes`` as ``oversize``, both at ``emit``;
+* the pure-Python fallback records the event (a tuple of the name, copies of the dicts,
+  the correlation id, the timestamp and its charge: :data:`EventRecord`), and the consumer
+  (the gRPC sender thread) serializes records when it packs them (:meth:`TelemetryStream.
+  pop_batch`, :meth:`TelemetryStream.pop`); a record protobuf refuses is dropped there as
+  ``encode_error``, one whose bytes exceed ``max_event_bytes`` as ``oversize``. Such late
+  drops are counted like any other and taken off ``enqueued`` (:meth:`TelemetryStream.
+  stats`), so ``emitted == enqueued + dropped`` holds at any moment.
 
 Bounds
 ------
 * ``max_buffer`` (default 8192): most events buffered.
 * ``max_buffer_bytes`` (default 4 MiB): most bytes buffered, summed over each entry's
-  charge (:func:`entry_charge`): for raw bytes their length; for a record a lower bound of
-  its serialized size fixed at ``emit`` (the name, the metadata values, the correlation id,
-  and a fixed allowance per measurement and per metadata pair: str measurement values
-  and long keys are not counted there).
+  charge (:func:`entry_charge`): for bytes their length; for a record a lower bound of its
+  serialized size fixed at ``emit`` (str measurement values and long keys are not counted
+  there).
 * ``max_event_bytes`` (default 256 KiB, the limit the Elixir side gives the NIF): the
-  largest serialized event accepted; a larger one is dropped as ``oversize``, by ``emit``
-  when its charge already exceeds it, else by the consumer (an event larger than
-  ``max_buffer_bytes`` is oversize too, since it could never fit).
+  largest serialized event accepted; a larger one is dropped as ``oversize`` (an event
+  larger than ``max_buffer_bytes`` is oversize too, since it could never fit).
 
 An event that would take the buffer past ``max_buffer`` or ``max_buffer_bytes`` is
 dropped as ``overflow``. When the buffer is already full the event is dropped as
-``overflow`` before it is recorded, so the drop path stays cheap.
+``overflow`` before it is serialized or recorded, so the drop path stays cheap.
 
 Thread-safety
 -------------
-* The buffer is a ``collections.deque`` of entries (records, or ``bytes`` from
-  :meth:`TelemetryStream.enqueue_raw`). In CPython ``append``, ``appendleft`` and
-  ``popleft`` are single C calls made under the GIL, so they are atomic. A serialized
-  event that does not fit the batch being packed goes back to the front
-  (``appendleft``, charged as its bytes, under both locks: see :meth:`pop_batch`).
-* Bytes are counted by two monotonic counters: ``_bytes_in`` (bytes ever appended) and
-  ``_bytes_out`` (bytes ever popped); what is buffered is their difference.
-  ``self.n += size`` is not atomic across threads, so each counter has its own small lock
-  and one writer side: producers admit a message under ``_admit_lock`` (both bounds
-  checked against ``_bytes_in - _bytes_out``, ``_bytes_in`` raised, the message appended);
-  the consumer pops a message (or a batch of them), counts it sent and raises
-  ``_bytes_out`` under ``_pop_lock``, where a replaced consumer is refused, so that
-  :meth:`TelemetryStream.handover` (under the same lock) counts exactly what earlier calls
-  took.
-  Producers never wait for the consumer and the consumer never waits for producers;
-  emitting threads contend only with each other, for a few bytecodes, never while
-  serializing or waking the consumer. Uncontended the lock costs about 0.1-0.2 µs per
-  emit (``bench/python_emit.py``).
+* The buffer is a ``collections.deque`` of entries. In CPython ``append``, ``appendleft``
+  and ``popleft`` are single C calls made under the GIL, so they are atomic. A serialized
+  event that does not fit the batch being packed goes back to the front (the producer's
+  ``put_back``, charged as its bytes: see :meth:`TelemetryStream.pop_batch`).
+* Bytes are counted by the producer's two monotonic counters: bytes ever appended and
+  bytes ever taken; what is buffered is their difference. Producers admit an entry
+  atomically (both bounds checked, the counter raised, the entry appended: under a lock in
+  the Python producer; in one stretch that runs no Python code in the native one); the
+  consumer pops entries, counts them sent and releases their bytes under ``_pop_lock``,
+  where a replaced consumer is refused, so that :meth:`TelemetryStream.handover` (under
+  the same lock) counts exactly what earlier calls took.
+  Producers never wait for the consumer and the consumer never waits for producers.
 * The counters never drift, whatever the number of threads, and the buffer never holds
-  more than ``max_buffer`` messages or ``max_buffer_bytes`` bytes (an event put back by
-  the consumer may add the difference between its bytes and its charge): a producer reads
-  ``_bytes_out`` without its lock, and a stale value only overstates what is buffered.
-* A cheap unlocked pre-check of both bounds drops events before they are serialized when
-  the buffer is full; it may let an event through that the locked check then drops.
-* Counters are :class:`~snakepit_bridge.telemetry.counters.Counter` objects (atomic
-  ``itertools.count`` increments).
-* Control settings live in an immutable :class:`ControlPolicy` that is replaced by one
-  reference assignment; an emitting thread reads the reference once per event. A control
+  more than ``max_buffer`` entries or ``max_buffer_bytes`` bytes (an event put back by
+  the consumer may add the difference between its bytes and its charge).
+* Counters are atomic (native atomics, or :class:`~snakepit_bridge.telemetry.counters.
+  Counter` objects).
+* Control settings live in an immutable :class:`ControlPolicy` that is replaced as a whole
+  and handed to the producer; an emitting thread reads it once per event. A control
   message with an invalid rate or pattern is rejected as a whole and counted
   (:attr:`StreamStats.controls_rejected`); the policy in force stays.
 * Wake-up: a producer appends *before* it reads the consumer's ``waiting`` flag, and wakes
@@ -82,15 +73,21 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from snakepit_bridge.auth import BearerToken, TokenSource
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
+from snakepit_bridge.telemetry.backends.base import Emitter
 from snakepit_bridge.telemetry.consumer import StreamConsumer
-from snakepit_bridge.telemetry.context import CORRELATION_ID
 from snakepit_bridge.telemetry.counters import Counter, CounterSet
 from snakepit_bridge.telemetry.encoding import EventRecord, encode_event, encode_record
 from snakepit_bridge.telemetry.policy import ControlPolicy
+from snakepit_bridge.telemetry.producer import (
+    NATIVE_PRODUCER,
+    BufferEntry,
+    make_producer,
+    record_charge,
+)
 from snakepit_bridge.telemetry.protocol import (
     CAPABILITIES_HEADER,
     CAPABILITY_BATCHED,
@@ -127,6 +124,7 @@ __all__ = [
     "DROP_REASONS",
     "DROP_REPORT_EVENT",
     "DROP_REPORT_INTERVAL_SECONDS",
+    "NATIVE_PRODUCER",
     "SENT_HEADER",
     "STREAM_ID_HEADER",
     "BufferEntry",
@@ -147,29 +145,15 @@ _BATCH_TAG: Final = 0x0A
 _ONE_BYTE_ENTRY_PREFIX: Final = tuple(bytes((_BATCH_TAG, size)) for size in range(128))
 """Entry prefixes (tag and one-byte varint length) of events under 128 bytes."""
 
-BufferEntry: TypeAlias = EventRecord | bytes
-"""A buffered entry: an event record, or bytes that go on the wire as they are."""
-
 _Out = TypeVar("_Out")
-
-_RECORD_OVERHEAD: Final = 16
-"""Bytes charged per record beyond its name: the timestamp and field framing."""
-_MEASUREMENT_OVERHEAD: Final = 24
-"""Bytes charged per measurement: a short key, the value (a number) and framing."""
-_METADATA_OVERHEAD: Final = 16
-"""Bytes charged per metadata pair beyond its value: a short key and framing."""
-
-
-_join: Final = "".join
-_current_correlation_id: Final = CORRELATION_ID.get
 
 
 def entry_charge(entry: BufferEntry) -> int:
     """What a buffered ``entry`` counts against ``max_buffer_bytes``.
 
-    The length of raw bytes, or the charge an event record was given when it was emitted.
+    The length of bytes, or the charge an event record was given when it was emitted.
     """
-    return len(entry) if isinstance(entry, bytes) else entry[5]
+    return record_charge(entry)
 
 
 def serialize_entry(entry: BufferEntry) -> bytes:
@@ -318,19 +302,29 @@ class TelemetryStream:
         self._max_buffer = max_buffer
         self._max_buffer_bytes = max_buffer_bytes
         self._max_event_bytes = min(max_event_bytes, max_buffer_bytes)
-        self._random = random_source
-        self._clock_ns = clock_ns
+        self._clock_ns = clock_ns  # for drop reports
         self._buffer: deque[BufferEntry] = deque()
-        self._bytes_in = 0  # bytes ever appended; written under _admit_lock only
-        self._bytes_out = 0  # bytes ever popped; written under _pop_lock only
-        self._admit_lock = threading.Lock()  # producers: bound checks + append
-        self._pop_lock = threading.Lock()  # consumers: popleft + _bytes_out
+        self._pop_lock = threading.Lock()  # consumers: popleft + the producer's release
+        self._producer = make_producer(
+            self._buffer,
+            max_buffer,
+            max_buffer_bytes,
+            self._max_event_bytes,
+            clock_ns=clock_ns,
+            random_source=random_source,
+        )
+        self.emit = self._producer.emit
+        """Enqueue one event, or drop and count it. Never raises, never blocks:
+        ``emit(event_name, measurements, metadata=None, correlation_id=None)``.
+
+        ``correlation_id`` None means the current context's id (read only for an event
+        that is kept). The producer's own method (see :mod:`.producer`)."""
         self._policy = ControlPolicy()
+        self._producer.set_policy(self._policy)
         self._consumer: StreamConsumer | None = None
         self._closed = False
         self._lock = threading.Lock()  # guards attach/release/control/close, never emit
 
-        self._enqueued = Counter()
         # Events enqueued, then dropped when the consumer serialized them (encode_error,
         # oversize): counted under their reason, and taken off `enqueued` in stats().
         self._late_drops = Counter()
@@ -342,122 +336,20 @@ class TelemetryStream:
         self._count_sent = self._sent["events"].increment
         self._stream_id = secrets.token_hex(8)  # this stream's identity (see handover())
         self._controls_rejected = Counter()
-        self._drops = CounterSet(DROP_REASONS)
         self._reported: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._reported_total = 0
         self._report_lock = threading.Lock()
-        self._count_enqueued = self._enqueued.increment
-        self._count_disabled = self._drops["disabled"].increment
-        self._count_closed = self._drops["closed"].increment
-        self._count_sampled_out = self._drops["sampled_out"].increment
-        self._count_filtered_out = self._drops["filtered_out"].increment
-        self._count_overflow = self._drops["overflow"].increment
-        self._count_oversize = self._drops["oversize"].increment
-        self._count_encode_error = self._drops["encode_error"].increment
 
     # -- producer side (any thread) -------------------------------------------------
 
-    def emit(  # noqa: PLR0911, PLR0912, PLR0915 - the hot path, kept in one function on purpose
-        self,
-        event_name: str,
-        measurements: Mapping[str, object],
-        metadata: Mapping[str, object] | None = None,
-        correlation_id: str | None = None,
-    ) -> None:
-        """Enqueue one event, or drop and count it. Never raises, never blocks.
+    @property
+    def emitter(self) -> Emitter:
+        """What ``telemetry.emit`` forwards to.
 
-        ``correlation_id`` None means the current context's id (read only for an event
-        that is kept).
+        The native producer itself (which ``telemetry.emit`` calls without a Python frame),
+        else the Python producer's ``emit``.
         """
-        try:
-            policy = self._policy
-            if not policy.enabled:
-                if self._closed:
-                    self._count_closed()
-                else:
-                    self._count_disabled()
-                return
-            rate = policy.decisions.get(event_name)
-            if rate is None:
-                if len(event_name) > self._max_event_bytes:
-                    # The name alone is too large to send (its serialized form is at
-                    # least as long); dropped before patterns run over it.
-                    self._count_oversize()
-                    return
-                rate = policy.resolve(event_name)
-            if rate < 1.0:
-                if rate < 0.0:  # FILTERED_OUT
-                    self._count_filtered_out()
-                    return
-                if self._random() >= rate:
-                    self._count_sampled_out()
-                    return
-            buffer = self._buffer
-            if (
-                len(buffer) >= self._max_buffer
-                or self._bytes_in - self._bytes_out >= self._max_buffer_bytes
-            ):
-                self._count_overflow()
-                return
-            # Recorded, not serialized: the consumer builds the protobuf (see the module
-            # doc). The dicts are copied so that later changes by the caller do not show.
-            # Joining the metadata values both checks that they are str and sizes them.
-            measurements = dict(measurements)
-            size = _RECORD_OVERHEAD + len(event_name) + _MEASUREMENT_OVERHEAD * len(measurements)
-            if metadata:
-                metadata = dict(metadata)
-                try:
-                    size += len(_join(metadata.values()))  # type: ignore[arg-type]
-                except TypeError:  # a value that is not a str: converted now, as sent
-                    metadata = {
-                        key: value if type(value) is str else str(value)
-                        for key, value in metadata.items()
-                    }
-                    size += len(_join(metadata.values()))  # type: ignore[arg-type]
-                size += _METADATA_OVERHEAD * len(metadata)
-            else:
-                metadata = None
-            if correlation_id is None:
-                correlation_id = _current_correlation_id()
-            if correlation_id:
-                size += len(correlation_id)
-            record = (event_name, measurements, metadata, correlation_id, self._clock_ns(), size)
-        except Exception:
-            self._count_encode_error()
-            return
-        # Same as _admit, inlined: this is the hot path.
-        if size > self._max_event_bytes:
-            self._count_oversize()
-            return
-        lock = self._admit_lock
-        lock.acquire()
-        try:
-            bytes_in = self._bytes_in + size
-            admitted = (
-                bytes_in - self._bytes_out <= self._max_buffer_bytes
-                and len(buffer) < self._max_buffer
-            )
-            if admitted:
-                self._bytes_in = bytes_in
-                buffer.append(record)
-        finally:
-            lock.release()
-        if not admitted:
-            self._count_overflow()
-            return
-        self._count_enqueued()
-        consumer = self._consumer
-        if consumer is not None and (
-            consumer.waiting
-            or (
-                consumer.lingering
-                and (
-                    len(buffer) >= consumer.full_batch
-                    or self._bytes_in - self._bytes_out >= consumer.full_batch_bytes
-                )
-            )
-        ):
-            consumer.wake()
+        return self._producer if NATIVE_PRODUCER else self.emit  # type: ignore[return-value]
 
     def enqueue_raw(self, data: bytes) -> bool:
         """Enqueue bytes that go on the wire as one message, bypassing the policy.
@@ -465,44 +357,18 @@ class TelemetryStream:
         For tests of undecodable input. Both bounds apply: returns False (and counts
         ``closed``, ``oversize`` or ``overflow``) when the bytes are not enqueued.
         """
-        if self._closed:
-            self._count_closed()
+        producer = self._producer
+        if producer.closed:
+            producer.count("closed")
             return False
         message = bytes(data)
         if len(message) > self._max_event_bytes:
-            self._count_oversize()
+            producer.count("oversize")
             return False
-        if not self._admit(message):
-            self._count_overflow()
+        if not producer.admit(message):
+            producer.count("overflow")
             return False
-        self._count_enqueued()
-        consumer = self._consumer
-        if consumer is not None and (
-            consumer.waiting
-            or (
-                consumer.lingering
-                and (
-                    len(self._buffer) >= consumer.full_batch
-                    or self.buffered_bytes >= consumer.full_batch_bytes
-                )
-            )
-        ):
-            consumer.wake()
         return True
-
-    def _admit(self, message: bytes) -> bool:
-        """Append ``message`` if both bounds allow it; return whether it was appended."""
-        size = len(message)
-        with self._admit_lock:
-            bytes_in = self._bytes_in + size
-            if (
-                bytes_in - self._bytes_out > self._max_buffer_bytes
-                or len(self._buffer) >= self._max_buffer
-            ):
-                return False
-            self._bytes_in = bytes_in
-            self._buffer.append(message)
-            return True
 
     # -- consumer side ----------------------------------------------------------------
 
@@ -520,8 +386,9 @@ class TelemetryStream:
         with self._lock:
             previous = self._consumer
             self._consumer = consumer
+            self._producer.set_consumer(consumer)
             if not self._closed:
-                self._policy = ControlPolicy()
+                self._set_policy(ControlPolicy())
         if previous is not None:
             previous.detach()
         return consumer
@@ -531,6 +398,7 @@ class TelemetryStream:
         with self._lock:
             if self._consumer is consumer:
                 self._consumer = None
+                self._producer.set_consumer(None)
 
     @property
     def current_consumer(self) -> StreamConsumer | None:
@@ -551,11 +419,11 @@ class TelemetryStream:
             message = encode_record(entry)
         except Exception:
             self._count_late_drop()
-            self._count_encode_error()
+            self._producer.count("encode_error")
             return None
         if len(message) > self._max_event_bytes:
             self._count_late_drop()
-            self._count_oversize()
+            self._producer.count("oversize")
             return None
         return message
 
@@ -592,7 +460,7 @@ class TelemetryStream:
                 raise IndexError("the consumer was replaced")
             while True:
                 entry = self._buffer.popleft()
-                self._bytes_out += entry_charge(entry)
+                self._producer.release(entry_charge(entry))
                 converted = convert(entry)
                 if converted is not None:
                     self._count_sent()
@@ -637,7 +505,7 @@ class TelemetryStream:
             return pb.TelemetryEvent.FromString(data)
         except Exception:
             self._count_late_drop()
-            self._count_encode_error()
+            self._producer.count("encode_error")
             return None
 
     def pop_batch(
@@ -702,17 +570,14 @@ class TelemetryStream:
             prefix = one_byte[size] if size < 128 else _entry_prefix(size)
             entry = len(prefix) + size
             if count and total + entry > max_bytes:
-                # Back to the front, now charged as the bytes it is. bytes_in goes up
-                # rather than bytes_out down, so that both counters stay monotonic.
-                with self._admit_lock:
-                    self._bytes_in += size
-                    buffer.appendleft(message)
+                # Back to the front, now charged as the bytes it is.
+                self._producer.put_back(message)
                 break
             append(prefix)
             append(message)
             total += entry
             count += 1
-        self._bytes_out += charged
+        self._producer.release(charged)
         return count
 
     @property
@@ -777,7 +642,7 @@ class TelemetryStream:
             if consumer is not None and self._consumer is not consumer:
                 return False
             try:
-                self._policy = self._policy.apply(control)
+                self._set_policy(self._policy.apply(control))
             except Exception:
                 self._controls_rejected.increment()
                 return False
@@ -833,7 +698,12 @@ class TelemetryStream:
         """Replace the policy in force by ``change(policy)``, unless the stream is closed."""
         with self._lock:
             if not self._closed:
-                self._policy = change(self._policy)
+                self._set_policy(change(self._policy))
+
+    def _set_policy(self, policy: ControlPolicy) -> None:
+        """Put ``policy`` in force (the caller holds ``_lock``)."""
+        self._policy = policy
+        self._producer.set_policy(policy)
 
     # -- lifecycle and stats --------------------------------------------------------------
 
@@ -844,7 +714,8 @@ class TelemetryStream:
         """
         with self._lock:
             self._closed = True
-            self._policy = ControlPolicy(enabled=False)
+            self._producer.close()
+            self._set_policy(ControlPolicy(enabled=False))
             consumer = self._consumer
         if consumer is not None:
             consumer.wake()
@@ -872,13 +743,12 @@ class TelemetryStream:
     @property
     def buffered_bytes(self) -> int:
         """Bytes buffered now."""
-        bytes_out = self._bytes_out  # first: _bytes_in only grows, so the result is >= 0
-        return self._bytes_in - bytes_out
+        return self._producer.buffered_bytes
 
     @property
     def has_unreported_drops(self) -> bool:
         """True if events were dropped since the last :meth:`take_drop_report`."""
-        return self._drops.total() != self._reported_total
+        return self._producer.dropped_total != self._reported_total
 
     def take_drop_report(self) -> list[bytes]:
         """Return the drop report due now, and mark those drops reported.
@@ -887,7 +757,7 @@ class TelemetryStream:
         last report (``count`` = that increase, ``reason`` = the reason).
         """
         with self._report_lock:
-            now = self._drops.snapshot()
+            now = self._producer.dropped_counts()
             reports = []
             for reason, count in now.items():
                 delta = count - self._reported[reason]
@@ -907,20 +777,20 @@ class TelemetryStream:
     @property
     def dropped_count(self) -> int:
         """Events dropped for any reason."""
-        return self._drops.total()
+        return self._producer.dropped_total
 
     def dropped_counts(self) -> Mapping[str, int]:
         """Events dropped, by reason."""
-        return self._drops.snapshot()
+        return self._producer.dropped_counts()
 
     def stats(self) -> StreamStats:
         """Return a snapshot of the counters."""
         return StreamStats(
-            enqueued=self._enqueued.value - self._late_drops.value,
+            enqueued=self._producer.enqueued - self._late_drops.value,
             buffered=len(self._buffer),
             buffered_bytes=self.buffered_bytes,
             sent=self._sent["events"].value,
             sent_batches=self._sent["batches"].value,
-            dropped=self._drops.snapshot(),
+            dropped=self._producer.dropped_counts(),
             controls_rejected=self._controls_rejected.value,
         )

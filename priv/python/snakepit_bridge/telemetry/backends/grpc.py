@@ -41,12 +41,12 @@ class GrpcBackend(TelemetryBackend):
         self._stream.emit(event_name, measurements, metadata, correlation_id)
 
     def emitter(self) -> Emitter:
-        """Return the stream's own ``emit``.
+        """Return the stream's emitter (:attr:`TelemetryStream.emitter`).
 
-        It resolves the context's correlation id only for events it keeps, so a disabled,
-        filtered or sampled-out event costs two calls.
+        With the native producer, ``telemetry.emit`` calls it without a Python frame; either
+        way it resolves the context's correlation id only for events it keeps.
         """
-        return self._stream.emit
+        return self._stream.emitter
 
     def is_enabled(self) -> bool:
         """False while the client has telemetry switched off."""

@@ -1,0 +1,101 @@
+//! `EmitDispatch`: what the public `snakepit_bridge.telemetry.emit` is when this extension
+//! is built (the bound method `dispatch.emit`). It forwards each event to the active
+//! backend's emitter: straight into a native `StreamProducer` without a Python frame, or by
+//! calling any other emitter (a custom backend), counting what that raises as
+//! `backend_error`. With no backend it returns at once.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+use crate::producer::StreamProducer;
+
+enum Target {
+    Nothing,
+    Native(Py<StreamProducer>),
+    Python(Py<PyAny>),
+}
+
+/// Forwards `emit` calls to the active backend's emitter. See the module doc.
+#[pyclass(frozen, module = "snakepit_bridge.telemetry._wire")]
+pub struct EmitDispatch {
+    target: Mutex<Target>,
+    backend_errors: AtomicU64,
+}
+
+#[pymethods]
+impl EmitDispatch {
+    #[new]
+    fn new() -> Self {
+        EmitDispatch { target: Mutex::new(Target::Nothing), backend_errors: AtomicU64::new(0) }
+    }
+
+    /// Forward to `emitter` from now on (None: drop every call without counting, as with no
+    /// backend); the `backend_error` count starts again from zero.
+    fn set_target(&self, emitter: Option<&Bound<'_, PyAny>>) {
+        let target = match emitter {
+            None => Target::Nothing,
+            Some(emitter) => match emitter.cast::<StreamProducer>() {
+                Ok(producer) => Target::Native(producer.clone().unbind()),
+                Err(_) => Target::Python(emitter.clone().unbind()),
+            },
+        };
+        // The old target is released after the lock (its release may run Python code).
+        let previous = std::mem::replace(&mut *lock(&self.target), target);
+        self.backend_errors.store(0, Relaxed);
+        drop(previous);
+    }
+
+    /// Emit one telemetry event. Never raises and never blocks.
+    ///
+    /// `event`: dotted worker event name, e.g. "tool.execution.stop". `measurements`: int,
+    /// float or str values. `metadata`: values converted with str(). `correlation_id`:
+    /// defaults to the current context's id. An event that cannot be sent is dropped and
+    /// counted (see `dropped_counts()`).
+    #[pyo3(signature = (event, measurements, metadata=None, correlation_id=None))]
+    fn emit(
+        &self,
+        py: Python<'_>,
+        event: &Bound<'_, PyAny>,
+        measurements: &Bound<'_, PyAny>,
+        metadata: Option<&Bound<'_, PyAny>>,
+        correlation_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let target = match &*lock(&self.target) {
+            Target::Nothing => return Ok(()),
+            Target::Native(producer) => Target::Native(producer.clone_ref(py)),
+            Target::Python(emitter) => Target::Python(emitter.clone_ref(py)),
+        };
+        match target {
+            Target::Nothing => Ok(()),
+            Target::Native(producer) => {
+                producer.get().emit_event(py, event, measurements, metadata, correlation_id)
+            }
+            Target::Python(emitter) => {
+                let none = py.None();
+                let metadata = metadata.map_or(none.clone_ref(py), |m| m.clone().unbind());
+                let correlation_id = correlation_id.map_or(none, |c| c.clone().unbind());
+                match emitter.call1(py, (event, measurements, metadata, correlation_id)) {
+                    Ok(_) => Ok(()),
+                    Err(error) if error.is_instance_of::<PyException>(py) => {
+                        self.backend_errors.fetch_add(1, Relaxed);
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        }
+    }
+
+    /// Exceptions the current emitter raised (each a dropped event).
+    #[getter]
+    fn backend_errors(&self) -> u64 {
+        self.backend_errors.load(Relaxed)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,443 @@
+//! `StreamProducer`: the producer side of a `TelemetryStream` (what `emit` does on the
+//! caller's thread), native. The Python package uses it when this extension is built and
+//! keeps an equivalent pure-Python producer otherwise (`telemetry/producer.py`), with the
+//! same methods and counters.
+//!
+//! `emit` applies the policy (toggle, cached per-name decisions, sampling), serializes the
+//! event at once into `TelemetryEvent` bytes (`record::encode_event`), checks both bounds
+//! and appends the bytes to the stream's `collections.deque`, then wakes the consumer if it
+//! waits. It never raises an `Exception` (every failure is a counted drop) and never blocks.
+//!
+//! Thread safety: every method runs with the GIL held. The admission step (both bounds read,
+//! `len(deque)`, `deque.append`, `bytes_in` raised) calls no Python code, so no other
+//! thread runs in between: it is atomic, as the Python producer's lock makes its own. Python
+//! code may run earlier (a `__str__`, `measurement_value`, the policy's `resolve`), which
+//! is why no lock is held across it. Counters are atomics.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyString};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::record::{self, Event};
+
+/// Drop reasons, in `protocol.DROP_REASONS` order (Python checks the two agree).
+pub const DROP_REASONS: [&str; 7] =
+    ["disabled", "sampled_out", "filtered_out", "overflow", "oversize", "encode_error", "closed"];
+const DISABLED: usize = 0;
+const SAMPLED_OUT: usize = 1;
+const FILTERED_OUT: usize = 2;
+const OVERFLOW: usize = 3;
+const OVERSIZE: usize = 4;
+const ENCODE_ERROR: usize = 5;
+const CLOSED: usize = 6;
+
+/// The decision cache of the policy in force (`ControlPolicy.decisions`: name -> rate, or
+/// -1.0 for filtered out) and its `resolve` (computes and caches a missing name).
+struct Decisions {
+    cache: Py<PyDict>,
+    resolve: Py<PyAny>,
+}
+
+/// The producer side of one telemetry stream. See the module doc.
+#[pyclass(frozen, module = "snakepit_bridge.telemetry._wire")]
+pub struct StreamProducer {
+    buffer: Py<PyAny>,
+    append: Py<PyAny>,
+    appendleft: Py<PyAny>,
+    max_buffer: usize,
+    max_buffer_bytes: u64,
+    max_event_bytes: u64,
+    measurement_value: Py<PyAny>,
+    current_correlation_id: Py<PyAny>,
+    clock_ns: Option<Py<PyAny>>,
+    random: Option<Py<PyAny>>,
+    rng: AtomicU64,
+    enabled: AtomicBool,
+    closed: AtomicBool,
+    decisions: Mutex<Option<Decisions>>,
+    consumer: Mutex<Option<Py<PyAny>>>,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    enqueued: AtomicU64,
+    drops: [AtomicU64; DROP_REASONS.len()],
+}
+
+#[pymethods]
+impl StreamProducer {
+    /// `StreamProducer(buffer, max_buffer, max_buffer_bytes, max_event_bytes,
+    /// measurement_value, current_correlation_id, clock_ns=None, random=None)`.
+    ///
+    /// `buffer` is the stream's deque; `clock_ns` and `random` default to the system clock
+    /// and a native generator (pass callables to inject them, as tests do).
+    #[new]
+    #[pyo3(signature = (buffer, max_buffer, max_buffer_bytes, max_event_bytes, measurement_value, current_correlation_id, clock_ns=None, random=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        buffer: &Bound<'_, PyAny>,
+        max_buffer: usize,
+        max_buffer_bytes: u64,
+        max_event_bytes: u64,
+        measurement_value: Py<PyAny>,
+        current_correlation_id: Py<PyAny>,
+        clock_ns: Option<Py<PyAny>>,
+        random: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        if max_buffer == 0 || max_buffer_bytes == 0 || max_event_bytes == 0 {
+            return Err(PyValueError::new_err("bounds must be >= 1"));
+        }
+        Ok(StreamProducer {
+            append: buffer.getattr("append")?.unbind(),
+            appendleft: buffer.getattr("appendleft")?.unbind(),
+            buffer: buffer.clone().unbind(),
+            max_buffer,
+            max_buffer_bytes,
+            max_event_bytes,
+            measurement_value,
+            current_correlation_id,
+            clock_ns,
+            random,
+            rng: AtomicU64::new(seed()),
+            enabled: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            decisions: Mutex::new(None),
+            consumer: Mutex::new(None),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            enqueued: AtomicU64::new(0),
+            drops: Default::default(),
+        })
+    }
+
+    /// Enqueue one event, or drop and count it. Never raises an `Exception`, never blocks.
+    /// A `correlation_id` of None means the current context's id.
+    #[pyo3(signature = (event_name, measurements, metadata=None, correlation_id=None))]
+    fn emit(
+        &self,
+        py: Python<'_>,
+        event_name: &Bound<'_, PyAny>,
+        measurements: &Bound<'_, PyAny>,
+        metadata: Option<&Bound<'_, PyAny>>,
+        correlation_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        self.emit_event(py, event_name, measurements, metadata, correlation_id)
+    }
+
+    /// Same as `emit`: a producer is itself an emitter (`telemetry.emit` calls it directly).
+    #[pyo3(signature = (event_name, measurements, metadata=None, correlation_id=None))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        event_name: &Bound<'_, PyAny>,
+        measurements: &Bound<'_, PyAny>,
+        metadata: Option<&Bound<'_, PyAny>>,
+        correlation_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        self.emit_event(py, event_name, measurements, metadata, correlation_id)
+    }
+
+    /// Install the policy in force (a `ControlPolicy`: its `enabled`, its `decisions`
+    /// cache and its `resolve`).
+    fn set_policy(&self, policy: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = policy.py();
+        let enabled = policy.getattr(intern!(py, "enabled"))?.is_truthy()?;
+        let cache = policy.getattr(intern!(py, "decisions"))?.cast_into::<PyDict>()?.unbind();
+        let resolve = policy.getattr(intern!(py, "resolve"))?.unbind();
+        // The old policy is released after the lock (its release may run Python code).
+        let previous = replace(&self.decisions, Some(Decisions { cache, resolve }));
+        drop(previous);
+        self.enabled.store(enabled && !self.closed.load(Relaxed), Relaxed);
+        Ok(())
+    }
+
+    /// Later emits are dropped as `closed`. Idempotent.
+    fn close(&self) {
+        self.closed.store(true, Relaxed);
+        self.enabled.store(false, Relaxed);
+    }
+
+    /// True after `close`.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// The consumer to wake after an append (None: nobody reads).
+    fn set_consumer(&self, consumer: Option<Py<PyAny>>) {
+        let previous = replace(&self.consumer, consumer);
+        drop(previous);
+    }
+
+    /// Garbage collection: the consumer refers back to its stream, which owns this producer.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.buffer)?;
+        if let Ok(consumer) = self.consumer.try_lock() {
+            visit.call(consumer.as_ref())?;
+        }
+        if let Ok(decisions) = self.decisions.try_lock() {
+            if let Some(decisions) = decisions.as_ref() {
+                visit.call(&decisions.cache)?;
+                visit.call(&decisions.resolve)?;
+            }
+        }
+        visit.call(self.clock_ns.as_ref())?;
+        visit.call(self.random.as_ref())?;
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        drop(replace(&self.consumer, None));
+        drop(replace(&self.decisions, None));
+    }
+
+    /// Append serialized bytes if both bounds allow it: counted enqueued, the consumer woken.
+    /// Returns whether they were appended (counts nothing otherwise).
+    fn admit(&self, py: Python<'_>, message: &Bound<'_, PyBytes>) -> PyResult<bool> {
+        if !self.admit_bytes(py, message)? {
+            return Ok(false);
+        }
+        self.wake_consumer(py)?;
+        Ok(true)
+    }
+
+    /// Put bytes back at the front (an event that did not fit the batch being packed),
+    /// charged as their length: `bytes_in` goes up so that both byte counters stay monotonic.
+    fn put_back(&self, py: Python<'_>, message: &Bound<'_, PyBytes>) -> PyResult<()> {
+        self.bytes_in.fetch_add(message.as_bytes().len() as u64, Relaxed);
+        self.appendleft.call1(py, (message,))?;
+        Ok(())
+    }
+
+    /// The consumer took entries charged `charge` bytes in all.
+    fn release(&self, charge: u64) {
+        self.bytes_out.fetch_add(charge, Relaxed);
+    }
+
+    /// Bytes buffered now.
+    #[getter]
+    fn buffered_bytes(&self) -> u64 {
+        let bytes_out = self.bytes_out.load(Relaxed); // first: bytes_in only grows
+        self.bytes_in.load(Relaxed).saturating_sub(bytes_out)
+    }
+
+    /// Events ever appended.
+    #[getter]
+    fn enqueued(&self) -> u64 {
+        self.enqueued.load(Relaxed)
+    }
+
+    /// Count one drop for `reason` (one of `DROP_REASONS`).
+    fn count(&self, reason: &str) -> PyResult<()> {
+        let index = DROP_REASONS
+            .iter()
+            .position(|known| *known == reason)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown drop reason {reason:?}")))?;
+        self.drops[index].fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Drops so far, by reason (every reason present).
+    fn dropped_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let counts = PyDict::new(py);
+        for (reason, count) in DROP_REASONS.iter().zip(&self.drops) {
+            counts.set_item(*reason, count.load(Relaxed))?;
+        }
+        Ok(counts)
+    }
+
+    /// All drops so far.
+    #[getter]
+    fn dropped_total(&self) -> u64 {
+        self.drops.iter().map(|count| count.load(Relaxed)).sum()
+    }
+}
+
+impl StreamProducer {
+    /// The whole of `emit`. An `Exception` from anything it calls is a counted
+    /// `encode_error`; only a `BaseException` that is not one (KeyboardInterrupt,
+    /// SystemExit) propagates, as it would from the Python producer.
+    pub fn emit_event(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        measurements: &Bound<'_, PyAny>,
+        metadata: Option<&Bound<'_, PyAny>>,
+        correlation_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        match self.try_emit(py, name, measurements, metadata, correlation_id) {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_instance_of::<PyException>(py) => self.drop_event(ENCODE_ERROR),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn try_emit(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        measurements: &Bound<'_, PyAny>,
+        metadata: Option<&Bound<'_, PyAny>>,
+        correlation_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if !self.enabled.load(Relaxed) {
+            return self.drop_event(if self.closed.load(Relaxed) { CLOSED } else { DISABLED });
+        }
+        let rate = self.decide(py, name)?;
+        let Some(rate) = rate else {
+            return self.drop_event(OVERSIZE);
+        };
+        if rate < 1.0 {
+            if rate < 0.0 {
+                return self.drop_event(FILTERED_OUT);
+            }
+            if self.sample(py)? >= rate {
+                return self.drop_event(SAMPLED_OUT);
+            }
+        }
+        if self.is_full(py) {
+            return self.drop_event(OVERFLOW);
+        }
+        let current;
+        let correlation_id = match correlation_id {
+            Some(id) if !id.is_none() => id,
+            _ => {
+                current = self.current_correlation_id.call0(py)?.into_bound(py);
+                &current
+            }
+        };
+        let none = py.None().into_bound(py);
+        let event = Event { name, measurements, metadata: metadata.unwrap_or(&none) };
+        let mut buf = Vec::with_capacity(128);
+        record::encode_event(
+            &mut buf,
+            self.measurement_value.bind(py),
+            &event,
+            correlation_id,
+            self.now_ns(py)?,
+        )?;
+        if buf.len() as u64 > self.max_event_bytes {
+            return self.drop_event(OVERSIZE);
+        }
+        let message = PyBytes::new(py, &buf);
+        if !self.admit_bytes(py, &message)? {
+            return self.drop_event(OVERFLOW);
+        }
+        // The event is in: a failed wake-up is no drop (the consumer rechecks when idle).
+        self.wake_consumer(py).or_else(|error| {
+            if error.is_instance_of::<PyException>(py) {
+                Ok(())
+            } else {
+                Err(error)
+            }
+        })
+    }
+
+    /// The event's rate under the policy in force (-1.0: filtered out), or None when its
+    /// name alone is longer than `max_event_bytes` (dropped before patterns run over it).
+    fn decide(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+        let (cache, resolve) = match &*lock(&self.decisions) {
+            Some(decisions) => (decisions.cache.clone_ref(py), decisions.resolve.clone_ref(py)),
+            None => return Ok(Some(1.0)),
+        };
+        let cache = cache.bind(py);
+        // A str name only: then the lookup runs no Python code.
+        let name = name.cast::<PyString>()?;
+        if let Some(rate) = cache.get_item(name)? {
+            if let Ok(rate) = rate.cast::<PyFloat>() {
+                return Ok(Some(rate.value()));
+            }
+            return Ok(Some(rate.extract()?));
+        }
+        if name.len()? as u64 > self.max_event_bytes {
+            return Ok(None);
+        }
+        Ok(Some(resolve.call1(py, (name,))?.extract(py)?))
+    }
+
+    /// A float in [0, 1): the injected `random`, or splitmix64.
+    fn sample(&self, py: Python<'_>) -> PyResult<f64> {
+        if let Some(random) = &self.random {
+            return random.call0(py)?.extract(py);
+        }
+        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        Ok((z >> 11) as f64 * (1.0 / (1u64 << 53) as f64))
+    }
+
+    fn now_ns(&self, py: Python<'_>) -> PyResult<i64> {
+        if let Some(clock) = &self.clock_ns {
+            return clock.call0(py)?.extract(py);
+        }
+        Ok(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0))
+    }
+
+    /// The cheap check before serializing: a buffer already full drops the event at once.
+    fn is_full(&self, py: Python<'_>) -> bool {
+        let len = self.buffer.bind(py).len().unwrap_or(usize::MAX);
+        len >= self.max_buffer || self.buffered_bytes() >= self.max_buffer_bytes
+    }
+
+    /// Both bounds checked, then the append: no Python code runs in between (see the
+    /// module doc), so this step is atomic under the GIL.
+    fn admit_bytes(&self, py: Python<'_>, message: &Bound<'_, PyBytes>) -> PyResult<bool> {
+        let size = message.as_bytes().len() as u64;
+        let len = self.buffer.bind(py).len()?;
+        let bytes_in = self.bytes_in.load(Relaxed) + size;
+        if len >= self.max_buffer
+            || bytes_in - self.bytes_out.load(Relaxed).min(bytes_in) > self.max_buffer_bytes
+        {
+            return Ok(false);
+        }
+        self.append.call1(py, (message,))?;
+        self.bytes_in.store(bytes_in, Relaxed);
+        self.enqueued.fetch_add(1, Relaxed);
+        Ok(true)
+    }
+
+    /// Wake the consumer if it sleeps, or if it lingers and a full batch is buffered.
+    fn wake_consumer(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(consumer) = lock(&self.consumer).as_ref().map(|c| c.clone_ref(py)) else {
+            return Ok(());
+        };
+        let consumer = consumer.bind(py);
+        let wake = consumer.getattr(intern!(py, "waiting"))?.is_truthy()?
+            || (consumer.getattr(intern!(py, "lingering"))?.is_truthy()?
+                && (self.buffer.bind(py).len()? as u64
+                    >= consumer.getattr(intern!(py, "full_batch"))?.extract::<u64>()?
+                    || self.buffered_bytes()
+                        >= consumer.getattr(intern!(py, "full_batch_bytes"))?.extract::<u64>()?));
+        if wake {
+            consumer.call_method0(intern!(py, "wake"))?;
+        }
+        Ok(())
+    }
+
+    /// Count a dropped event (the event is done with: `emit` returns).
+    fn drop_event(&self, reason: usize) -> PyResult<()> {
+        self.drops[reason].fetch_add(1, Relaxed);
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Swap the value under `mutex`, returning the old one to be dropped after the lock is
+/// released: dropping a Python reference may run arbitrary Python code (a `__del__`, the
+/// garbage collector), which must never run while one of these locks is held.
+fn replace<T>(mutex: &Mutex<T>, value: T) -> T {
+    std::mem::replace(&mut *lock(mutex), value)
+}
+
+fn seed() -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    now ^ (std::process::id() as u64).rotate_left(32) ^ (&now as *const u64 as u64)
+}
