@@ -22,8 +22,9 @@ baselines:
 
 The ratios printed last divide each case by its baseline within each round, and report the
 median of those per-round ratios (the machine's speed drifts by up to 2x over minutes).
-The sender serializes with the native encoder when it is built
-(``SNAKEPIT_BRIDGE_NATIVE_ENCODER=0`` for protobuf).
+With the native extension built, ``emit`` is the native producer (it serializes the event
+at once) and the sender only frames bytes; ``SNAKEPIT_BRIDGE_NATIVE_ENCODER=0`` measures the
+pure-Python fallback (``emit`` records, the sender serializes with protobuf).
 """
 
 from __future__ import annotations

@@ -340,12 +340,10 @@ impl StreamProducer {
     /// The event's rate under the policy in force (-1.0: filtered out), or None when its
     /// name alone is longer than `max_event_bytes` (dropped before patterns run over it).
     fn decide(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-        let (cache, resolve) = match &*lock(&self.decisions) {
-            Some(decisions) => (decisions.cache.clone_ref(py), decisions.resolve.clone_ref(py)),
-            None => return Ok(Some(1.0)),
+        let Some(cache) = lock(&self.decisions).as_ref().map(|d| d.cache.clone_ref(py)) else {
+            return Ok(Some(1.0));
         };
         let cache = cache.bind(py);
-        // A str name only: then the lookup runs no Python code.
         let name = name.cast::<PyString>()?;
         if let Some(rate) = cache.get_item(name)? {
             if let Ok(rate) = rate.cast::<PyFloat>() {
@@ -356,6 +354,9 @@ impl StreamProducer {
         if name.len()? as u64 > self.max_event_bytes {
             return Ok(None);
         }
+        let Some(resolve) = lock(&self.decisions).as_ref().map(|d| d.resolve.clone_ref(py)) else {
+            return Ok(Some(1.0));
+        };
         Ok(Some(resolve.call1(py, (name,))?.extract(py)?))
     }
 
