@@ -348,3 +348,31 @@ def test_a_dropped_stream_with_an_attached_consumer_is_collected() -> None:
     del stream
     gc.collect()
     assert ref() is None
+
+
+class _CountingStream(TelemetryStream):
+    """A subclass that overrides emit (as an application might, to count or enrich)."""
+
+    calls = 0
+
+    def emit(
+        self,
+        event_name: str,
+        measurements: Mapping[str, object],
+        metadata: Mapping[str, object] | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        type(self).calls += 1
+        super().emit(event_name, measurements, {**(metadata or {}), "via": "subclass"})
+
+
+def test_a_subclass_overriding_emit_is_honoured_by_telemetry_emit() -> None:
+    stream = _CountingStream()
+    previous = telemetry.set_backend(GrpcBackend(stream))
+    try:
+        telemetry.emit("sub.e", {"n": 1})
+        stream.emit("sub.f", {"n": 2})
+    finally:
+        telemetry.set_backend(previous)
+    assert _CountingStream.calls == 2
+    assert [e.metadata["via"] for e in _drain(stream)] == ["subclass", "subclass"]

@@ -313,12 +313,10 @@ class TelemetryStream:
             clock_ns=clock_ns,
             random_source=random_source,
         )
-        self.emit = self._producer.emit
-        """Enqueue one event, or drop and count it. Never raises, never blocks:
-        ``emit(event_name, measurements, metadata=None, correlation_id=None)``.
-
-        ``correlation_id`` None means the current context's id (read only for an event
-        that is kept). The producer's own method (see :mod:`.producer`)."""
+        self._overridden = type(self).emit is not TelemetryStream.emit
+        if not self._overridden:
+            # Calls to stream.emit go straight to the producer, without this class's frame.
+            self.emit = self._producer.emit  # type: ignore[method-assign]
         self._policy = ControlPolicy()
         self._producer.set_policy(self._policy)
         self._consumer: StreamConsumer | None = None
@@ -342,13 +340,30 @@ class TelemetryStream:
 
     # -- producer side (any thread) -------------------------------------------------
 
+    def emit(
+        self,
+        event_name: str,
+        measurements: Mapping[str, object],
+        metadata: Mapping[str, object] | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        """Enqueue one event, or drop and count it. Never raises, never blocks.
+
+        ``correlation_id`` None means the current context's id (read only for an event
+        that is kept). An instance calls its producer's ``emit`` directly (see
+        :mod:`.producer`) unless a subclass overrides this method.
+        """
+        self._producer.emit(event_name, measurements, metadata, correlation_id)
+
     @property
     def emitter(self) -> Emitter:
         """What ``telemetry.emit`` forwards to.
 
         The native producer itself (which ``telemetry.emit`` calls without a Python frame),
-        else the Python producer's ``emit``.
+        else the Python producer's ``emit``; a subclass's own ``emit`` if it overrides it.
         """
+        if self._overridden:
+            return self.emit
         return self._producer if NATIVE_PRODUCER else self.emit  # type: ignore[return-value]
 
     def enqueue_raw(self, data: bytes) -> bool:
