@@ -4,12 +4,12 @@
 //! calling any other emitter (a custom backend), counting what that raises as
 //! `backend_error`. With no backend it returns at once.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::cell::{Cell, RefCell};
 
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
+use crate::gil::GilCell;
 use crate::producer::StreamProducer;
 
 enum Target {
@@ -21,20 +21,25 @@ enum Target {
 /// Forwards `emit` calls to the active backend's emitter. See the module doc.
 #[pyclass(frozen, module = "snakepit_bridge.telemetry._wire")]
 pub struct EmitDispatch {
-    target: Mutex<Target>,
-    backend_errors: AtomicU64,
+    state: GilCell<State>,
+}
+
+struct State {
+    target: RefCell<Target>,
+    backend_errors: Cell<u64>,
 }
 
 #[pymethods]
 impl EmitDispatch {
     #[new]
     fn new() -> Self {
-        EmitDispatch { target: Mutex::new(Target::Nothing), backend_errors: AtomicU64::new(0) }
+        let state = State { target: RefCell::new(Target::Nothing), backend_errors: Cell::new(0) };
+        EmitDispatch { state: GilCell::new(state) }
     }
 
     /// Forward to `emitter` from now on (None: drop every call without counting, as with no
     /// backend); the `backend_error` count starts again from zero.
-    fn set_target(&self, emitter: Option<&Bound<'_, PyAny>>) {
+    fn set_target(&self, py: Python<'_>, emitter: Option<&Bound<'_, PyAny>>) {
         let target = match emitter {
             None => Target::Nothing,
             Some(emitter) => match emitter.cast::<StreamProducer>() {
@@ -42,9 +47,10 @@ impl EmitDispatch {
                 Err(_) => Target::Python(emitter.clone().unbind()),
             },
         };
-        // The old target is released after the lock (its release may run Python code).
-        let previous = std::mem::replace(&mut *lock(&self.target), target);
-        self.backend_errors.store(0, Relaxed);
+        let state = self.state.get(py);
+        // The old target is dropped after the borrow (dropping it may run Python code).
+        let previous = state.target.replace(target);
+        state.backend_errors.set(0);
         drop(previous);
     }
 
@@ -63,7 +69,8 @@ impl EmitDispatch {
         metadata: Option<&Bound<'_, PyAny>>,
         correlation_id: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let target = match &*lock(&self.target) {
+        let state = self.state.get(py);
+        let target = match &*state.target.borrow() {
             Target::Nothing => return Ok(()),
             Target::Native(producer) => Target::Native(producer.clone_ref(py)),
             Target::Python(emitter) => Target::Python(emitter.clone_ref(py)),
@@ -80,7 +87,7 @@ impl EmitDispatch {
                 match emitter.call1(py, (event, measurements, metadata, correlation_id)) {
                     Ok(_) => Ok(()),
                     Err(error) if error.is_instance_of::<PyException>(py) => {
-                        self.backend_errors.fetch_add(1, Relaxed);
+                        state.backend_errors.set(state.backend_errors.get() + 1);
                         Ok(())
                     }
                     Err(error) => Err(error),
@@ -91,11 +98,7 @@ impl EmitDispatch {
 
     /// Exceptions the current emitter raised (each a dropped event).
     #[getter]
-    fn backend_errors(&self) -> u64 {
-        self.backend_errors.load(Relaxed)
+    fn backend_errors(&self, py: Python<'_>) -> u64 {
+        self.state.get(py).backend_errors.get()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -10,6 +10,7 @@
 //! (`snakepit_bridge.telemetry.encoding`, `.producer`).
 
 mod dispatch;
+mod gil;
 mod producer;
 mod protobuf;
 mod record;

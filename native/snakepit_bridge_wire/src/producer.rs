@@ -8,14 +8,14 @@
 //! and appends the bytes to the stream's `collections.deque`, then wakes the consumer if it
 //! waits. It never raises an `Exception` (every failure is a counted drop) and never blocks.
 //!
-//! Thread safety: every method runs with the GIL held. The admission step (both bounds read,
-//! `len(deque)`, `deque.append`, `bytes_in` raised) calls no Python code, so no other
-//! thread runs in between: it is atomic, as the Python producer's lock makes its own. Python
-//! code may run earlier (a `__str__`, `measurement_value`, the policy's `resolve`), which
-//! is why no lock is held across it. Counters are atomics.
+//! Thread safety: every method runs with the GIL held, and the state lives in GIL-protected
+//! cells (`crate::gil`). The admission step (both bounds read, `len(deque)`,
+//! `deque.append`, the byte count raised) calls no Python code, so no other thread runs in
+//! between: it is atomic, as the Python producer's lock makes its own. Python code may run
+//! earlier (a `__str__`, `measurement_value`, the policy's `resolve`), which is why no
+//! borrow is held across it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::cell::{Cell, RefCell};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::{PyException, PyValueError};
@@ -24,6 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::gil::GilCell;
 use crate::record::{self, Event};
 
 /// Drop reasons, in `protocol.DROP_REASONS` order (Python checks the two agree).
@@ -57,15 +58,20 @@ pub struct StreamProducer {
     current_correlation_id: Py<PyAny>,
     clock_ns: Option<Py<PyAny>>,
     random: Option<Py<PyAny>>,
-    rng: AtomicU64,
-    enabled: AtomicBool,
-    closed: AtomicBool,
-    decisions: Mutex<Option<Decisions>>,
-    consumer: Mutex<Option<Py<PyAny>>>,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-    enqueued: AtomicU64,
-    drops: [AtomicU64; DROP_REASONS.len()],
+    state: GilCell<State>,
+}
+
+/// What changes: the policy, the consumer, the byte counters and the drop counts.
+struct State {
+    rng: Cell<u64>,
+    enabled: Cell<bool>,
+    closed: Cell<bool>,
+    decisions: RefCell<Option<Decisions>>,
+    consumer: RefCell<Option<Py<PyAny>>>,
+    bytes_in: Cell<u64>,
+    bytes_out: Cell<u64>,
+    enqueued: Cell<u64>,
+    drops: [Cell<u64>; DROP_REASONS.len()],
 }
 
 #[pymethods]
@@ -102,15 +108,17 @@ impl StreamProducer {
             current_correlation_id,
             clock_ns,
             random,
-            rng: AtomicU64::new(seed()),
-            enabled: AtomicBool::new(true),
-            closed: AtomicBool::new(false),
-            decisions: Mutex::new(None),
-            consumer: Mutex::new(None),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            enqueued: AtomicU64::new(0),
-            drops: Default::default(),
+            state: GilCell::new(State {
+                rng: Cell::new(seed()),
+                enabled: Cell::new(true),
+                closed: Cell::new(false),
+                decisions: RefCell::new(None),
+                consumer: RefCell::new(None),
+                bytes_in: Cell::new(0),
+                bytes_out: Cell::new(0),
+                enqueued: Cell::new(0),
+                drops: Default::default(),
+            }),
         })
     }
 
@@ -148,38 +156,41 @@ impl StreamProducer {
         let enabled = policy.getattr(intern!(py, "enabled"))?.is_truthy()?;
         let cache = policy.getattr(intern!(py, "decisions"))?.cast_into::<PyDict>()?.unbind();
         let resolve = policy.getattr(intern!(py, "resolve"))?.unbind();
-        // The old policy is released after the lock (its release may run Python code).
-        let previous = replace(&self.decisions, Some(Decisions { cache, resolve }));
+        let state = self.state.get(py);
+        // The old policy is dropped after the borrow (dropping it may run Python code).
+        let previous = state.decisions.replace(Some(Decisions { cache, resolve }));
+        state.enabled.set(enabled && !state.closed.get());
         drop(previous);
-        self.enabled.store(enabled && !self.closed.load(Relaxed), Relaxed);
         Ok(())
     }
 
     /// Later emits are dropped as `closed`. Idempotent.
-    fn close(&self) {
-        self.closed.store(true, Relaxed);
-        self.enabled.store(false, Relaxed);
+    fn close(&self, py: Python<'_>) {
+        let state = self.state.get(py);
+        state.closed.set(true);
+        state.enabled.set(false);
     }
 
     /// True after `close`.
     #[getter]
-    fn closed(&self) -> bool {
-        self.closed.load(Relaxed)
+    fn closed(&self, py: Python<'_>) -> bool {
+        self.state.get(py).closed.get()
     }
 
     /// The consumer to wake after an append (None: nobody reads).
-    fn set_consumer(&self, consumer: Option<Py<PyAny>>) {
-        let previous = replace(&self.consumer, consumer);
+    fn set_consumer(&self, py: Python<'_>, consumer: Option<Py<PyAny>>) {
+        let previous = self.state.get(py).consumer.replace(consumer);
         drop(previous);
     }
 
     /// Garbage collection: the consumer refers back to its stream, which owns this producer.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let state = self.state.traverse(&visit);
         visit.call(&self.buffer)?;
-        if let Ok(consumer) = self.consumer.try_lock() {
+        if let Ok(consumer) = state.consumer.try_borrow() {
             visit.call(consumer.as_ref())?;
         }
-        if let Ok(decisions) = self.decisions.try_lock() {
+        if let Ok(decisions) = state.decisions.try_borrow() {
             if let Some(decisions) = decisions.as_ref() {
                 visit.call(&decisions.cache)?;
                 visit.call(&decisions.resolve)?;
@@ -190,9 +201,11 @@ impl StreamProducer {
         Ok(())
     }
 
-    fn __clear__(&self) {
-        drop(replace(&self.consumer, None));
-        drop(replace(&self.decisions, None));
+    fn __clear__(&self, py: Python<'_>) {
+        let state = self.state.get(py);
+        let consumer = state.consumer.replace(None);
+        let decisions = state.decisions.replace(None);
+        drop((consumer, decisions));
     }
 
     /// Append serialized bytes if both bounds allow it: counted enqueued, the consumer woken.
@@ -208,52 +221,53 @@ impl StreamProducer {
     /// Put bytes back at the front (an event that did not fit the batch being packed),
     /// charged as their length: `bytes_in` goes up so that both byte counters stay monotonic.
     fn put_back(&self, py: Python<'_>, message: &Bound<'_, PyBytes>) -> PyResult<()> {
-        self.bytes_in.fetch_add(message.as_bytes().len() as u64, Relaxed);
+        let bytes_in = &self.state.get(py).bytes_in;
+        bytes_in.set(bytes_in.get() + message.as_bytes().len() as u64);
         self.appendleft.call1(py, (message,))?;
         Ok(())
     }
 
     /// The consumer took entries charged `charge` bytes in all.
-    fn release(&self, charge: u64) {
-        self.bytes_out.fetch_add(charge, Relaxed);
+    fn release(&self, py: Python<'_>, charge: u64) {
+        let bytes_out = &self.state.get(py).bytes_out;
+        bytes_out.set(bytes_out.get() + charge);
     }
 
     /// Bytes buffered now.
     #[getter]
-    fn buffered_bytes(&self) -> u64 {
-        let bytes_out = self.bytes_out.load(Relaxed); // first: bytes_in only grows
-        self.bytes_in.load(Relaxed).saturating_sub(bytes_out)
+    fn buffered_bytes(&self, py: Python<'_>) -> u64 {
+        let state = self.state.get(py);
+        state.bytes_in.get().saturating_sub(state.bytes_out.get())
     }
 
     /// Events ever appended.
     #[getter]
-    fn enqueued(&self) -> u64 {
-        self.enqueued.load(Relaxed)
+    fn enqueued(&self, py: Python<'_>) -> u64 {
+        self.state.get(py).enqueued.get()
     }
 
     /// Count one drop for `reason` (one of `DROP_REASONS`).
-    fn count(&self, reason: &str) -> PyResult<()> {
+    fn count(&self, py: Python<'_>, reason: &str) -> PyResult<()> {
         let index = DROP_REASONS
             .iter()
             .position(|known| *known == reason)
             .ok_or_else(|| PyValueError::new_err(format!("unknown drop reason {reason:?}")))?;
-        self.drops[index].fetch_add(1, Relaxed);
-        Ok(())
+        self.drop_event(py, index)
     }
 
     /// Drops so far, by reason (every reason present).
     fn dropped_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let counts = PyDict::new(py);
-        for (reason, count) in DROP_REASONS.iter().zip(&self.drops) {
-            counts.set_item(*reason, count.load(Relaxed))?;
+        for (reason, count) in DROP_REASONS.iter().zip(&self.state.get(py).drops) {
+            counts.set_item(*reason, count.get())?;
         }
         Ok(counts)
     }
 
     /// All drops so far.
     #[getter]
-    fn dropped_total(&self) -> u64 {
-        self.drops.iter().map(|count| count.load(Relaxed)).sum()
+    fn dropped_total(&self, py: Python<'_>) -> u64 {
+        self.state.get(py).drops.iter().map(Cell::get).sum()
     }
 }
 
@@ -271,7 +285,7 @@ impl StreamProducer {
     ) -> PyResult<()> {
         match self.try_emit(py, name, measurements, metadata, correlation_id) {
             Ok(()) => Ok(()),
-            Err(error) if error.is_instance_of::<PyException>(py) => self.drop_event(ENCODE_ERROR),
+            Err(error) if error.is_instance_of::<PyException>(py) => self.drop_event(py, ENCODE_ERROR),
             Err(error) => Err(error),
         }
     }
@@ -284,23 +298,24 @@ impl StreamProducer {
         metadata: Option<&Bound<'_, PyAny>>,
         correlation_id: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        if !self.enabled.load(Relaxed) {
-            return self.drop_event(if self.closed.load(Relaxed) { CLOSED } else { DISABLED });
+        let state = self.state.get(py);
+        if !state.enabled.get() {
+            return self.drop_event(py, if state.closed.get() { CLOSED } else { DISABLED });
         }
         let rate = self.decide(py, name)?;
         let Some(rate) = rate else {
-            return self.drop_event(OVERSIZE);
+            return self.drop_event(py, OVERSIZE);
         };
         if rate < 1.0 {
             if rate < 0.0 {
-                return self.drop_event(FILTERED_OUT);
+                return self.drop_event(py, FILTERED_OUT);
             }
             if self.sample(py)? >= rate {
-                return self.drop_event(SAMPLED_OUT);
+                return self.drop_event(py, SAMPLED_OUT);
             }
         }
         if self.is_full(py) {
-            return self.drop_event(OVERFLOW);
+            return self.drop_event(py, OVERFLOW);
         }
         let current;
         let correlation_id = match correlation_id {
@@ -321,11 +336,11 @@ impl StreamProducer {
             self.now_ns(py)?,
         )?;
         if buf.len() as u64 > self.max_event_bytes {
-            return self.drop_event(OVERSIZE);
+            return self.drop_event(py, OVERSIZE);
         }
         let message = PyBytes::new(py, &buf);
         if !self.admit_bytes(py, &message)? {
-            return self.drop_event(OVERFLOW);
+            return self.drop_event(py, OVERFLOW);
         }
         // The event is in: a failed wake-up is no drop (the consumer rechecks when idle).
         self.wake_consumer(py).or_else(|error| {
@@ -340,7 +355,8 @@ impl StreamProducer {
     /// The event's rate under the policy in force (-1.0: filtered out), or None when its
     /// name alone is longer than `max_event_bytes` (dropped before patterns run over it).
     fn decide(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-        let Some(cache) = lock(&self.decisions).as_ref().map(|d| d.cache.clone_ref(py)) else {
+        let decisions = &self.state.get(py).decisions;
+        let Some(cache) = decisions.borrow().as_ref().map(|d| d.cache.clone_ref(py)) else {
             return Ok(Some(1.0));
         };
         let cache = cache.bind(py);
@@ -354,7 +370,7 @@ impl StreamProducer {
         if name.len()? as u64 > self.max_event_bytes {
             return Ok(None);
         }
-        let Some(resolve) = lock(&self.decisions).as_ref().map(|d| d.resolve.clone_ref(py)) else {
+        let Some(resolve) = decisions.borrow().as_ref().map(|d| d.resolve.clone_ref(py)) else {
             return Ok(Some(1.0));
         };
         Ok(Some(resolve.call1(py, (name,))?.extract(py)?))
@@ -365,7 +381,9 @@ impl StreamProducer {
         if let Some(random) = &self.random {
             return random.call0(py)?.extract(py);
         }
-        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let rng = &self.state.get(py).rng;
+        let mut z = rng.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        rng.set(z);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
@@ -382,7 +400,7 @@ impl StreamProducer {
     /// The cheap check before serializing: a buffer already full drops the event at once.
     fn is_full(&self, py: Python<'_>) -> bool {
         let len = self.buffer.bind(py).len().unwrap_or(usize::MAX);
-        len >= self.max_buffer || self.buffered_bytes() >= self.max_buffer_bytes
+        len >= self.max_buffer || self.buffered_bytes(py) >= self.max_buffer_bytes
     }
 
     /// Both bounds checked, then the append: no Python code runs in between (see the
@@ -390,21 +408,20 @@ impl StreamProducer {
     fn admit_bytes(&self, py: Python<'_>, message: &Bound<'_, PyBytes>) -> PyResult<bool> {
         let size = message.as_bytes().len() as u64;
         let len = self.buffer.bind(py).len()?;
-        let bytes_in = self.bytes_in.load(Relaxed) + size;
-        if len >= self.max_buffer
-            || bytes_in - self.bytes_out.load(Relaxed).min(bytes_in) > self.max_buffer_bytes
-        {
+        let state = self.state.get(py);
+        let bytes_in = state.bytes_in.get() + size;
+        if len >= self.max_buffer || bytes_in.saturating_sub(state.bytes_out.get()) > self.max_buffer_bytes {
             return Ok(false);
         }
         self.append.call1(py, (message,))?;
-        self.bytes_in.store(bytes_in, Relaxed);
-        self.enqueued.fetch_add(1, Relaxed);
+        state.bytes_in.set(bytes_in);
+        state.enqueued.set(state.enqueued.get() + 1);
         Ok(true)
     }
 
     /// Wake the consumer if it sleeps, or if it lingers and a full batch is buffered.
     fn wake_consumer(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(consumer) = lock(&self.consumer).as_ref().map(|c| c.clone_ref(py)) else {
+        let Some(consumer) = self.state.get(py).consumer.borrow().as_ref().map(|c| c.clone_ref(py)) else {
             return Ok(());
         };
         let consumer = consumer.bind(py);
@@ -412,7 +429,7 @@ impl StreamProducer {
             || (consumer.getattr(intern!(py, "lingering"))?.is_truthy()?
                 && (self.buffer.bind(py).len()? as u64
                     >= consumer.getattr(intern!(py, "full_batch"))?.extract::<u64>()?
-                    || self.buffered_bytes()
+                    || self.buffered_bytes(py)
                         >= consumer.getattr(intern!(py, "full_batch_bytes"))?.extract::<u64>()?));
         if wake {
             consumer.call_method0(intern!(py, "wake"))?;
@@ -421,21 +438,11 @@ impl StreamProducer {
     }
 
     /// Count a dropped event (the event is done with: `emit` returns).
-    fn drop_event(&self, reason: usize) -> PyResult<()> {
-        self.drops[reason].fetch_add(1, Relaxed);
+    fn drop_event(&self, py: Python<'_>, reason: usize) -> PyResult<()> {
+        let count = &self.state.get(py).drops[reason];
+        count.set(count.get() + 1);
         Ok(())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Swap the value under `mutex`, returning the old one to be dropped after the lock is
-/// released: dropping a Python reference may run arbitrary Python code (a `__del__`, the
-/// garbage collector), which must never run while one of these locks is held.
-fn replace<T>(mutex: &Mutex<T>, value: T) -> T {
-    std::mem::replace(&mut *lock(mutex), value)
 }
 
 fn seed() -> u64 {
