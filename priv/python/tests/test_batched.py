@@ -138,7 +138,7 @@ def test_batch_interval_is_checked() -> None:
             stream.attach().batches(min_interval=bad)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="min_batch_interval"):
             TelemetryService(stream, min_batch_interval=bad)  # type: ignore[arg-type]
-    assert DEFAULT_MIN_BATCH_INTERVAL == 0.05
+    assert DEFAULT_MIN_BATCH_INTERVAL == 0.2
 
 
 def _emit_later(stream: TelemetryStream, delay: float, names: list[str]) -> threading.Thread:

@@ -135,7 +135,7 @@ def test_byte_bound_flags_reach_the_stream() -> None:
         "max_event_bytes": 262_144,
         "max_batch_events": 8192,
         "max_batch_bytes": 1_048_576,
-        "min_batch_interval": 0.05,
+        "min_batch_interval": 0.2,
     }
     for bad in ("-1", "nan", "inf", "soon"):
         with pytest.raises(SystemExit):

@@ -28,11 +28,11 @@ first, up to ``max_batch_events`` events (default 8192) and ``max_batch_bytes`` 
 ``x-snakepit-max-message-bytes``); an event whose own entry is larger than
 ``max_batch_bytes`` goes alone. The consumer never waits to fill a batch: a lone event
 leaves at once. It does pace messages: after one is sent, the next one waits until
-``min_batch_interval`` (default 50 ms) has passed since, unless a full batch (by count or
+``min_batch_interval`` (default 200 ms) has passed since, unless a full batch (by count or
 by bytes) is buffered (or drop reports, or :meth:`TelemetryStream.close`, are waiting).
 Each message costs the gRPC server hundreds of µs of the worker's CPU whatever it carries,
 so a worker emitting 500 events/s in small bursts would otherwise spend tens of µs per
-event; paced, it sends at most 20 messages/s until it has full batches to send
+event; paced, it sends at most 5 messages/s until it has full batches to send
 (``bench/RESULTS.md``). The first
 event after a quiet spell goes at once; an event during a busy spell waits at most the
 interval. While the consumer lingers like that, producers wake it only when a full batch is
