@@ -2,7 +2,7 @@
 //!
 //! * `record`: serializes events into `TelemetryEvent` bytes, several times faster than
 //!   building the protobuf message in Python;
-//! * `producer`: `StreamProducer`, what `emit` does on the caller's thread (policy,
+//! * `producer` (and `producer/emit.rs`): `StreamProducer`, what `emit` does on the caller's thread (policy,
 //!   serializing, both bounds, the append, counted drops);
 //! * `dispatch`: `EmitDispatch`, the public `emit`, forwarding to the active backend.
 //!

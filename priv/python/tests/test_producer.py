@@ -111,6 +111,14 @@ def test_what_protobuf_refuses_is_an_encode_error_and_never_raises(
     assert stream.dropped_counts()["encode_error"] == 1
 
 
+@pytest.mark.parametrize("metadata", [None, {}, 0, "", [], False, types.MappingProxyType({})])
+def test_falsy_metadata_means_none(metadata: object) -> None:
+    stream = TelemetryStream()
+    stream.emit("a.b", {"n": 1}, metadata)  # type: ignore[arg-type]
+    (event,) = _drain(stream)
+    assert dict(event.metadata) == {}
+
+
 def test_utf8_bytes_keys_are_accepted_as_protobuf_accepts_them() -> None:
     stream = TelemetryStream()
     stream.emit("a.b", {b"bytes_key": 1}, {b"meta": "v"}, "cid")
