@@ -14,13 +14,17 @@ import math
 import numbers
 import os
 import random
+from collections import deque
 from collections.abc import Callable
 
 import pytest
 
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry import encoding
+from snakepit_bridge.telemetry.context import CORRELATION_ID
 from snakepit_bridge.telemetry.encoding import EventRecord, encode_record_with_protobuf
+from snakepit_bridge.telemetry.policy import ControlPolicy
+from snakepit_bridge.telemetry.producer import PythonProducer
 
 
 class Label(str):
@@ -149,3 +153,71 @@ def test_native_bytes_for_a_plain_event_are_protobufs(
 def test_the_native_encoder_is_the_one_in_use_unless_disabled() -> None:
     disabled = os.environ.get(encoding.NATIVE_ENCODER_ENV) == "0"
     assert encoding.NATIVE_ENCODER is (not disabled)
+
+
+def _producers() -> tuple[object, PythonProducer, deque[object], deque[object]]:
+    from snakepit_bridge.telemetry import _wire
+
+    def clock() -> int:
+        return 1_700_000_000_000_000_000
+
+    native_buffer: deque[object] = deque()
+    python_buffer: deque[object] = deque()
+    bounds = (100_000, 1 << 30, 64 * 1024)
+    native = _wire.StreamProducer(
+        native_buffer,
+        *bounds,
+        encoding.measurement_value,
+        CORRELATION_ID.get,
+        clock,
+        random.Random(1).random,
+    )
+    python = PythonProducer(
+        python_buffer,  # type: ignore[arg-type]
+        *bounds,
+        clock_ns=clock,
+        random_source=random.Random(1).random,
+    )
+    policy = ControlPolicy()
+    native.set_policy(policy)
+    python.set_policy(ControlPolicy())
+    return native, python, native_buffer, python_buffer
+
+
+def test_the_native_producer_agrees_with_the_python_producer_on_random_emits() -> None:
+    # The same emits into both producers: the native one serializes at emit, the Python one
+    # records and leaves protobuf to the sender, so what protobuf refuses (or finds over
+    # max_event_bytes) is dropped late there. Per emit, both must keep the same message or
+    # drop it for the same reason.
+    native, python, native_buffer, python_buffer = _producers()
+    rng = random.Random(20261203)
+    kept = 0
+    for _ in range(3000):
+        name, measurements, metadata, correlation, _, _ = _record(rng)
+        native_drops = native.dropped_counts()  # type: ignore[attr-defined]
+        python_drops = python.dropped_counts()
+        native.emit(name, measurements, metadata, correlation)  # type: ignore[attr-defined]
+        python.emit(name, measurements, metadata, correlation)  # type: ignore[arg-type]
+        native_reason = _new_reason(native_drops, native.dropped_counts())  # type: ignore[attr-defined]
+        python_reason = _new_reason(python_drops, python.dropped_counts())
+        if python_reason is None:
+            entry = python_buffer.pop()
+            data = _outcome(encode_record_with_protobuf, entry)  # type: ignore[arg-type]
+            if data is None:
+                python_reason = "encode_error"
+            elif len(encode_record_with_protobuf(entry)) > 64 * 1024:  # type: ignore[arg-type]
+                python_reason = "oversize"
+        if native_reason is None:
+            native_data = native_buffer.pop()
+            assert isinstance(native_data, bytes)
+        assert native_reason == python_reason, (name, measurements, metadata, correlation)
+        if native_reason is None:
+            assert _outcome(lambda b: b, native_data) == data  # type: ignore[arg-type]
+            kept += 1
+    assert 500 < kept < 2900  # both outcomes exercised
+
+
+def _new_reason(before: dict[str, int], after: dict[str, int]) -> str | None:
+    changed = [reason for reason, count in after.items() if count != before[reason]]
+    assert len(changed) <= 1
+    return changed[0] if changed else None
