@@ -75,6 +75,10 @@ defmodule Snakepit.Telemetry.Worker do
       * Measurements: `:duration` (`:native` units, from start to ready).
       * Metadata: `:node`, `:pool_name`, `:worker_id`, `:worker_pid` (this process),
         `:python_pid` (the OS pid), `:python_port`, `:mode` (`:grpc`).
+    * `[:snakepit, :pool, :worker_ready]` right after `:spawned` (Snakepit's pool event for
+      a worker ready to take commands).
+      * Measurements: `:duration` (`:native` units, from start to ready).
+      * Metadata: `:node`, `:pool_name`, `:worker_id`, `:worker_pid`, `:python_pid`.
     * `[:snakepit, :pool, :worker, :spawn_failed]` when the process exits or misses
       `:ready_timeout`.
       * Measurements: `:duration`.
@@ -370,6 +374,13 @@ defmodule Snakepit.Telemetry.Worker do
             python_port: state.python_port,
             mode: config.mode
           })
+        )
+
+        # Snakepit's pool emits this when a worker is ready for commands: here, the same moment.
+        :telemetry.execute(
+          [:snakepit, :pool, :worker_ready],
+          %{duration: now - state.started},
+          Map.merge(meta, %{worker_pid: self(), python_pid: state.python_pid})
         )
 
         case WorkerLedger.started(config.id, self()) do

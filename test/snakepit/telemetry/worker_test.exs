@@ -37,6 +37,7 @@ defmodule Snakepit.Telemetry.WorkerTest do
   test "a supervised worker spawns, registers its stream with a fresh token, and its events flow",
        %{id: id} do
     events([:spawn_started, :spawned])
+    Forwarder.attach([[:snakepit, :pool, :worker_ready]])
     pid = start_supervised!({Worker, worker_opts(id)})
     %{python_pid: python_pid, python_port: python_port} = Worker.info(pid)
 
@@ -52,6 +53,15 @@ defmodule Snakepit.Telemetry.WorkerTest do
                     }}
 
     assert duration > 0
+
+    assert_receive {:telemetry, [:snakepit, :pool, :worker_ready], %{duration: ^duration},
+                    %{
+                      worker_id: ^id,
+                      pool_name: :test_pool,
+                      worker_pid: ^pid,
+                      python_pid: ^python_pid
+                    }}
+
     assert alive?(python_pid)
     # The OS pid is the Python process itself, not the wrapper.
     assert File.read!("/proc/#{python_pid}/cmdline") =~ "emitting_worker.py"
