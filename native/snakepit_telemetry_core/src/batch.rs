@@ -15,6 +15,20 @@ pub struct Malformed;
 /// The events of one batch message, in order.
 pub fn events(message: &Bytes) -> Result<Vec<Bytes>, Malformed> {
     let mut events = Vec::new();
+    scan(message, |at, end| events.push(message.slice(at..end)))?;
+    Ok(events)
+}
+
+/// The events of one batch message, in order, borrowed from it: no reference count is
+/// touched per event (the message outlives them where they are checked).
+pub fn event_slices(message: &[u8]) -> Result<Vec<&[u8]>, Malformed> {
+    let mut events = Vec::new();
+    scan(message, |at, end| events.push(&message[at..end]))?;
+    Ok(events)
+}
+
+/// Calls `event` with the range of each event, in order; all of the message is checked.
+fn scan(message: &[u8], mut event: impl FnMut(usize, usize)) -> Result<(), Malformed> {
     let mut at = 0;
     while at < message.len() {
         let tag = varint(message, &mut at)?;
@@ -28,7 +42,7 @@ pub fn events(message: &Bytes) -> Result<Vec<Bytes>, Malformed> {
                 let len = usize::try_from(varint(message, &mut at)?).map_err(|_| Malformed)?;
                 let end = skip(message, at, len)?;
                 if field == EVENTS_FIELD {
-                    events.push(message.slice(at..end));
+                    event(at, end);
                 }
                 at = end;
             }
@@ -36,10 +50,10 @@ pub fn events(message: &Bytes) -> Result<Vec<Bytes>, Malformed> {
             _ => return Err(Malformed),
         }
     }
-    Ok(events)
+    Ok(())
 }
 
-fn skip(message: &Bytes, at: usize, len: usize) -> Result<usize, Malformed> {
+fn skip(message: &[u8], at: usize, len: usize) -> Result<usize, Malformed> {
     let end = at.checked_add(len).ok_or(Malformed)?;
     if end > message.len() {
         return Err(Malformed);
@@ -47,7 +61,7 @@ fn skip(message: &Bytes, at: usize, len: usize) -> Result<usize, Malformed> {
     Ok(end)
 }
 
-fn varint(message: &Bytes, at: &mut usize) -> Result<u64, Malformed> {
+fn varint(message: &[u8], at: &mut usize) -> Result<u64, Malformed> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *message.get(*at).ok_or(Malformed)?;

@@ -12,6 +12,8 @@
 //!   value has the default; a map key sent twice keeps its last entry; a map value message
 //!   sent twice in one entry is merged (its last oneof field wins).
 
+use smallvec::{Array, SmallVec};
+
 /// The message is not a `TelemetryEvent` prost would decode.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Malformed;
@@ -25,12 +27,13 @@ pub enum ValueView<'a> {
     None,
 }
 
-/// A decoded `TelemetryEvent`. The maps hold distinct keys, sorted.
+/// A decoded `TelemetryEvent`. The maps hold distinct keys, sorted. Held inline up to a few
+/// entries (no allocation for a typical event).
 #[derive(Debug, PartialEq)]
 pub struct EventView<'a> {
-    bytes: &'a [u8],
-    pub measurements: Vec<(&'a str, ValueView<'a>)>,
-    pub metadata: Vec<(&'a str, &'a str)>,
+    parts: SmallVec<[&'a str; 6]>,
+    pub measurements: SmallVec<[(&'a str, ValueView<'a>); 4]>,
+    pub metadata: SmallVec<[(&'a str, &'a str); 8]>,
     pub timestamp_ns: i64,
     pub correlation_id: &'a str,
 }
@@ -49,9 +52,9 @@ const FIXED32: u8 = 5;
 impl<'a> EventView<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<EventView<'a>, Malformed> {
         let mut view = EventView {
-            bytes,
-            measurements: Vec::new(),
-            metadata: Vec::new(),
+            parts: SmallVec::new(),
+            measurements: SmallVec::new(),
+            metadata: SmallVec::new(),
             timestamp_ns: 0,
             correlation_id: "",
         };
@@ -59,9 +62,7 @@ impl<'a> EventView<'a> {
         while !r.0.is_empty() {
             let (tag, wire) = r.key()?;
             match tag {
-                1 => {
-                    r.string(wire)?;
-                }
+                1 => view.parts.push(r.string(wire)?),
                 2 => view.measurements.push(measurement(r.len_delimited(wire)?)?),
                 3 => view.metadata.push(metadata(r.len_delimited(wire)?)?),
                 4 => view.timestamp_ns = r.int64(wire)?,
@@ -74,19 +75,9 @@ impl<'a> EventView<'a> {
         Ok(view)
     }
 
-    /// The event name parts, in order (read again from the already checked message).
-    pub fn parts(&self) -> impl Iterator<Item = &'a str> {
-        let mut r = Reader(self.bytes);
-        std::iter::from_fn(move || {
-            while !r.0.is_empty() {
-                let (tag, wire) = r.key().ok()?;
-                if tag == 1 {
-                    return r.string(wire).ok();
-                }
-                r.skip(tag, wire, RECURSION_LIMIT).ok()?;
-            }
-            None
-        })
+    /// The event name parts, in order.
+    pub fn parts(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.parts.iter().copied()
     }
 }
 
@@ -131,7 +122,7 @@ fn metadata(entry: &[u8]) -> Result<(&str, &str), Malformed> {
 
 /// Keeps the last entry of each key, as inserting them into a map in order would. Sorting
 /// (stable, on the reversed entries) rather than hashing: a message may hold many keys.
-fn keep_last<V>(entries: &mut Vec<(&str, V)>) {
+fn keep_last<'s, V, A: Array<Item = (&'s str, V)>>(entries: &mut SmallVec<A>) {
     if entries.len() > 1 {
         entries.reverse();
         entries.sort_by(|a, b| a.0.cmp(b.0));
@@ -153,7 +144,19 @@ impl<'a> Reader<'a> {
     }
 
     /// At most 10 bytes, the 10th 0 or 1 (prost's overflow check).
+    #[inline]
     fn varint(&mut self) -> Result<u64, Malformed> {
+        // Keys and short lengths: one byte.
+        match self.0.split_first() {
+            Some((&byte, rest)) if byte < 0x80 => {
+                self.0 = rest;
+                Ok(u64::from(byte))
+            }
+            _ => self.varint_long(),
+        }
+    }
+
+    fn varint_long(&mut self) -> Result<u64, Malformed> {
         let mut value = 0u64;
         for i in 0..10 {
             let (&byte, rest) = self.0.split_first().ok_or(Malformed)?;
@@ -183,7 +186,7 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, wire: u8) -> Result<&'a str, Malformed> {
-        std::str::from_utf8(self.len_delimited(wire)?).map_err(|_| Malformed)
+        utf8(self.len_delimited(wire)?)
     }
 
     fn int64(&mut self, wire: u8) -> Result<i64, Malformed> {
@@ -226,6 +229,12 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
+}
+
+/// The text of a string field, or an error if it is not UTF-8.
+#[inline]
+fn utf8(bytes: &[u8]) -> Result<&str, Malformed> {
+    std::str::from_utf8(bytes).map_err(|_| Malformed)
 }
 
 fn expect(wire: u8, expected: u8) -> Result<(), Malformed> {
@@ -290,7 +299,7 @@ mod tests {
         let view = EventView::parse(&bytes).expect("valid");
         assert_eq!(view.parts().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(
-            view.measurements,
+            view.measurements[..],
             [
                 ("f", ValueView::Float(0.25)),
                 ("i", ValueView::Int(-7)),
@@ -298,7 +307,7 @@ mod tests {
                 ("s", ValueView::Str("x"))
             ]
         );
-        assert_eq!(view.metadata, [("", ""), ("k", "v")]);
+        assert_eq!(view.metadata[..], [("", ""), ("k", "v")]);
         assert_eq!((view.timestamp_ns, view.correlation_id), (i64::MIN, "c"));
     }
 
@@ -330,8 +339,8 @@ mod tests {
         len_field(5, b"last", &mut bytes);
 
         let view = EventView::parse(&bytes).expect("valid");
-        assert_eq!(view.metadata, [("", "nokey"), ("a", "3"), ("b", "2"), ("novalue", ""), ("y", "new")]);
-        assert_eq!(view.measurements, [("gone", ValueView::None), ("m", ValueView::Float(1.0))]);
+        assert_eq!(view.metadata[..], [("", "nokey"), ("a", "3"), ("b", "2"), ("novalue", ""), ("y", "new")]);
+        assert_eq!(view.measurements[..], [("gone", ValueView::None), ("m", ValueView::Float(1.0))]);
         assert_eq!((view.timestamp_ns, view.correlation_id), (127, "last"));
 
         let prost = TelemetryEvent::decode(bytes.as_slice()).expect("prost agrees");
@@ -364,8 +373,8 @@ mod tests {
         len_field(2, &[0x0a, 0x01, b'k', 0x18, 0x01, 0x12, 0x04, 0x08, 0x01, 0x20, 0x02], &mut bytes);
         len_field(3, &[0x0a, 0x01, b'k', 0x1d, 0, 0, 0, 0], &mut bytes);
         let view = EventView::parse(&bytes).expect("valid");
-        assert_eq!(view.measurements, [("k", ValueView::Int(1))]);
-        assert_eq!(view.metadata, [("k", "")]);
+        assert_eq!(view.measurements[..], [("k", ValueView::Int(1))]);
+        assert_eq!(view.metadata[..], [("k", "")]);
         assert!(prost_decodes(&bytes));
     }
 

@@ -24,6 +24,7 @@ pub mod client;
 pub mod control;
 pub mod counters;
 pub mod event_view;
+pub mod pending;
 pub mod proto;
 pub mod registry;
 pub mod settings;

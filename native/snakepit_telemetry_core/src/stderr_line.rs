@@ -67,8 +67,10 @@ use crate::translate::{self, EventLimits, EventRecord};
 /// What starts a telemetry line.
 pub const PREFIX: &[u8] = b"TELEMETRY:";
 
-/// What one stderr line is.
+/// What one stderr line is. (Returned and matched at once, never stored: the record is
+/// not boxed for the sake of the variant without data.)
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum LineOutcome {
     /// Not a telemetry line: ordinary stderr, for the caller to log.
     NotTelemetry,
@@ -600,7 +602,7 @@ mod tests {
             .expect("ok");
         assert_eq!(record.measurements.len(), 1);
         assert_eq!(record.measurements[0].1, Value::Int(5));
-        assert_eq!(record.metadata, vec![(MetaKey::Other("k".into()), "b".into())]);
+        assert_eq!(record.metadata[..], [(MetaKey::Other("k".into()), "b".into())]);
         let twice = r#"TELEMETRY:{"event":"tool.execution.stop","event":"tool.execution.stop"}"#;
         assert_eq!(run(twice), Err(DropReason::DecodeError));
     }

@@ -10,6 +10,7 @@
 //! configured limit is `too_many_keys`.
 
 use prost::Message;
+use smallvec::SmallVec;
 
 use crate::catalog::{Catalog, EventIndex, NameId};
 use crate::counters::DropReason;
@@ -37,8 +38,9 @@ pub struct EventRecord {
     pub event: EventIndex,
     /// Size of the message on the wire, for the byte bounds of buffers and batches.
     pub wire_bytes: usize,
-    pub measurements: Vec<(NameId, Value)>,
-    pub metadata: Vec<(MetaKey, String)>,
+    /// Inline up to a few entries: no allocation for the lists of a typical event.
+    pub measurements: SmallVec<[(NameId, Value); 2]>,
+    pub metadata: SmallVec<[(MetaKey, String); 4]>,
     pub timestamp_ns: i64,
     pub correlation_id: String,
 }
@@ -136,7 +138,7 @@ fn check_view(
     }
     let spec = catalog.event(event);
 
-    let mut measurements = Vec::with_capacity(view.measurements.len());
+    let mut measurements = SmallVec::with_capacity(view.measurements.len());
     for &(key, value) in &view.measurements {
         let key = catalog.measurement_key(spec, key).ok_or(DropReason::InvalidMeasurement)?;
         let value = match value {
@@ -215,7 +217,7 @@ mod tests {
         let record = run(&catalog, &bytes).expect("accepted");
         assert_eq!(catalog.event(record.event).worker_name.as_ref(), "tool.execution.stop");
         let duration = catalog.names().get("duration").expect("interned");
-        assert_eq!(record.measurements, vec![(duration, Value::Int(1500))]);
+        assert_eq!(record.measurements[..], [(duration, Value::Int(1500))]);
         let tool = catalog.metadata_key("tool").expect("allowlisted");
         assert!(record.metadata.contains(&(MetaKey::Known(tool), "predict".into())));
         assert!(record.metadata.contains(&(MetaKey::Other("user_key".into()), "x".into())));
@@ -367,7 +369,7 @@ mod tests {
         Ok(EventRecord {
             event,
             wire_bytes: bytes.len(),
-            measurements,
+            measurements: measurements.into(),
             metadata,
             timestamp_ns: decoded.timestamp_ns,
             correlation_id: decoded.correlation_id,

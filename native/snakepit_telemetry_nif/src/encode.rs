@@ -15,8 +15,10 @@
 //! keys (a flat map); a larger one is sent as a list of pairs and the receiving process makes
 //! the map on its scheduler (`:maps.from_list/1`).
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use rustler::sys::{enif_make_map_from_arrays, ErlNifTerm};
 use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 
 use crate::atoms::{self, AtomTable};
@@ -116,15 +118,15 @@ impl TermEncoder {
     ) -> Term<'a> {
         let shared = SharedTerms::new(env, self, worker);
         let mut names: Vec<Option<Term<'a>>> = vec![None; self.catalog.events().len()];
-        let list: Vec<Term<'a>> = events
-            .iter()
-            .map(|record| {
-                let name = *names[record.event as usize].get_or_insert_with(|| self.event_name(env, record));
-                let measurements = self.measurements(env, record);
-                let metadata = self.metadata(env, &shared, worker, record);
-                (name, measurements, metadata).encode(env)
-            })
-            .collect();
+        // Key and value lists reused by every map of the batch.
+        let mut scratch = Scratch::new(self.catalog.names().len());
+        let mut list: Vec<Term<'a>> = Vec::with_capacity(events.len());
+        for record in events {
+            let name = *names[record.event as usize].get_or_insert_with(|| self.event_name(env, record));
+            let measurements = self.measurements(env, record, &mut scratch);
+            let metadata = self.metadata(env, &shared, worker, record, &mut scratch);
+            list.push((name, measurements, metadata).encode(env));
+        }
         let batch = atoms::snakepit_telemetry_batch();
         (batch, ticket.clone(), shared.worker_id, worker.generation, shared.node, list).encode(env)
     }
@@ -135,11 +137,12 @@ impl TermEncoder {
         parts.encode(env)
     }
 
-    fn measurements<'a>(&self, env: Env<'a>, record: &EventRecord) -> Term<'a> {
-        let keys: Vec<Term<'a>> =
-            record.measurements.iter().map(|(k, _)| self.atoms.get(*k).encode(env)).collect();
-        let values: Vec<Term<'a>> = record.measurements.iter().map(|(_, v)| value_term(env, v)).collect();
-        map_of(env, &keys, &values)
+    fn measurements<'a>(&self, env: Env<'a>, record: &EventRecord, scratch: &mut Scratch) -> Term<'a> {
+        scratch.clear();
+        for (key, value) in &record.measurements {
+            scratch.push(self.atoms.get(*key).encode(env), value_term(env, value));
+        }
+        map_of(env, &scratch.keys, &scratch.values)
     }
 
     fn metadata<'a>(
@@ -148,37 +151,80 @@ impl TermEncoder {
         shared: &SharedTerms<'a>,
         worker: &WorkerMeta,
         record: &EventRecord,
+        scratch: &mut Scratch,
     ) -> Term<'a> {
-        let capacity = shared.keys.len() + record.metadata.len() + 2;
-        let mut keys = Vec::with_capacity(capacity);
-        let mut values = Vec::with_capacity(capacity);
-        keys.extend_from_slice(&shared.keys);
-        values.extend_from_slice(&shared.values);
-        keys.push(shared.timestamp_key);
-        values.push(record.timestamp_ns.encode(env));
-        // Always present, nil when the worker sent none (as Snakepit's stream manager does);
-        // a `correlation_id` in the worker's own metadata never replaces it.
-        keys.push(shared.correlation_key);
-        if record.correlation_id.is_empty() {
-            values.push(rustler::types::atom::nil().encode(env));
-        } else {
-            values.push(record.correlation_id.encode(env));
-        }
-        for (key, value) in &record.metadata {
-            let key = match key {
-                MetaKey::Known(id) => {
-                    let overridden = worker.reserved.contains(id) || Some(*id) == self.ids.correlation_id;
-                    if overridden {
-                        continue;
+        scratch.clear();
+        // The keys go in in term order (atoms by name, then binaries by bytes), which makes
+        // the VM's sort of a new map (an insertion sort) one comparison per key: the shared
+        // keys are sorted once per batch and merged with the worker's, which arrive sorted
+        // by name. Any other order gives the same map, only slower. Of equal keys (which the
+        // callers rule out) the later one in the old order, the worker's, still comes last.
+        let shared_keys = &shared.keys;
+        let mut next = 0;
+        for binaries in [false, true] {
+            for (key, value) in &record.metadata {
+                let (before, key) = match key {
+                    MetaKey::Known(id) if !binaries => {
+                        let overridden = worker.reserved.contains(id) || Some(*id) == self.ids.correlation_id;
+                        if overridden {
+                            continue;
+                        }
+                        (
+                            scratch.position(*id, || shared.position(false, self.catalog.names().name(*id))),
+                            self.atoms.get(*id).encode(env),
+                        )
                     }
-                    self.atoms.get(*id).encode(env)
+                    MetaKey::Other(name) if binaries => (shared.position(true, name), name.encode(env)),
+                    _ => continue,
+                };
+                while next < before {
+                    scratch.push(shared_keys[next].key, shared.value(env, &shared_keys[next], record));
+                    next += 1;
                 }
-                MetaKey::Other(name) => name.encode(env),
-            };
-            keys.push(key);
-            values.push(value.encode(env));
+                scratch.push(key, value.encode(env));
+            }
+            while next < shared_keys.len() && shared_keys[next].binary == binaries {
+                scratch.push(shared_keys[next].key, shared.value(env, &shared_keys[next], record));
+                next += 1;
+            }
         }
-        map_of(env, &keys, &values)
+        map_of(env, &scratch.keys, &scratch.values)
+    }
+}
+
+/// The key and value lists of one map, kept across the events of a batch (one batch, one
+/// env: the terms are all made in the env of the batch being encoded). Raw terms, so that
+/// they are handed to `enif_make_map_from_arrays` as they are (rustler's
+/// `Term::map_from_term_arrays` copies both lists into new vectors on every call).
+struct Scratch {
+    keys: Vec<ErlNifTerm>,
+    values: Vec<ErlNifTerm>,
+    /// By catalog id, where an allowlisted metadata key goes among the batch's shared keys
+    /// ([`SharedTerms::position`]), once known.
+    positions: Vec<Option<usize>>,
+}
+
+impl Scratch {
+    fn new(names: usize) -> Scratch {
+        Scratch { keys: Vec::with_capacity(16), values: Vec::with_capacity(16), positions: vec![None; names] }
+    }
+
+    fn position(&mut self, id: NameId, find: impl FnOnce() -> usize) -> usize {
+        match self.positions.get_mut(id as usize) {
+            Some(Some(position)) => *position,
+            Some(slot) => *slot.insert(find()),
+            None => find(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.values.clear();
+    }
+
+    fn push(&mut self, key: Term, value: Term) {
+        self.keys.push(key.as_c_arg());
+        self.values.push(value.as_c_arg());
     }
 }
 
@@ -186,47 +232,97 @@ impl TermEncoder {
 struct SharedTerms<'a> {
     worker_id: Term<'a>,
     node: Term<'a>,
-    keys: Vec<Term<'a>>,
-    values: Vec<Term<'a>>,
-    timestamp_key: Term<'a>,
-    correlation_key: Term<'a>,
+    /// The metadata keys every event carries, in term order.
+    keys: Vec<SharedKey<'a>>,
+    nil: Term<'a>,
+}
+
+/// A metadata key every event of the batch carries, and its name for the order of keys.
+struct SharedKey<'a> {
+    /// A binary (sorts after every atom), not an atom.
+    binary: bool,
+    name: String,
+    key: Term<'a>,
+    value: SharedValue<'a>,
+}
+
+enum SharedValue<'a> {
+    Fixed(Term<'a>),
+    Timestamp,
+    Correlation,
 }
 
 impl<'a> SharedTerms<'a> {
     fn new(env: Env<'a>, encoder: &TermEncoder, worker: &WorkerMeta) -> SharedTerms<'a> {
         let worker_id = worker.worker_id.encode(env);
         let node = encoder.node().encode(env);
-        let mut keys = vec![atoms::worker_id().encode(env), atoms::node().encode(env)];
-        let mut values = vec![worker_id, node];
-        for (key, value) in &worker.static_metadata {
-            keys.push(key.encode(env));
-            values.push(value.encode(env));
-        }
-        let atom_of = |id: Option<NameId>, fallback: &str| match id {
-            Some(id) => encoder.atoms.get(id).encode(env),
-            None => fallback.encode(env),
+        let atom = |name: &str, atom: Atom, value| SharedKey {
+            binary: false,
+            name: name.to_string(),
+            key: atom.encode(env),
+            value,
         };
-        SharedTerms {
-            worker_id,
-            node,
-            keys,
-            values,
-            timestamp_key: atom_of(encoder.ids.timestamp_ns, "timestamp_ns"),
-            correlation_key: atom_of(encoder.ids.correlation_id, "correlation_id"),
+        let mut keys = vec![
+            atom("worker_id", atoms::worker_id(), SharedValue::Fixed(worker_id)),
+            atom("node", atoms::node(), SharedValue::Fixed(node)),
+        ];
+        for (key, value) in &worker.static_metadata {
+            // A name that cannot be read only costs the VM a longer sort.
+            let name = key.to_term(env).atom_to_string().unwrap_or_default();
+            keys.push(atom(&name, *key, SharedValue::Fixed(value.encode(env))));
+        }
+        let catalog_key = |id: Option<NameId>, name: &str, value| match id {
+            Some(id) => atom(name, encoder.atoms.get(id), value),
+            None => SharedKey { binary: true, name: name.to_string(), key: name.encode(env), value },
+        };
+        keys.push(catalog_key(encoder.ids.timestamp_ns, "timestamp_ns", SharedValue::Timestamp));
+        keys.push(catalog_key(encoder.ids.correlation_id, "correlation_id", SharedValue::Correlation));
+        // Stable: of equal keys, the later one still comes later.
+        keys.sort_by(|a, b| (a.binary, &a.name).cmp(&(b.binary, &b.name)));
+        SharedTerms { worker_id, node, keys, nil: rustler::types::atom::nil().encode(env) }
+    }
+
+    /// How many shared keys go before a key of this kind and name (after those equal to it).
+    fn position(&self, binary: bool, name: &str) -> usize {
+        self.keys.partition_point(|k| (k.binary, k.name.as_str()) <= (binary, name))
+    }
+
+    fn value(&self, env: Env<'a>, key: &SharedKey<'a>, record: &EventRecord) -> Term<'a> {
+        match key.value {
+            SharedValue::Fixed(value) => value,
+            SharedValue::Timestamp => record.timestamp_ns.encode(env),
+            // Always present, nil when the worker sent none (as Snakepit's stream manager
+            // does); a `correlation_id` in the worker's own metadata never replaces it.
+            SharedValue::Correlation if record.correlation_id.is_empty() => self.nil,
+            SharedValue::Correlation => record.correlation_id.encode(env),
         }
     }
 }
 
-/// A map from parallel key and value lists, or, past [`FLATMAP_MAX_KEYS`], the list of pairs
-/// the receiver turns into a map. If two keys are equal (which the callers rule out), the
-/// later one wins instead of the event being lost.
-fn map_of<'a>(env: Env<'a>, keys: &[Term<'a>], values: &[Term<'a>]) -> Term<'a> {
-    if keys.len() > FLATMAP_MAX_KEYS {
-        let pairs: Vec<Term<'a>> = keys.iter().zip(values).map(|(k, v)| (*k, *v).encode(env)).collect();
+/// A map from parallel key and value lists (terms of `env`), or, past [`FLATMAP_MAX_KEYS`],
+/// the list of pairs the receiver turns into a map. If two keys are equal (which the callers
+/// rule out), the later one wins instead of the event being lost.
+fn map_of<'a>(env: Env<'a>, keys: &[ErlNifTerm], values: &[ErlNifTerm]) -> Term<'a> {
+    let count = keys.len().min(values.len());
+    if count <= FLATMAP_MAX_KEYS {
+        let mut map = MaybeUninit::uninit();
+        // SAFETY: both lists hold at least `count` terms, all made in `env`;
+        // enif_make_map_from_arrays reads `count` of each and writes `map` when it returns
+        // non-zero (zero: two keys are equal, `map` is not read).
+        let made = unsafe {
+            enif_make_map_from_arrays(env.as_c_arg(), keys.as_ptr(), values.as_ptr(), count, map.as_mut_ptr())
+        };
+        if made != 0 {
+            // SAFETY: written by the call above, a term of `env`.
+            return unsafe { Term::new(env, map.assume_init()) };
+        }
+    }
+    // SAFETY: every raw term in the lists was made in `env`.
+    let term = |raw: &ErlNifTerm| unsafe { Term::new(env, *raw) };
+    let pairs = keys.iter().map(term).zip(values.iter().map(term));
+    if count > FLATMAP_MAX_KEYS {
+        let pairs: Vec<Term<'a>> = pairs.map(|(k, v)| (k, v).encode(env)).collect();
         return pairs.encode(env);
     }
-    if let Ok(map) = Term::map_from_term_arrays(env, keys, values) {
-        return map;
-    }
-    keys.iter().zip(values).fold(Term::map_new(env), |map, (k, v)| map.map_put(*k, *v).unwrap_or(map))
+    pairs.fold(Term::map_new(env), |map, (k, v)| map.map_put(k, v).unwrap_or(map))
 }

@@ -14,7 +14,6 @@
 
 mod allocator;
 mod atoms;
-mod buffer;
 mod decode;
 mod encode;
 mod flow;

@@ -13,6 +13,7 @@ use snakepit_telemetry_core::backoff::BackoffPolicy;
 use snakepit_telemetry_core::catalog::Catalog;
 use snakepit_telemetry_core::client::WorkerAddress;
 use snakepit_telemetry_core::counters::DropReason;
+use snakepit_telemetry_core::pending::BufferLimits;
 use snakepit_telemetry_core::registry::{StreamState, StreamStatus};
 use snakepit_telemetry_core::translate::{EventLimits, NativeTime};
 
@@ -55,10 +56,12 @@ fn start(env: Env, receivers: Vec<LocalPid>, options: Term) -> NifResult<Resourc
     let open_streams: bool = option(options, atoms::grpc_stream(), true)?;
     let excluded: Vec<String> = option(options, atoms::excluded_events(), Vec::new())?;
     let limits = StreamLimits {
-        max_buffer: positive(options, atoms::max_buffer_size())?,
-        max_buffer_bytes: positive(options, atoms::max_buffer_bytes())?,
-        max_batch: positive(options, atoms::max_batch_size())?,
-        max_batch_bytes: positive(options, atoms::max_batch_bytes())?,
+        buffer: BufferLimits {
+            max_buffer: positive(options, atoms::max_buffer_size())?,
+            max_buffer_bytes: positive(options, atoms::max_buffer_bytes())?,
+            max_batch: positive(options, atoms::max_batch_size())?,
+            max_batch_bytes: positive(options, atoms::max_batch_bytes())?,
+        },
         max_event_bytes: positive(options, atoms::max_event_bytes())?,
         max_in_flight: positive(options, atoms::max_in_flight_batches())?,
         event: EventLimits {

@@ -28,7 +28,8 @@ use snakepit_telemetry_core::client::{
     open_stream, EventStream, OpenError, Protocol, StreamEnd, WorkerAddress,
 };
 use snakepit_telemetry_core::control::control_stream;
-use snakepit_telemetry_core::counters::DropReason;
+use snakepit_telemetry_core::counters::{DropReason, StreamCounters};
+use snakepit_telemetry_core::pending::{BufferLimits, Pending};
 use snakepit_telemetry_core::registry::{CloseReason, StreamState};
 use snakepit_telemetry_core::settings::{samples_patterns, Decision, Policy, Removal, Sampler};
 use snakepit_telemetry_core::source_drops::ReportShape;
@@ -38,7 +39,6 @@ use snakepit_telemetry_core::translate::{translate, EventLimits, EventRecord};
 use snakepit_telemetry_core::wire::Incoming;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::buffer::Pending;
 use crate::encode::{TermEncoder, WorkerMeta};
 use crate::flow::{BatchTicket, FlowCredit};
 use crate::status::{send_status, StatusMessage};
@@ -47,10 +47,7 @@ use crate::tool_call::ToolTarget;
 /// Buffer, batch and event bounds of one stream (from the application config).
 #[derive(Clone, Copy, Debug)]
 pub struct StreamLimits {
-    pub max_buffer: usize,
-    pub max_buffer_bytes: usize,
-    pub max_batch: usize,
-    pub max_batch_bytes: usize,
+    pub buffer: BufferLimits,
     pub max_event_bytes: usize,
     pub max_in_flight: usize,
     pub event: EventLimits,
@@ -339,7 +336,7 @@ impl StreamTask {
                     None => Wake::Credit,
                 },
                 // A batched stream is not read while the buffer is full: back-pressure.
-                wake = link.next(), if !(link.is_batched() && flow.pending.is_full(&self.limits)) => wake,
+                wake = link.next(), if !(link.is_batched() && flow.pending.is_full(&self.limits.buffer)) => wake,
             };
             let lost = match wake {
                 Wake::Stop(reason) => {
@@ -414,18 +411,27 @@ impl StreamTask {
     ) -> Option<CloseReason> {
         let mut next = Some(first);
         let mut taken = 0;
+        // One atomic add for the single messages of this wake-up (see `accept_batch`).
+        let mut received = ReceivedTally { counters: &self.state.counters, messages: 0 };
         while let Some(message) = next {
             match message {
                 Ok(incoming) => match protocol {
-                    Protocol::Single => self.accept(incoming, gate, pending, name),
+                    Protocol::Single => {
+                        received.messages += 1;
+                        self.check(incoming, gate, pending, name)
+                    }
                     Protocol::Batched => self.accept_batch(incoming, gate, pending, name),
                 },
                 Err(StreamEnd::Closed) => return Some(CloseReason::WorkerClosed),
                 Err(StreamEnd::Failed(text)) => return Some(CloseReason::StreamError(text)),
             }
             taken += 1;
-            let room = protocol == Protocol::Single || !pending.is_full(&self.limits);
-            next = if taken < self.limits.max_batch && room { events.next().now_or_never() } else { None };
+            let room = protocol == Protocol::Single || !pending.is_full(&self.limits.buffer);
+            next = if taken < self.limits.buffer.max_batch && room {
+                events.next().now_or_never()
+            } else {
+                None
+            };
         }
         None
     }
@@ -447,7 +453,9 @@ impl StreamTask {
                 control_stream(capability_rx, self.state.settings.subscribe(), self.excluded.clone());
             let max_message = match protocol {
                 // A lone event of max_event_bytes travels framed: a few bytes more.
-                Protocol::Batched => (self.limits.max_event_bytes + 16).max(self.limits.max_batch_bytes),
+                Protocol::Batched => {
+                    (self.limits.max_event_bytes + 16).max(self.limits.buffer.max_batch_bytes)
+                }
                 Protocol::Single => self.limits.max_event_bytes,
             };
             match open_stream(channel.clone(), protocol, controls, max_message, self.token.as_deref()).await {
@@ -488,10 +496,15 @@ impl StreamTask {
         });
     }
 
-    /// Checks one message and buffers it, or counts why not.
+    /// Counts one message received, checks it and buffers it, or counts why not.
     fn accept(&self, incoming: Incoming, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
+        self.state.counters.add_received(1);
+        self.check(incoming, gate, pending, name);
+    }
+
+    /// Checks one message (already counted as received) and buffers it, or counts why not.
+    fn check(&self, incoming: Incoming, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
         let counters = &self.state.counters;
-        counters.add_received(1);
         let bytes = match incoming {
             Incoming::Message(bytes) => bytes,
             Incoming::Oversize => return counters.add_dropped(DropReason::Oversize, 1),
@@ -505,26 +518,28 @@ impl StreamTask {
         }
     }
 
-    /// Checks each event of a batched message like a single message (counted one by one); a
-    /// batch that is not well-formed, or larger than the limit, counts once.
+    /// Checks each event of a batched message like a single message (each counts as one
+    /// received); a batch that is not well-formed, or larger than the limit, counts once.
     fn accept_batch(&self, incoming: Incoming, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
         let counters = &self.state.counters;
         let bytes = match incoming {
             Incoming::Message(bytes) => bytes,
             other => return self.accept(other, gate, pending, name),
         };
-        let Ok(events) = batch::events(&bytes) else {
+        let Ok(events) = batch::event_slices(&bytes) else {
             counters.add_received(1);
             return counters.add_dropped(DropReason::DecodeError, 1);
         };
+        // Counted once per message: an atomic add per event costs more than checking it
+        // (its cache line is shared with the counters that acknowledgements update).
+        counters.add_received(events.len() as u64);
         for event in events {
-            counters.add_received(1);
             if event.len() > self.limits.max_event_bytes {
                 counters.add_dropped(DropReason::Oversize, 1);
                 continue;
             }
             let checked =
-                translate(&self.encoder.catalog, self.limits.event, &event, name, |event| gate.check(event))
+                translate(&self.encoder.catalog, self.limits.event, event, name, |event| gate.check(event))
                     .and_then(|record| match gate.reports {
                         Some(shape) if shape.event == record.event => self.admit(record, gate, pending),
                         _ => pending.push_from_batch(record),
@@ -541,9 +556,9 @@ impl StreamTask {
             Some(shape) if shape.event == record.event => {
                 let (reason, count) = shape.read(&record);
                 self.state.counters.source.add(reason, count);
-                pending.push_report(record, &self.limits)
+                pending.push_report(record, &self.limits.buffer)
             }
-            _ => pending.push(record, &self.limits),
+            _ => pending.push(record, &self.limits.buffer),
         }
     }
 
@@ -567,7 +582,7 @@ impl StreamTask {
     /// Sends batches while flow control allows and the receiver takes them.
     fn flush(&self, flow: &mut Flow, receiver: &watch::Receiver<LocalPid>) {
         while !flow.blocked && !flow.pending.is_empty() && flow.credit.try_acquire() {
-            let batch = flow.pending.take_batch(&self.limits);
+            let batch = flow.pending.take_batch(&self.limits.buffer);
             let ticket =
                 ResourceArc::new(BatchTicket::new(flow.credit.clone(), self.state.clone(), batch.len()));
             let pid = *receiver.borrow();
@@ -582,6 +597,19 @@ impl StreamTask {
                 flow.blocked = true;
             }
         }
+    }
+}
+
+/// Messages received during one wake-up, added to the stream's counters once, when it ends
+/// (also when a panic unwinds through it, so that none goes uncounted).
+struct ReceivedTally<'c> {
+    counters: &'c StreamCounters,
+    messages: u64,
+}
+
+impl Drop for ReceivedTally<'_> {
+    fn drop(&mut self) {
+        self.counters.add_received(self.messages);
     }
 }
 

@@ -6,10 +6,25 @@
 
 use std::collections::VecDeque;
 
-use snakepit_telemetry_core::counters::DropReason;
-use snakepit_telemetry_core::translate::EventRecord;
+use crate::counters::DropReason;
+use crate::translate::EventRecord;
 
-use crate::stream_task::StreamLimits;
+/// A stream's buffer bounds and the size of the batches taken from it (from the
+/// application config: `max_buffer_size`, `max_buffer_bytes`, `max_batch_size`,
+/// `max_batch_bytes`).
+#[derive(Clone, Copy, Debug)]
+pub struct BufferLimits {
+    pub max_buffer: usize,
+    pub max_buffer_bytes: usize,
+    pub max_batch: usize,
+    pub max_batch_bytes: usize,
+}
+
+/// Slots an empty buffer keeps; beyond this its storage is given back once it drains. A
+/// record is about 320 bytes (its few map entries are inline), and a batched stream may hold
+/// `max_buffer` plus a whole worker message (8,192 events by default) for a moment: without
+/// this, every stream that once had a burst would keep megabytes for as long as it lives.
+const RETAINED_SLOTS: usize = 256;
 
 /// Drop reports buffered beyond the bounds at most (events, bytes).
 const REPORT_ALLOWANCE: usize = 64;
@@ -25,7 +40,7 @@ pub struct Pending {
 impl Pending {
     /// Buffers a drop report past the bounds, up to a small allowance of its own (an honest
     /// worker sends a few per second; a flood of them is still bounded, and counted).
-    pub fn push_report(&mut self, record: EventRecord, limits: &StreamLimits) -> Result<(), DropReason> {
+    pub fn push_report(&mut self, record: EventRecord, limits: &BufferLimits) -> Result<(), DropReason> {
         if self.events.len() >= limits.max_buffer + REPORT_ALLOWANCE
             || self.bytes + record.wire_bytes > limits.max_buffer_bytes + REPORT_ALLOWANCE_BYTES
         {
@@ -37,7 +52,7 @@ impl Pending {
     }
 
     /// Whether the buffer is at a bound: a batched stream stops reading until it is not.
-    pub fn is_full(&self, limits: &StreamLimits) -> bool {
+    pub fn is_full(&self, limits: &BufferLimits) -> bool {
         self.events.len() >= limits.max_buffer || self.bytes >= limits.max_buffer_bytes
     }
 
@@ -49,7 +64,7 @@ impl Pending {
         Ok(())
     }
 
-    pub fn push(&mut self, record: EventRecord, limits: &StreamLimits) -> Result<(), DropReason> {
+    pub fn push(&mut self, record: EventRecord, limits: &BufferLimits) -> Result<(), DropReason> {
         if self.events.len() >= limits.max_buffer || self.bytes + record.wire_bytes > limits.max_buffer_bytes
         {
             return Err(DropReason::Overflow);
@@ -60,7 +75,7 @@ impl Pending {
     }
 
     /// The next batch: up to `max_batch` events and `max_batch_bytes` (at least one event).
-    pub fn take_batch(&mut self, limits: &StreamLimits) -> Vec<EventRecord> {
+    pub fn take_batch(&mut self, limits: &BufferLimits) -> Vec<EventRecord> {
         let mut batch = Vec::with_capacity(self.events.len().min(limits.max_batch));
         let mut bytes = 0;
         while batch.len() < limits.max_batch {
@@ -73,7 +88,15 @@ impl Pending {
             batch.push(record);
         }
         self.bytes -= bytes;
+        self.release_if_drained();
         batch
+    }
+
+    /// Gives back the storage a burst left behind, once nothing is buffered.
+    fn release_if_drained(&mut self) {
+        if self.events.is_empty() && self.events.capacity() > RETAINED_SLOTS {
+            self.events.shrink_to(RETAINED_SLOTS);
+        }
     }
 
     /// Puts back a batch that could not be sent, in order.
@@ -99,10 +122,53 @@ impl Pending {
         let n = self.events.len();
         self.events.clear();
         self.bytes = 0;
+        self.release_if_drained();
         n
     }
 
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> EventRecord {
+        EventRecord {
+            event: 0,
+            wire_bytes: 100,
+            measurements: Default::default(),
+            metadata: Default::default(),
+            timestamp_ns: 0,
+            correlation_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_drained_buffer_gives_back_what_a_burst_took() {
+        let limits = BufferLimits {
+            max_buffer: 1024,
+            max_buffer_bytes: 1 << 30,
+            max_batch: 512,
+            max_batch_bytes: 1 << 30,
+        };
+        let mut pending = Pending::default();
+        for _ in 0..9_000 {
+            pending.push_from_batch(record()).expect("a batched message goes in whole");
+        }
+        assert!(pending.events.capacity() >= 9_000);
+        let mut taken = 0;
+        while !pending.is_empty() {
+            taken += pending.take_batch(&limits).len();
+        }
+        assert_eq!((taken, pending.bytes), (9_000, 0));
+        assert!(pending.events.capacity() <= RETAINED_SLOTS);
+        // A small steady flow keeps its storage: nothing is given back while it stays small.
+        pending.push(record(), &limits).expect("room");
+        let capacity = pending.events.capacity();
+        pending.take_batch(&limits);
+        assert_eq!(pending.events.capacity(), capacity);
     }
 }
