@@ -17,8 +17,9 @@ baselines:
   that remove an event (each counted);
 * ``span, no client``: one ``with span(...)`` block (two events);
 * ``emit, client draining``: a client in another process drains ``StreamTelemetryBatched``
-  over 127.0.0.1; the emitting thread's CPU per emit, and the whole worker process's CPU
-  per event (emit, and the sender serializing and sending the batches).
+  over 127.0.0.1 (the server unpaced, ``min_batch_interval=0``: pacing would only hold
+  the last partial batch back); the emitting thread's CPU per emit, and the whole worker
+  process's CPU per event (emit, and the sender framing and sending the batches).
 
 The ratios printed last divide each case by its baseline within each round, and report the
 median of those per-round ratios (the machine's speed drifts by up to 2x over minutes).
@@ -230,7 +231,8 @@ def bench_draining(n: int, runs: int) -> dict[str, float]:
     throughput: list[float] = []
     for _ in range(runs):
         stream = _fresh_stream(n + 1)
-        server = BridgeServer(stream, port=0)
+        # No pacing: it would only hold the last, partial batch back (up to 200 ms).
+        server = BridgeServer(stream, port=0, min_batch_interval=0)
         port = server.start()
         client = subprocess.Popen(
             [sys.executable, __file__, "--drain-client", str(port), "--expect", str(n)],

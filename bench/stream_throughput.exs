@@ -15,7 +15,9 @@
 # `--nif-buffer N` restarts the application with `max_buffer_size: N` (default: the config's).
 #
 # Every run starts fresh workers (`test/support/python/scripted_worker.py --max-buffer-bytes 1 GiB --max-buffer
-# 1000000`, on 127.0.0.1) and has each emit its share of `--events` `tool.execution.stop`
+# 1000000 --min-batch-interval-ms 0`, on 127.0.0.1: no pacing, which would only hold the
+# last, partial batch of a drain back by up to the interval, the same time for both cases,
+# and so flatter the ratio) and has each emit its share of `--events` `tool.execution.stop`
 # events (`duration`, metadata `tool` and `operation`) *before* anything connects, so a run
 # drains full buffers as fast as gRPC allows. Then one of:
 #
@@ -124,7 +126,16 @@ defmodule Bench.StreamThroughput do
   end
 
   defp start_preloaded(i, events) do
-    worker = PythonWorker.start(["--max-buffer", "1000000", "--max-buffer-bytes", "1073741824"])
+    worker =
+      PythonWorker.start([
+        "--max-buffer",
+        "1000000",
+        "--max-buffer-bytes",
+        "1073741824",
+        "--min-batch-interval-ms",
+        "0"
+      ])
+
     PythonWorker.run(worker, Map.put(@emit, "count", events))
     stats = PythonWorker.stats(worker)
 

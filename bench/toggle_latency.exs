@@ -15,7 +15,9 @@
 # Events still in flight when the toggle is made (the Dispatcher's unacknowledged batches)
 # are delivered; everything the NIF still holds or receives afterwards is dropped as
 # `:disabled`. The worker also stops at the source when the control message reaches it;
-# its already-serialized buffer still crosses the wire and is dropped by the NIF.
+# its already-serialized buffer still crosses the wire and is dropped by the NIF. The worker
+# runs unpaced (`--min-batch-interval-ms 0`): a paced worker holds what it queued for up to
+# the interval, longer than the watch, so this would measure nothing.
 
 defmodule Bench.ToggleLatency do
   @moduledoc false
@@ -36,7 +38,9 @@ defmodule Bench.ToggleLatency do
     rate = Keyword.get(opts, :rate, 20_000)
     quiet_ms = Keyword.get(opts, :quiet_ms, 100)
 
-    worker = PythonWorker.start(["--max-buffer", "2000000"])
+    # Unpaced: with pacing (200 ms by default) the events the worker queued before a toggle
+    # leave after the watch, and the next trial's toggle(true) would let them through.
+    worker = PythonWorker.start(["--max-buffer", "2000000", "--min-batch-interval-ms", "0"])
     id = "toggle-bench"
     last_seen = :atomics.new(1, signed: true)
     :ok = :telemetry.attach("toggle-bench", @event, &__MODULE__.handle/4, last_seen)
