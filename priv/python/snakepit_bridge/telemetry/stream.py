@@ -48,8 +48,9 @@ Thread-safety
 * The counters never drift, whatever the number of threads, and the buffer never holds
   more than ``max_buffer`` entries or ``max_buffer_bytes`` bytes (an event put back by
   the consumer may add the difference between its bytes and its charge).
-* Counters are atomic (native atomics, or :class:`~snakepit_bridge.telemetry.counters.
-  Counter` objects).
+* Counters never lose an update: the native producer keeps them in cells only the thread
+  holding the GIL touches, the Python producer in :class:`~snakepit_bridge.telemetry.
+  counters.Counter` objects (atomic ``itertools.count`` increments).
 * Control settings live in an immutable :class:`ControlPolicy` that is replaced as a whole
   and handed to the producer; an emitting thread reads it once per event. A control
   message with an invalid rate or pattern is rejected as a whole and counted
