@@ -220,6 +220,34 @@ def test_pacing_a_batch_full_by_bytes_ends_the_wait() -> None:
     assert names[0] == "a" and len(names) >= 2
 
 
+def test_pacing_a_control_message_sends_what_is_buffered_at_once() -> None:
+    # Events emitted before a control reach the client right after it (controls take effect
+    # in milliseconds), not up to the interval later, when a quick second control (say
+    # toggle(true) right after toggle(false)) could have changed what the client does.
+    stream = TelemetryStream()
+    consumer = stream.attach()
+    batches = consumer.batches(max_events=100, min_interval=30.0)
+    stream.emit("first", {})
+    assert _next_timed(batches)[0] == ["first"]
+    stream.emit("queued.a", {})
+    stream.emit("queued.b", {})
+    control = threading.Timer(0.1, stream.apply_control, (toggle(False), consumer))
+    control.start()
+    names, waited = _next_timed(batches)
+    control.join()
+    assert names == ["queued.a", "queued.b"]
+    assert waited < 10.0
+    # The flush is one batch: the next one is paced again.
+    stream.apply_control(toggle(True), consumer)  # nothing buffered: nothing to send
+    stream.emit("paced", {})
+    later = threading.Timer(0.3, stream.close)
+    later.start()
+    names, waited = _next_timed(batches)
+    later.join()
+    assert names == ["paced"]
+    assert waited >= 0.25  # held until close ended the wait, not sent by the earlier control
+
+
 def test_no_pacing_with_a_zero_interval() -> None:
     stream = TelemetryStream()
     batches = stream.attach().batches(max_events=100, min_interval=0.0)

@@ -29,7 +29,8 @@ first, up to ``max_batch_events`` events (default 8192) and ``max_batch_bytes`` 
 ``max_batch_bytes`` goes alone. The consumer never waits to fill a batch: a lone event
 leaves at once. It does pace messages: after one is sent, the next one waits until
 ``min_batch_interval`` (default 200 ms) has passed since, unless a full batch (by count or
-by bytes) is buffered (or drop reports, or :meth:`TelemetryStream.close`, are waiting).
+by bytes) is buffered (or drop reports, or :meth:`TelemetryStream.close`, are waiting, or a
+control message changed the settings: :meth:`StreamConsumer.flush_soon`).
 Each message costs the gRPC server hundreds of µs of the worker's CPU whatever it carries,
 so a worker emitting 500 events/s in small bursts would otherwise spend tens of µs per
 event; paced, it sends at most 5 messages/s until it has full batches to send
@@ -85,6 +86,7 @@ class StreamConsumer:
         "_detached",
         "_stream",
         "_wakeup",
+        "flush_requested",
         "full_batch",
         "full_batch_bytes",
         "lingering",
@@ -103,6 +105,8 @@ class StreamConsumer:
         """Buffered events that end a linger (the count bound of :meth:`batches`)."""
         self.full_batch_bytes = DEFAULT_MAX_BATCH_BYTES
         """Buffered bytes that end a linger (the byte bound of :meth:`batches`)."""
+        self.flush_requested = False
+        """Set by :meth:`flush_soon`: the next batch goes without waiting out the interval."""
 
     @property
     def is_current(self) -> bool:
@@ -112,6 +116,17 @@ class StreamConsumer:
     def wake(self) -> None:
         """Wake the consumer if it sleeps (cheap to call when it does not)."""
         self._wakeup.set()
+
+    def flush_soon(self) -> None:
+        """Send what is buffered now rather than at the end of the pacing interval.
+
+        Called when a control message changed the settings: events emitted before it then
+        reach the client right after it, as the client expects of a control, instead of up to
+        ``min_batch_interval`` later (when a quick second control could have undone the first).
+        """
+        if self._stream.buffer:  # nothing buffered: nothing to hurry (later events are paced)
+            self.flush_requested = True
+            self.wake()
 
     def detach(self) -> None:
         """Stop consuming; :meth:`events` ends. Idempotent; safe from any thread."""
@@ -206,7 +221,12 @@ class StreamConsumer:
         wakeup = self._wakeup
         wakeup.clear()
         self.lingering = True
-        if not self._has_full_batch() and self.is_current and not stream.closed:
+        if (
+            not self._has_full_batch()
+            and not self.flush_requested
+            and self.is_current
+            and not stream.closed
+        ):
             wakeup.wait(max(until - time.monotonic(), 0.0))
         self.lingering = False
 
@@ -232,9 +252,11 @@ class StreamConsumer:
                     and not stream.closed
                     and monotonic() < sent_at + min_interval
                     and not self._has_full_batch()
+                    and not self.flush_requested
                 ):
                     self._linger(sent_at + min_interval)
                     continue
+                self.flush_requested = False
                 batch, count = pop_batch(max_events, max_bytes, reports, self)
                 if count:
                     sent_at = monotonic()

@@ -662,7 +662,11 @@ class TelemetryStream:
             except Exception:
                 self._controls_rejected.increment()
                 return False
-            return True
+            current = self._consumer
+        # What was emitted before the control goes now, not at the end of a pacing interval.
+        if current is not None:
+            current.flush_soon()
+        return True
 
     @property
     def controls_rejected(self) -> int:
