@@ -1,11 +1,15 @@
 //! State that only the thread holding the GIL touches.
 //!
-//! The extension is built for the stable ABI of CPython 3.11 (`abi3-py311`), which only
-//! GIL-enabled interpreters load (PyO3 refuses to build the limited API for a free-threaded
-//! one): the GIL then serializes every access, so plain `Cell`s and `RefCell`s do, without
-//! the atomic read-modify-writes that a `Mutex` or an atomic counter costs on every `emit`
-//! (20-40 cycles each on this machine, several per call). This is PyO3's `GILProtected`,
-//! which PyO3 deprecates only because free-threaded builds cannot have it.
+//! Every access holds the GIL (a `Python` token proves it), which admits one thread at a time, so plain `Cell`s and
+//! `RefCell`s do, without the atomic read-modify-writes that a `Mutex` or an atomic counter
+//! costs on every `emit` (20-40 cycles each on this machine, several per call). This is
+//! PyO3's `GILProtected`, which PyO3 deprecates only because free-threaded builds cannot
+//! have it. Why there is always a GIL here: the extension is built for the stable ABI of
+//! CPython 3.11 (`abi3-py311`, installed as `_wire.abi3.so`), which free-threaded
+//! interpreters neither support nor look for; a module that does not declare itself safe
+//! without the GIL (PyO3's default) turns the GIL back on when imported; and the Python
+//! package does not use the native producer at all on an interpreter whose GIL is off
+//! (`telemetry/producer.py`).
 //!
 //! Rule for every `RefCell` kept in one: borrow only to clone or swap a reference, never
 //! while Python code can run (a `__del__`, the garbage collector, a callback), so that no

@@ -20,6 +20,7 @@ Both are thread-safe under the GIL; see :mod:`snakepit_bridge.telemetry.stream`.
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -318,6 +319,9 @@ class PythonProducer:
 def _native_producer_class() -> type | None:
     """``_wire.StreamProducer`` when the extension is built, current and not switched off."""
     if not NATIVE_ENCODER:
+        return None
+    # Its state relies on the GIL (native/snakepit_bridge_wire/src/gil.rs).
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
         return None
     try:
         from snakepit_bridge.telemetry import _wire  # noqa: PLC0415 - optional extension
