@@ -283,10 +283,11 @@ def test_a_burst_from_many_threads_with_a_reader_stays_exact_and_bounded() -> No
         while not stop.is_set() or stream.buffer:
             if stream.buffered_bytes > 20_000 + 200:  # a put-back may add its framing
                 over_bound.append(stream.buffered_bytes)
-            _batch, n = stream.pop_batch(64, 4096)
+            # A slow reader (16 events a millisecond at most), so that the producers
+            # certainly reach the bound while it reads.
+            _batch, n = stream.pop_batch(16, 4096)
             count += n
-            if not n:
-                time.sleep(0.0005)
+            time.sleep(0.001)
         delivered.append(count)
 
     def producer(index: int) -> None:
