@@ -214,14 +214,23 @@ defmodule Snakepit.Telemetry.Naming do
     )
   end
 
+  # Measurement keys this project adds to Snakepit's (`telemetry.dropped`'s running
+  # `:total`): in the catalog, not in Snakepit's list.
+  @own_measurement_keys [:total]
+  @snakepit_measurement_keys Catalog.measurement_keys() -- @own_measurement_keys
+
   @doc """
-  The catalog's measurement keys (see `Snakepit.Telemetry.Catalog.measurement_keys/0`).
+  Snakepit's measurement keys, in its order: the catalog's
+  (`Snakepit.Telemetry.Catalog.measurement_keys/0`) without the ones this project adds
+  (`:total`, the running total of a `[:snakepit, :python, :telemetry, :dropped]` report).
 
       iex> :queue_depth in Snakepit.Telemetry.Naming.measurement_keys()
       true
+      iex> :total in Snakepit.Telemetry.Naming.measurement_keys()
+      false
   """
   @spec measurement_keys() :: [atom()]
-  defdelegate measurement_keys, to: Catalog
+  def measurement_keys, do: @snakepit_measurement_keys
 
   @doc """
   The catalog's metadata keys (see `Snakepit.Telemetry.Catalog.metadata_keys/0`).

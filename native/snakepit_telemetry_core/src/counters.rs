@@ -52,6 +52,8 @@ pub struct StreamCounters {
     received: AtomicU64,
     /// Of `received`, the worker's stderr telemetry lines (the rest came from its gRPC calls).
     received_lines: AtomicU64,
+    /// Of `received`, drop reports read from its gRPC calls (not in the worker's sent count).
+    received_reports: AtomicU64,
     emitted: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
     /// What the worker reported it dropped before sending (`source_drops.rs`).
@@ -77,11 +79,17 @@ impl StreamCounters {
         self.received_lines.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Events read from the worker's gRPC calls: what arrived that was not a stderr line
-    /// (`transit.rs`). Exact when read by the stream task, the only writer.
+    /// A drop report arrived on a gRPC call (counted by `add_received` too).
+    pub fn add_received_report(&self) {
+        self.received_reports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events read from the worker's gRPC calls, drop reports left out, as the worker counts
+    /// what it sent (`transit.rs`). Exact when read by the stream task, the only writer.
     pub fn received_from_calls(&self) -> u64 {
         let lines = self.received_lines.load(Ordering::Relaxed);
-        self.received.load(Ordering::Relaxed) - lines
+        let reports = self.received_reports.load(Ordering::Relaxed);
+        self.received.load(Ordering::Relaxed).saturating_sub(lines + reports)
     }
 
     /// Events handed to the receiving process.
@@ -132,5 +140,8 @@ mod tests {
         counters.add_received(1);
         counters.add_received_line();
         assert_eq!((counters.snapshot().received, counters.received_from_calls()), (6, 5));
+        counters.add_received(1);
+        counters.add_received_report();
+        assert_eq!((counters.snapshot().received, counters.received_from_calls()), (7, 5));
     }
 }

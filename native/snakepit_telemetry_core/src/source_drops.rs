@@ -1,7 +1,14 @@
-//! What a worker reports it dropped itself: `telemetry.dropped` events (measurement `count`,
-//! metadata `reason`), tallied per stream by reason so that `list_streams` shows the
-//! worker's drops beside the NIF's. Such events are never removed by the worker's settings
-//! or the buffer bounds (the stream task lets them through), and still reach handlers.
+//! What a worker reports it dropped itself: `telemetry.dropped` events (measurements `count`
+//! and `total`, metadata `reason`), tallied per stream by reason so that `list_streams`
+//! shows the worker's drops beside the NIF's. Such events are never removed by the worker's
+//! settings or the buffer bounds (the stream task lets them through), and still reach
+//! handlers.
+//!
+//! `total` is the reason's running total over the worker stream's life. A report can be
+//! lost on a broken call like any event; the next one of its reason then carries a total
+//! that is ahead of what arrived, and [`ReportTotals`] makes its count up by the difference,
+//! so that the tally and the handlers' sums stay exact. (Reports are therefore left out of
+//! the worker's `x-snakepit-telemetry-sent` count, `transit.rs`.)
 //!
 //! The tally is bounded: at most [`MAX_REASONS`] reasons of at most [`MAX_REASON_BYTES`]
 //! bytes each; further reasons are counted under `"other"`.
@@ -22,6 +29,7 @@ const OTHER: &str = "other";
 pub struct ReportShape {
     pub event: EventIndex,
     count: NameId,
+    total: Option<NameId>,
     reason: NameId,
 }
 
@@ -29,29 +37,85 @@ impl ReportShape {
     /// None if the catalog has no `telemetry.dropped` event with `count` and `reason`.
     pub fn of(catalog: &Catalog) -> Option<ReportShape> {
         let event = catalog.event_index(REPORT_EVENT)?;
-        let count = catalog.measurement_key(catalog.event(event), "count")?.id;
+        let spec = catalog.event(event);
+        let count = catalog.measurement_key(spec, "count")?.id;
+        let total = catalog.measurement_key(spec, "total").map(|key| key.id);
         let reason = catalog.metadata_key("reason")?;
-        Some(ReportShape { event, count, reason })
+        Some(ReportShape { event, count, total, reason })
     }
 
-    /// The reason and count a report carries (a count that is not a non-negative integer
-    /// counts as 0; a missing reason is `"unknown"`).
-    pub fn read<'r>(&self, record: &'r EventRecord) -> (&'r str, u64) {
-        let count = record
-            .measurements
-            .iter()
-            .find(|(id, _)| *id == self.count)
-            .and_then(|(_, value)| match value {
+    /// The reason, count and running total a report carries (a count that is not a
+    /// non-negative integer counts as 0; a missing reason is `"unknown"`; a missing or
+    /// malformed total is None, as from a worker that does not send one).
+    pub fn read<'r>(&self, record: &'r EventRecord) -> (&'r str, u64, Option<u64>) {
+        let int = |key: NameId| {
+            record.measurements.iter().find(|(id, _)| *id == key).and_then(|(_, value)| match value {
                 Value::Int(n) => u64::try_from(*n).ok(),
                 _ => None,
             })
-            .unwrap_or(0);
+        };
+        let count = int(self.count).unwrap_or(0);
+        let total = self.total.and_then(int);
         let reason = record
             .metadata
             .iter()
             .find(|(key, _)| *key == MetaKey::Known(self.reason))
             .map_or("unknown", |(_, value)| value.as_str());
-        (reason, count)
+        (reason, count, total)
+    }
+
+    /// Sets the report's `count` to `count` (what it stands for once lost reports are
+    /// made up), so that handlers summing the counts see every drop.
+    pub fn set_count(&self, record: &mut EventRecord, count: u64) {
+        let value = Value::Int(i64::try_from(count).unwrap_or(i64::MAX));
+        match record.measurements.iter_mut().find(|(id, _)| *id == self.count) {
+            Some(entry) => entry.1 = value,
+            None => record.measurements.push((self.count, value)),
+        }
+    }
+}
+
+/// The last running total seen per reason, for one worker stream identity (see the module
+/// doc). Bounded like [`SourceDrops`]: reasons past the bound, or too long, are taken at
+/// their count.
+#[derive(Debug, Default)]
+pub struct ReportTotals {
+    stream: Option<String>,
+    last: Vec<(String, u64)>,
+}
+
+impl ReportTotals {
+    /// A call opened on the worker stream `stream` (its identity, None when the worker does
+    /// not say): the totals of another stream no longer apply.
+    pub fn opened(&mut self, stream: Option<&str>) {
+        if stream.is_none() || self.stream.as_deref() != stream {
+            self.last.clear();
+            self.stream = stream.map(str::to_string);
+        }
+    }
+
+    /// How many drops a report of `reason` stands for: its `count`, or, when its running
+    /// `total` is further ahead of the last one that arrived, the difference (the counts
+    /// of the reports lost in between).
+    pub fn account(&mut self, reason: &str, count: u64, total: Option<u64>) -> u64 {
+        let Some(total) = total else { return count };
+        if self.stream.is_none() || reason.len() > MAX_REASON_BYTES {
+            return count;
+        }
+        match self.last.iter_mut().find(|(r, _)| r == reason) {
+            Some((_, last)) => {
+                let behind = total.saturating_sub(*last);
+                *last = (*last).max(total);
+                // A total that does not cover the count is not to be trusted: the count is.
+                behind.max(count)
+            }
+            None => {
+                if self.last.len() < MAX_REASONS {
+                    self.last.push((reason.to_string(), total));
+                }
+                count
+            }
+        }
     }
 }
 
@@ -84,6 +148,41 @@ impl SourceDrops {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_report_is_made_up_by_the_next_one_of_its_reason() {
+        let mut totals = ReportTotals::default();
+        totals.opened(Some("stream-a"));
+        assert_eq!(totals.account("overflow", 5, Some(5)), 5);
+        // Reports of 7 and 4 were lost; this one says 3 more, 19 in all.
+        assert_eq!(totals.account("overflow", 3, Some(19)), 14);
+        assert_eq!(totals.account("overflow", 1, Some(20)), 1);
+        // A reconnect to the same stream keeps the totals; a new identity starts over.
+        totals.opened(Some("stream-a"));
+        assert_eq!(totals.account("overflow", 2, Some(25)), 5);
+        totals.opened(Some("stream-b"));
+        assert_eq!(totals.account("overflow", 2, Some(2)), 2);
+        // Without a total, or without an identity, the count is all there is.
+        assert_eq!(totals.account("disabled", 3, None), 3);
+        totals.opened(None);
+        assert_eq!(totals.account("overflow", 4, Some(100)), 4);
+        assert_eq!(totals.account("overflow", 4, Some(200)), 4);
+    }
+
+    #[test]
+    fn totals_that_do_not_add_up_fall_back_to_the_count() {
+        let mut totals = ReportTotals::default();
+        totals.opened(Some("s"));
+        assert_eq!(totals.account("r", 10, Some(10)), 10);
+        assert_eq!(totals.account("r", 4, Some(9)), 4); // behind: take the count
+        assert_eq!(totals.account("r", 1, Some(u64::MAX)), u64::MAX - 10);
+        for i in 0..(MAX_REASONS + 5) {
+            let reason = format!("reason_{i}");
+            assert_eq!(totals.account(&reason, 1, Some(1)), 1);
+            assert_eq!(totals.account(&reason, 1, Some(3)), if i < MAX_REASONS - 1 { 2 } else { 1 });
+        }
+        assert!(totals.last.len() <= MAX_REASONS);
+    }
 
     #[test]
     fn tallies_by_reason_within_bounds() {

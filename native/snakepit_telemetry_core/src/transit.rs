@@ -3,8 +3,9 @@
 //!
 //! Each response of this project's workers carries two headers: the stream's identity
 //! (`x-snakepit-telemetry-stream-id`, random per worker `TelemetryStream`) and how many
-//! events it has handed to calls so far (`x-snakepit-telemetry-sent`, drop reports
-//! included), read after the new call took over, so that no earlier call can add to it.
+//! events it has handed to calls so far (`x-snakepit-telemetry-sent`, drop reports not
+//! included: a lost one is made up by the next, `source_drops.rs`), read after the new
+//! call took over, so that no earlier call can add to it.
 //! When the same stream is opened again, the events it handed over since the previous open,
 //! minus those the NIF read from gRPC meanwhile, were lost in transit: counted as
 //! `lost_in_transit`. A different identity (a restarted worker, another process on the

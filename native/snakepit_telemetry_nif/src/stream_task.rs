@@ -32,7 +32,7 @@ use snakepit_telemetry_core::counters::{DropReason, StreamCounters};
 use snakepit_telemetry_core::pending::{BufferLimits, Pending};
 use snakepit_telemetry_core::registry::{CloseReason, StreamState};
 use snakepit_telemetry_core::settings::{samples_patterns, Decision, Policy, Removal, Sampler};
-use snakepit_telemetry_core::source_drops::ReportShape;
+use snakepit_telemetry_core::source_drops::{ReportShape, ReportTotals};
 use snakepit_telemetry_core::stderr_line::{parse_line, LineOutcome};
 use snakepit_telemetry_core::transit::{SentReport, TransitLedger};
 use snakepit_telemetry_core::translate::{translate, EventLimits, EventRecord};
@@ -100,6 +100,8 @@ struct Gate {
     sampler: Sampler,
     /// The worker's drop reports: never removed by settings or buffer bounds.
     reports: Option<ReportShape>,
+    /// Their running totals, which make up the counts of reports lost on a broken call.
+    totals: ReportTotals,
 }
 
 impl Gate {
@@ -268,7 +270,12 @@ impl StreamTask {
         };
         let seed = sampler_seed(self.worker.generation).rotate_left(17);
         let reports = ReportShape::of(catalog);
-        let mut gate = Gate { policy: policy(&mut settings, false), sampler: Sampler::new(seed), reports };
+        let mut gate = Gate {
+            policy: policy(&mut settings, false),
+            sampler: Sampler::new(seed),
+            reports,
+            totals: ReportTotals::default(),
+        };
         let (lost_at, failed) = match self.resume {
             Some((at, failed)) => (Some(at), failed),
             None => (None, 0),
@@ -297,6 +304,7 @@ impl StreamTask {
                     link = match opened {
                         Ok((events, samples_patterns, protocol, sent)) => {
                             let counters = &self.state.counters;
+                            gate.totals.opened(sent.as_ref().map(|sent| sent.stream_id.as_str()));
                             let lost = transit.opened(sent, counters.received_from_calls());
                             counters.add_dropped(DropReason::LostInTransit, lost);
                             gate.policy = policy(&mut settings, samples_patterns);
@@ -512,7 +520,7 @@ impl StreamTask {
         };
         let checked =
             translate(&self.encoder.catalog, self.limits.event, &bytes, name, |event| gate.check(event))
-                .and_then(|record| self.admit(record, gate, pending));
+                .and_then(|record| self.admit(record, gate, pending, true));
         if let Err(reason) = checked {
             counters.add_dropped(reason, 1);
         }
@@ -541,7 +549,7 @@ impl StreamTask {
             let checked =
                 translate(&self.encoder.catalog, self.limits.event, event, name, |event| gate.check(event))
                     .and_then(|record| match gate.reports {
-                        Some(shape) if shape.event == record.event => self.admit(record, gate, pending),
+                        Some(shape) if shape.event == record.event => self.admit(record, gate, pending, true),
                         _ => pending.push_from_batch(record),
                     });
             if let Err(reason) = checked {
@@ -550,12 +558,28 @@ impl StreamTask {
         }
     }
 
-    /// Buffers a checked event; a drop report is tallied and always buffered.
-    fn admit(&self, record: EventRecord, gate: &Gate, pending: &mut Pending) -> Result<(), DropReason> {
+    /// Buffers a checked event; a drop report is tallied (its count made up for reports
+    /// lost before it, `source_drops.rs`) and always buffered. `from_call`: read from a gRPC
+    /// call, not a stderr line.
+    fn admit(
+        &self,
+        mut record: EventRecord,
+        gate: &mut Gate,
+        pending: &mut Pending,
+        from_call: bool,
+    ) -> Result<(), DropReason> {
         match gate.reports {
             Some(shape) if shape.event == record.event => {
-                let (reason, count) = shape.read(&record);
-                self.state.counters.source.add(reason, count);
+                let counters = &self.state.counters;
+                if from_call {
+                    counters.add_received_report();
+                }
+                let (reason, count, total) = shape.read(&record);
+                let stands_for = gate.totals.account(reason, count, total);
+                counters.source.add(reason, stands_for);
+                if stands_for != count {
+                    shape.set_count(&mut record, stands_for);
+                }
                 pending.push_report(record, &self.limits.buffer)
             }
             _ => pending.push(record, &self.limits.buffer),
@@ -570,7 +594,9 @@ impl StreamTask {
         let outcome =
             parse_line(&self.encoder.catalog, self.limits.event, &line.0, name, |event| gate.check(event));
         let checked = match outcome {
-            LineOutcome::Telemetry(result) => result.and_then(|record| self.admit(record, gate, pending)),
+            LineOutcome::Telemetry(result) => {
+                result.and_then(|record| self.admit(record, gate, pending, false))
+            }
             // The Worker sends only lines with the prefix.
             LineOutcome::NotTelemetry => Err(DropReason::DecodeError),
         };

@@ -33,6 +33,26 @@ def test_a_report_carries_each_reason_s_increase_once() -> None:
     assert sorted(_reports(stream.take_drop_report())) == [("encode_error", 1), ("overflow", 1)]
 
 
+def _totals(messages: list[bytes]) -> list[tuple[str, int, int]]:
+    events = [pb.TelemetryEvent.FromString(message) for message in messages]
+    return [
+        (e.metadata["reason"], e.measurements["count"].int_value, e.measurements["total"].int_value)
+        for e in events
+    ]
+
+
+def test_a_report_carries_its_reasons_running_total() -> None:
+    # The total lets the client make up a report lost on a broken call: the next one of its
+    # reason is ahead by the lost counts.
+    stream = TelemetryStream(max_buffer=1)
+    for _ in range(4):
+        stream.emit("tool.execution.stop", {"duration": 1})
+    assert _totals(stream.take_drop_report()) == [("overflow", 3, 3)]
+    for _ in range(2):
+        stream.emit("tool.execution.stop", {"duration": 1})
+    assert _totals(stream.take_drop_report()) == [("overflow", 2, 5)]
+
+
 def test_an_idle_consumer_reports_drops_made_while_telemetry_is_off() -> None:
     stream = TelemetryStream()
     consumer = stream.attach()

@@ -42,6 +42,12 @@ def test_a_replaced_consumer_takes_nothing_after_the_handover() -> None:
     # The current consumer goes on.
     assert stream.pop_batch(100, 1 << 20, None, second)[1] == 6
     assert [len(report) > 0 for report in stream.claim_drop_report(second) or []] == [True]
+    # Drop reports are not counted there (each carries its reason's running total instead).
+    assert stream.handover() == (stream_id, 10)
+    assert stream.stats().sent == 11
+    # Nor when they go in a batch.
+    stream.emit("a.b", {"n": 11})
+    assert stream.pop_batch(100, 1 << 20, [b"report"], second)[1] == 2
     assert stream.handover() == (stream_id, 11)
     assert TelemetryStream().handover()[0] != stream_id
 

@@ -14,11 +14,13 @@ revisited.
 
 Drop reports: the worker tells the Elixir side what it dropped. While there are drops not
 yet reported, the consumer sends, at most every ``DROP_REPORT_INTERVAL_SECONDS``, one
-``telemetry.dropped`` event per reason (measurement ``count``: events dropped for that
-reason since the previous report; metadata ``reason``), and once more before the iterator
-ends after :meth:`TelemetryStream.close`. Reports go straight to the call, never through
-the buffer, so no bound, toggle, filter or sampling drops them; drops after the last report
-of a call that then dies are reported on the next call. (Drops as ``closed``, after
+``telemetry.dropped`` event per reason (measurements ``count``: events dropped for that
+reason since the previous report, and ``total``: all of them in the stream's life; metadata
+``reason``), and once more before the iterator ends after :meth:`TelemetryStream.close`.
+Reports go straight to the call, never through the buffer, so no bound, toggle, filter or
+sampling drops them; drops after the last report of a call that then dies are reported on
+the next call, and a report lost with a broken call is made up by the next one of its
+reason (the client compares totals). (Drops as ``closed``, after
 ``close``, have no stream left to be reported on.)
 
 Batches (``StreamTelemetryBatched``): :meth:`StreamConsumer.batches` yields serialized

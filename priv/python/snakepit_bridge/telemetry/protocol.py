@@ -62,7 +62,8 @@ CAPABILITY_BATCHED: Final = "batched"
 STREAM_ID_HEADER: Final = "x-snakepit-telemetry-stream-id"
 """Response header: the stream's identity, random per :class:`TelemetryStream`."""
 SENT_HEADER: Final = "x-snakepit-telemetry-sent"
-"""Response header: events the stream handed to calls before this one (decimal)."""
+"""Response header: events the stream handed to calls before this one (decimal), drop reports
+not included (a lost report is made up by the next one's ``total``)."""
 
 DROP_REPORT_INTERVAL_SECONDS: Final = 0.25
 """Shortest time between two drop reports of a stream."""

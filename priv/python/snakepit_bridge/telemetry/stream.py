@@ -331,7 +331,7 @@ class TelemetryStream:
         # Events and batch messages sent, in one attribute: keep the instance's attributes
         # few. On CPython 3.11 a 30th one made emit's drop paths about 10% slower
         # (bench/python_emit.py: 0.28 -> 0.31 µs with the buffer full).
-        self._sent = CounterSet(("events", "batches"))
+        self._sent = CounterSet(("events", "batches", "reports"))
         self._count_sent = self._sent["events"].increment
         self._stream_id = secrets.token_hex(8)  # this stream's identity (see handover())
         self._controls_rejected = Counter()
@@ -494,6 +494,7 @@ class TelemetryStream:
                 return None
             reports = self.take_drop_report()
             self._sent["events"].add(len(reports))
+            self._sent["reports"].add(len(reports))
             return reports
 
     def handover(self) -> tuple[str, int]:
@@ -501,12 +502,14 @@ class TelemetryStream:
 
         Sent in a new call's response headers (``x-snakepit-telemetry-stream-id``,
         ``x-snakepit-telemetry-sent``) after it attached, so that the client can count what
-        the previous call lost in transit. Taken under the lock every pop holds, after
-        :meth:`attach` replaced the consumer: a replaced consumer takes nothing afterwards,
-        so the count covers every event any earlier call was given.
+        the previous call lost in transit. Drop reports are not in that count: each carries
+        its reason's running ``total``, so a report that is lost is made up by the next one.
+        Taken under the lock every pop holds, after :meth:`attach` replaced the consumer: a
+        replaced consumer takes nothing afterwards, so the count covers every event any
+        earlier call was given.
         """
         with self._pop_lock:
-            return self._stream_id, self._sent["events"].value
+            return self._stream_id, self._sent["events"].value - self._sent["reports"].value
 
     def _to_message(self, entry: BufferEntry) -> pb.TelemetryEvent | None:
         """The ``TelemetryEvent`` of a buffered entry, or None if it is dropped (and counted).
@@ -549,22 +552,26 @@ class TelemetryStream:
             # buffer stays non-empty and its front entry stays until popped here.
             if consumer is not None and not consumer.is_current:
                 return b"", 0
-            batch, count = self._pack_batch(max_events, max_bytes, first)
+            batch, count, reports = self._pack_batch(max_events, max_bytes, first)
             if count:
                 self._sent["events"].add(count)
+                self._sent["reports"].add(reports)
                 self._sent["batches"].increment()
             return batch, count
 
     def _pack_batch(
         self, max_events: int, max_bytes: int, first: list[bytes] | None
-    ) -> tuple[bytes, int]:
-        """:meth:`pop_batch`'s packing; the caller holds ``_pop_lock``."""
+    ) -> tuple[bytes, int, int]:
+        """:meth:`pop_batch`'s packing: the batch, its events, and how many are drop reports.
+
+        The caller holds ``_pop_lock``.
+        """
         parts: list[bytes] = []
-        count, total = _pack_reports(first, parts, max_events, max_bytes) if first else (0, 0)
+        reports, total = _pack_reports(first, parts, max_events, max_bytes) if first else (0, 0)
         if first or not self._buffer:  # full with reports, or nothing else to send
-            return b"".join(parts), count
-        count = self._pack_buffered(parts, count, total, max_events, max_bytes)
-        return b"".join(parts), count
+            return b"".join(parts), reports, reports
+        count = self._pack_buffered(parts, reports, total, max_events, max_bytes)
+        return b"".join(parts), count, reports
 
     def _pack_buffered(
         self, parts: list[bytes], count: int, total: int, max_events: int, max_bytes: int
@@ -774,7 +781,9 @@ class TelemetryStream:
         """Return the drop report due now, and mark those drops reported.
 
         One serialized ``telemetry.dropped`` event per reason whose count rose since the
-        last report (``count`` = that increase, ``reason`` = the reason).
+        last report (``count`` = that increase, ``total`` = every drop for that reason in
+        this stream's life, ``reason`` = the reason). With ``total`` the client makes up the
+        counts of a report that was lost on a broken call (see :meth:`handover`).
         """
         with self._report_lock:
             now = self._producer.dropped_counts()
@@ -784,7 +793,7 @@ class TelemetryStream:
                 if delta > 0:
                     message = encode_event(
                         DROP_REPORT_EVENT,
-                        {"count": delta},
+                        {"count": delta, "total": count},
                         {"reason": reason},
                         None,
                         self._clock_ns(),
