@@ -1,12 +1,14 @@
 //! `EmitDispatch`: what the public `snakepit_bridge.telemetry.emit` is when this extension
 //! is built (the bound method `dispatch.emit`). It forwards each event to the active
-//! backend's emitter: straight into a native `StreamProducer` without a Python frame, or by
-//! calling any other emitter (a custom backend), counting what that raises as
-//! `backend_error`. With no backend it returns at once.
+//! backend's emitter: straight into a native `StreamProducer` without a Python frame when
+//! the emitter is a producer's bound `emit`, or by calling any other emitter (a custom
+//! backend), counting what that raises as `backend_error`. With no backend it returns at
+//! once.
 
 use std::cell::{Cell, RefCell};
 
 use pyo3::exceptions::PyException;
+use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::gil::GilCell;
@@ -42,9 +44,9 @@ impl EmitDispatch {
     fn set_target(&self, py: Python<'_>, emitter: Option<&Bound<'_, PyAny>>) {
         let target = match emitter {
             None => Target::Nothing,
-            Some(emitter) => match emitter.cast::<StreamProducer>() {
-                Ok(producer) => Target::Native(producer.clone().unbind()),
-                Err(_) => Target::Python(emitter.clone().unbind()),
+            Some(emitter) => match producer_of(emitter) {
+                Some(producer) => Target::Native(producer),
+                None => Target::Python(emitter.clone().unbind()),
             },
         };
         let state = self.state.get(py);
@@ -101,4 +103,15 @@ impl EmitDispatch {
     fn backend_errors(&self, py: Python<'_>) -> u64 {
         self.state.get(py).backend_errors.get()
     }
+}
+
+/// The producer whose `emit` `emitter` is (`StreamProducer.emit` bound to it), if it is one.
+fn producer_of(emitter: &Bound<'_, PyAny>) -> Option<Py<StreamProducer>> {
+    let py = emitter.py();
+    let name = emitter.getattr(intern!(py, "__name__")).ok()?;
+    if name.extract::<&str>().ok()? != "emit" {
+        return None;
+    }
+    let owner = emitter.getattr(intern!(py, "__self__")).ok()?;
+    owner.cast_into::<StreamProducer>().ok().map(Bound::unbind)
 }

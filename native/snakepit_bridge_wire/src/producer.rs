@@ -137,19 +137,6 @@ impl StreamProducer {
         self.emit_event(py, event_name, measurements, metadata, correlation_id)
     }
 
-    /// Same as `emit`: a producer is itself an emitter (`telemetry.emit` calls it directly).
-    #[pyo3(signature = (event_name, measurements, metadata=None, correlation_id=None))]
-    fn __call__(
-        &self,
-        py: Python<'_>,
-        event_name: &Bound<'_, PyAny>,
-        measurements: &Bound<'_, PyAny>,
-        metadata: Option<&Bound<'_, PyAny>>,
-        correlation_id: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        self.emit_event(py, event_name, measurements, metadata, correlation_id)
-    }
-
     /// Install the policy in force (a `ControlPolicy`: its `enabled`, its `decisions`
     /// cache and its `resolve`).
     fn set_policy(&self, policy: &Bound<'_, PyAny>) -> PyResult<()> {

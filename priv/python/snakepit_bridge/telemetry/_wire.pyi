@@ -31,13 +31,6 @@ class StreamProducer:
         metadata: Mapping[str, object] | None = None,
         correlation_id: str | None = None,
     ) -> None: ...
-    def __call__(
-        self,
-        event_name: str,
-        measurements: Mapping[str, object],
-        metadata: Mapping[str, object] | None = None,
-        correlation_id: str | None = None,
-    ) -> None: ...
     def set_policy(self, policy: ControlPolicy) -> None: ...
     def close(self) -> None: ...
     @property

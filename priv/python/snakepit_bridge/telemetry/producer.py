@@ -36,7 +36,14 @@ if TYPE_CHECKING:
     from snakepit_bridge.telemetry.consumer import StreamConsumer
     from snakepit_bridge.telemetry.policy import ControlPolicy
 
-__all__ = ["NATIVE_PRODUCER", "BufferEntry", "Producer", "PythonProducer", "make_producer"]
+__all__ = [
+    "NATIVE_PRODUCER",
+    "BufferEntry",
+    "Producer",
+    "PythonProducer",
+    "entry_charge",
+    "make_producer",
+]
 
 BufferEntry = EventRecord | bytes
 """A buffered entry: an event record (Python producer), or serialized bytes."""
@@ -105,8 +112,11 @@ class Producer(Protocol):
         """All drops so far."""
 
 
-def record_charge(entry: BufferEntry) -> int:
-    """What a buffered entry counts against ``max_buffer_bytes``."""
+def entry_charge(entry: BufferEntry) -> int:
+    """What a buffered ``entry`` counts against ``max_buffer_bytes``.
+
+    The length of bytes, or the charge an event record was given when it was emitted.
+    """
     return len(entry) if isinstance(entry, bytes) else entry[5]
 
 

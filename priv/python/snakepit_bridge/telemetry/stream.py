@@ -78,7 +78,6 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from snakepit_bridge.auth import BearerToken, TokenSource
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
-from snakepit_bridge.telemetry.backends.base import Emitter
 from snakepit_bridge.telemetry.consumer import StreamConsumer
 from snakepit_bridge.telemetry.counters import Counter, CounterSet
 from snakepit_bridge.telemetry.encoding import EventRecord, encode_event, encode_record
@@ -86,8 +85,8 @@ from snakepit_bridge.telemetry.policy import ControlPolicy
 from snakepit_bridge.telemetry.producer import (
     NATIVE_PRODUCER,
     BufferEntry,
+    entry_charge,
     make_producer,
-    record_charge,
 )
 from snakepit_bridge.telemetry.protocol import (
     CAPABILITIES_HEADER,
@@ -147,14 +146,6 @@ _ONE_BYTE_ENTRY_PREFIX: Final = tuple(bytes((_BATCH_TAG, size)) for size in rang
 """Entry prefixes (tag and one-byte varint length) of events under 128 bytes."""
 
 _Out = TypeVar("_Out")
-
-
-def entry_charge(entry: BufferEntry) -> int:
-    """What a buffered ``entry`` counts against ``max_buffer_bytes``.
-
-    The length of bytes, or the charge an event record was given when it was emitted.
-    """
-    return record_charge(entry)
 
 
 def serialize_entry(entry: BufferEntry) -> bytes:
@@ -314,9 +305,9 @@ class TelemetryStream:
             clock_ns=clock_ns,
             random_source=random_source,
         )
-        self._overridden = type(self).emit is not TelemetryStream.emit
-        if not self._overridden:
-            # Calls to stream.emit go straight to the producer, without this class's frame.
+        if type(self).emit is TelemetryStream.emit:
+            # Calls to stream.emit go straight to the producer, without this class's frame,
+            # and telemetry.emit recognizes a native producer's emit and calls it directly.
             self.emit = self._producer.emit  # type: ignore[method-assign]
         self._policy = ControlPolicy()
         self._producer.set_policy(self._policy)
@@ -355,17 +346,6 @@ class TelemetryStream:
         :mod:`.producer`) unless a subclass overrides this method.
         """
         self._producer.emit(event_name, measurements, metadata, correlation_id)
-
-    @property
-    def emitter(self) -> Emitter:
-        """What ``telemetry.emit`` forwards to.
-
-        The native producer itself (which ``telemetry.emit`` calls without a Python frame),
-        else the Python producer's ``emit``; a subclass's own ``emit`` if it overrides it.
-        """
-        if self._overridden:
-            return self.emit
-        return self._producer if NATIVE_PRODUCER else self.emit  # type: ignore[return-value]
 
     def enqueue_raw(self, data: bytes) -> bool:
         """Enqueue bytes that go on the wire as one message, bypassing the policy.

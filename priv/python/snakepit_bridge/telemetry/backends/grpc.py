@@ -41,12 +41,12 @@ class GrpcBackend(TelemetryBackend):
         self._stream.emit(event_name, measurements, metadata, correlation_id)
 
     def emitter(self) -> Emitter:
-        """Return the stream's emitter (:attr:`TelemetryStream.emitter`).
+        """Return the stream's own ``emit``.
 
-        With the native producer, ``telemetry.emit`` calls it without a Python frame; either
-        way it resolves the context's correlation id only for events it keeps.
+        It resolves the context's correlation id only for events it keeps; a native
+        producer's ``emit`` is called by ``telemetry.emit`` without a Python frame.
         """
-        return self._stream.emitter
+        return self._stream.emit
 
     def is_enabled(self) -> bool:
         """False while the client has telemetry switched off."""
