@@ -204,3 +204,32 @@ def test_stats_to_dict_is_json_ready() -> None:
         },
         "controls_rejected": 0,
     }
+
+
+def test_stats_snapshot_never_shows_a_batch_half_taken() -> None:
+    # A snapshot taken while a consumer packs a batch must not show its events gone from
+    # the buffer but not yet sent: a caller that waits for an empty buffer and then reads
+    # `sent` (as a drain does) would read a count that is still to grow.
+    stream = TelemetryStream(max_buffer=300_000, max_buffer_bytes=1 << 30)
+    for index in range(200_000):
+        stream.emit("tool.execution.stop", {"duration": index}, {"tool": "t" * 40})
+    enqueued = stream.stats().enqueued
+    assert enqueued == 200_000
+    done = threading.Event()
+    torn: list[tuple[int, int]] = []
+
+    def watch() -> None:
+        while not done.is_set():
+            stats = stream.stats()
+            if stats.buffered + stats.sent != enqueued:
+                torn.append((stats.buffered, stats.sent))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    consumer = stream.attach()
+    while stream.buffer:
+        stream.pop_batch(2_000, 1 << 22, consumer=consumer)
+    done.set()
+    watcher.join()
+    assert stream.stats().sent == enqueued
+    assert torn == []

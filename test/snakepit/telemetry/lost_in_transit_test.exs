@@ -29,6 +29,7 @@ defmodule Snakepit.Telemetry.LostInTransitTest do
     end
   end
 
+  @tag timeout: 120_000
   test "events on a connection that breaks are counted as :lost_in_transit; everything adds up" do
     restart_app_for_test(
       max_buffer_size: 64,
@@ -73,16 +74,24 @@ defmodule Snakepit.Telemetry.LostInTransitTest do
     PythonWorker.run(worker, %{"op" => "wait_sent", "timeout_ms" => 60_000})
     source = PythonWorker.stats(worker)
 
-    wait_until(
-      fn ->
-        info = stream(id)
-        delivered = :ets.lookup_element(table, :delivered, 2)
+    try do
+      wait_until(
+        fn ->
+          info = stream(id)
+          delivered = :ets.lookup_element(table, :delivered, 2)
 
-        info.received + info.dropped.lost_in_transit == source["sent"] and
-          delivered + Enum.sum(Map.values(info.dropped)) == @events
-      end,
-      60_000
-    )
+          info.received + info.dropped.lost_in_transit == source["sent"] and
+            delivered + Enum.sum(Map.values(info.dropped)) == @events
+        end,
+        40_000
+      )
+    rescue
+      error in ExUnit.AssertionError ->
+        flunk(
+          "#{error.message}: source #{inspect(source)}, stream #{inspect(stream(id))}, " <>
+            "delivered #{:ets.lookup_element(table, :delivered, 2)}, lost at the break #{lost}"
+        )
+    end
 
     info = stream(id)
     assert source["emitted"] == @events

@@ -268,7 +268,7 @@ class ScriptRunner:
 
     def _wait_sent(self, command: Command) -> None:
         deadline = time.monotonic() + float(command.get("timeout_ms", 5000)) / 1000.0
-        while self.stream.buffer:
+        while self.stream.stats().buffered:
             if time.monotonic() >= deadline:
                 raise CommandError(f"{len(self.stream.buffer)} messages still buffered")
             time.sleep(_POLL_SECONDS)

@@ -793,13 +793,19 @@ class TelemetryStream:
         return self._producer.dropped_counts()
 
     def stats(self) -> StreamStats:
-        """Return a snapshot of the counters."""
-        return StreamStats(
-            enqueued=self._producer.enqueued - self._late_drops.value,
-            buffered=len(self._buffer),
-            buffered_bytes=self.buffered_bytes,
-            sent=self._sent["events"].value,
-            sent_batches=self._sent["batches"].value,
-            dropped=self._producer.dropped_counts(),
-            controls_rejected=self._controls_rejected.value,
-        )
+        """Return a snapshot of the counters.
+
+        Taken under the lock consumers pop with, so that no batch is half taken in it
+        (gone from ``buffered`` but not yet in ``sent``): once a snapshot shows an empty
+        buffer, its ``sent`` counts every event enqueued before it.
+        """
+        with self._pop_lock:
+            return StreamStats(
+                enqueued=self._producer.enqueued - self._late_drops.value,
+                buffered=len(self._buffer),
+                buffered_bytes=self.buffered_bytes,
+                sent=self._sent["events"].value,
+                sent_batches=self._sent["batches"].value,
+                dropped=self._producer.dropped_counts(),
+                controls_rejected=self._controls_rejected.value,
+            )
