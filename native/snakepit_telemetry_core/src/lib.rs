@@ -6,6 +6,8 @@
 //! - `catalog`: the event catalog, as Elixir hands it to the NIF at start
 //! - `event_view`: one `TelemetryEvent` read in place from its bytes, as prost would decode it
 //! - `translate`: the bytes of one gRPC message to a checked event, or its drop reason
+//! - `record`: a checked event as it waits to be turned into terms, its strings in one buffer
+//! - `pending`: a stream's buffer of checked events, bounded in events and bytes
 //! - `counters`, `registry`: per-stream counters and status that NIF calls read
 //! - `source_drops`: what a worker reports it dropped itself (`telemetry.dropped`)
 //! - `settings`: a worker's toggle, sampling and filters, and the per-event policy they give
@@ -26,6 +28,7 @@ pub mod counters;
 pub mod event_view;
 pub mod pending;
 pub mod proto;
+pub mod record;
 pub mod registry;
 pub mod settings;
 pub mod source_drops;

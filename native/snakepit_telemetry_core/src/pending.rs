@@ -21,7 +21,7 @@ pub struct BufferLimits {
 }
 
 /// Slots an empty buffer keeps; beyond this its storage is given back once it drains. A
-/// record is about 320 bytes (its few map entries are inline), and a batched stream may hold
+/// record is about 220 bytes (its few map entries are inline), and a batched stream may hold
 /// `max_buffer` plus a whole worker message (8,192 events by default) for a moment: without
 /// this, every stream that once had a burst would keep megabytes for as long as it lives.
 const RETAINED_SLOTS: usize = 256;
@@ -74,36 +74,44 @@ impl Pending {
         Ok(())
     }
 
-    /// The next batch: up to `max_batch` events and `max_batch_bytes` (at least one event).
-    pub fn take_batch(&mut self, limits: &BufferLimits) -> Vec<EventRecord> {
-        let mut batch = Vec::with_capacity(self.events.len().min(limits.max_batch));
+    /// Hands the next batch to `send`, in place (as the two slices of the ring buffer, in
+    /// order): up to `max_batch` events and `max_batch_bytes` (at least one event). The
+    /// batch leaves the buffer only if `send` succeeds; otherwise it stays, in order.
+    /// Returns how many events were sent (0 when nothing is buffered).
+    pub fn send_batch<E>(
+        &mut self,
+        limits: &BufferLimits,
+        send: impl FnOnce(&[EventRecord], &[EventRecord]) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut count = 0;
         let mut bytes = 0;
-        while batch.len() < limits.max_batch {
-            match self.events.front() {
-                Some(next) if batch.is_empty() || bytes + next.wire_bytes <= limits.max_batch_bytes => {}
-                _ => break,
+        for record in self.events.iter().take(limits.max_batch) {
+            if count > 0 && bytes + record.wire_bytes > limits.max_batch_bytes {
+                break;
             }
-            let Some(record) = self.events.pop_front() else { break };
+            count += 1;
             bytes += record.wire_bytes;
-            batch.push(record);
         }
+        if count == 0 {
+            return Ok(0);
+        }
+        let (front, back) = self.events.as_slices();
+        let (first, second) = if count <= front.len() {
+            (&front[..count], &back[..0])
+        } else {
+            (front, &back[..count - front.len()])
+        };
+        send(first, second)?;
+        self.events.drain(..count);
         self.bytes -= bytes;
         self.release_if_drained();
-        batch
+        Ok(count)
     }
 
     /// Gives back the storage a burst left behind, once nothing is buffered.
     fn release_if_drained(&mut self) {
         if self.events.is_empty() && self.events.capacity() > RETAINED_SLOTS {
             self.events.shrink_to(RETAINED_SLOTS);
-        }
-    }
-
-    /// Puts back a batch that could not be sent, in order.
-    pub fn restore(&mut self, batch: Vec<EventRecord>) {
-        for record in batch.into_iter().rev() {
-            self.bytes += record.wire_bytes;
-            self.events.push_front(record);
         }
     }
 
@@ -136,14 +144,7 @@ mod tests {
     use super::*;
 
     fn record() -> EventRecord {
-        EventRecord {
-            event: 0,
-            wire_bytes: 100,
-            measurements: Default::default(),
-            metadata: Default::default(),
-            timestamp_ns: 0,
-            correlation_id: String::new(),
-        }
+        EventRecord::new(0, 100, 0)
     }
 
     #[test]
@@ -161,14 +162,76 @@ mod tests {
         assert!(pending.events.capacity() >= 9_000);
         let mut taken = 0;
         while !pending.is_empty() {
-            taken += pending.take_batch(&limits).len();
+            taken += pending.send_batch(&limits, |_, _| Ok::<_, ()>(())).expect("sent");
         }
         assert_eq!((taken, pending.bytes), (9_000, 0));
         assert!(pending.events.capacity() <= RETAINED_SLOTS);
         // A small steady flow keeps its storage: nothing is given back while it stays small.
         pending.push(record(), &limits).expect("room");
         let capacity = pending.events.capacity();
-        pending.take_batch(&limits);
+        assert_eq!(pending.send_batch(&limits, |_, _| Ok::<_, ()>(())), Ok(1));
         assert_eq!(pending.events.capacity(), capacity);
+    }
+
+    fn numbered(n: i64, wire_bytes: usize) -> EventRecord {
+        let mut record = EventRecord::new(0, wire_bytes, 0);
+        record.timestamp_ns = n;
+        record
+    }
+
+    fn sent(pending: &mut Pending, limits: &BufferLimits) -> Vec<i64> {
+        let mut seen = Vec::new();
+        let count = pending
+            .send_batch(limits, |first, second| {
+                seen.extend(first.iter().chain(second).map(|r| r.timestamp_ns));
+                Ok::<_, ()>(())
+            })
+            .expect("sent");
+        assert_eq!(count, seen.len());
+        seen
+    }
+
+    #[test]
+    fn batches_are_bounded_in_events_and_bytes_and_keep_the_order_across_the_ring() {
+        let limits =
+            BufferLimits { max_buffer: 64, max_buffer_bytes: 1 << 20, max_batch: 4, max_batch_bytes: 250 };
+        let mut pending = Pending::default();
+        // Wrap the ring: fill, take some, fill again, so the next batch spans both slices.
+        for n in 0..6 {
+            pending.push(numbered(n, 50), &limits).expect("room");
+        }
+        assert_eq!(sent(&mut pending, &limits), [0, 1, 2, 3]);
+        for n in 6..12 {
+            pending.push(numbered(n, 50), &limits).expect("room");
+        }
+        assert_eq!(sent(&mut pending, &limits), [4, 5, 6, 7]);
+        pending.push(numbered(12, 150), &limits).expect("room");
+        assert_eq!(sent(&mut pending, &limits), [8, 9, 10, 11]);
+        // The byte bound: 150 + 50 fit in 250, the 400-byte event does not.
+        pending.push(numbered(13, 50), &limits).expect("room");
+        pending.push(numbered(14, 400), &limits).expect("room");
+        assert_eq!(sent(&mut pending, &limits), [12, 13]);
+        // An event larger than a batch still goes, alone.
+        assert_eq!(sent(&mut pending, &limits), [14]);
+        assert_eq!((pending.bytes, pending.is_empty()), (0, true));
+        assert_eq!(sent(&mut pending, &limits), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_sent_stays_in_order() {
+        let limits = BufferLimits {
+            max_buffer: 64,
+            max_buffer_bytes: 1 << 20,
+            max_batch: 3,
+            max_batch_bytes: 1 << 20,
+        };
+        let mut pending = Pending::default();
+        for n in 0..5 {
+            pending.push(numbered(n, 10), &limits).expect("room");
+        }
+        assert_eq!(pending.send_batch(&limits, |_, _| Err("receiver gone")), Err("receiver gone"));
+        assert_eq!(pending.bytes, 50);
+        assert_eq!(sent(&mut pending, &limits), [0, 1, 2]);
+        assert_eq!(sent(&mut pending, &limits), [3, 4]);
     }
 }

@@ -56,11 +56,7 @@ impl ReportShape {
         };
         let count = int(self.count).unwrap_or(0);
         let total = self.total.and_then(int);
-        let reason = record
-            .metadata
-            .iter()
-            .find(|(key, _)| *key == MetaKey::Known(self.reason))
-            .map_or("unknown", |(_, value)| value.as_str());
+        let reason = record.metadata_value(MetaKey::Known(self.reason)).unwrap_or("unknown");
         (reason, count, total)
     }
 

@@ -9,41 +9,13 @@
 //! no term for) are `invalid_measurement`, and an event with more metadata keys than the
 //! configured limit is `too_many_keys`.
 
-use prost::Message;
-use smallvec::SmallVec;
-
-use crate::catalog::{Catalog, EventIndex, NameId};
+use crate::catalog::{Catalog, EventIndex};
 use crate::counters::DropReason;
 use crate::event_view::{EventView, ValueView};
 use crate::proto::TelemetryEvent;
+use prost::Message;
 
-/// A measurement value, as the worker sent it.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    Int(i64),
-    Float(f64),
-    Str(String),
-}
-
-/// A metadata key: an allowlisted key becomes an atom, any other stays a binary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MetaKey {
-    Known(NameId),
-    Other(String),
-}
-
-/// An event that passed the catalog check, ready to be turned into terms.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EventRecord {
-    pub event: EventIndex,
-    /// Size of the message on the wire, for the byte bounds of buffers and batches.
-    pub wire_bytes: usize,
-    /// Inline up to a few entries: no allocation for the lists of a typical event.
-    pub measurements: SmallVec<[(NameId, Value); 2]>,
-    pub metadata: SmallVec<[(MetaKey, String); 4]>,
-    pub timestamp_ns: i64,
-    pub correlation_id: String,
-}
+pub use crate::record::{EventRecord, MetaKey, Value};
 
 /// How many `:native` time units make a second on this VM; the worker sends nanoseconds.
 #[derive(Clone, Copy, Debug)]
@@ -138,7 +110,9 @@ fn check_view(
     }
     let spec = catalog.event(event);
 
-    let mut measurements = SmallVec::with_capacity(view.measurements.len());
+    let text_bytes = view.correlation_id.len()
+        + view.metadata.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>();
+    let mut record = EventRecord::new(event, wire_bytes, text_bytes);
     for &(key, value) in &view.measurements {
         let key = catalog.measurement_key(spec, key).ok_or(DropReason::InvalidMeasurement)?;
         let value = match value {
@@ -152,26 +126,18 @@ fn check_view(
         if matches!(value, Value::Float(f) if !f.is_finite()) {
             return Err(DropReason::InvalidMeasurement);
         }
-        measurements.push((key.id, value));
+        record.measurements.push((key.id, value));
     }
-
-    let metadata = view
-        .metadata
-        .iter()
-        .map(|&(key, value)| match catalog.metadata_key(key) {
-            Some(id) => (MetaKey::Known(id), value.to_owned()),
-            None => (MetaKey::Other(key.to_owned()), value.to_owned()),
-        })
-        .collect();
-
-    Ok(EventRecord {
-        event,
-        wire_bytes,
-        measurements,
-        metadata,
-        timestamp_ns: view.timestamp_ns,
-        correlation_id: view.correlation_id.to_owned(),
-    })
+    for &(key, value) in &view.metadata {
+        let key = match catalog.metadata_key(key) {
+            Some(id) => MetaKey::Known(id),
+            None => MetaKey::Other(key),
+        };
+        record.push_metadata(key, value);
+    }
+    record.timestamp_ns = view.timestamp_ns;
+    record.set_correlation_id(view.correlation_id);
+    Ok(record)
 }
 
 #[cfg(test)]
@@ -219,9 +185,9 @@ mod tests {
         let duration = catalog.names().get("duration").expect("interned");
         assert_eq!(record.measurements[..], [(duration, Value::Int(1500))]);
         let tool = catalog.metadata_key("tool").expect("allowlisted");
-        assert!(record.metadata.contains(&(MetaKey::Known(tool), "predict".into())));
-        assert!(record.metadata.contains(&(MetaKey::Other("user_key".into()), "x".into())));
-        assert_eq!(record.correlation_id, "abc-123");
+        assert_eq!(record.metadata_value(MetaKey::Known(tool)), Some("predict"));
+        assert_eq!(record.metadata_value(MetaKey::Other("user_key")), Some("x"));
+        assert_eq!(record.correlation_id(), "abc-123");
         assert_eq!(record.timestamp_ns, 1_700_000_000_000_000_000);
     }
 
@@ -323,7 +289,7 @@ mod tests {
         let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
         assert_eq!(run(&catalog, &event("tool.execution.stop", &[], &pairs)), Err(DropReason::TooManyKeys));
         let record = run(&catalog, &event("tool.execution.stop", &[], &pairs[..64])).expect("at the limit");
-        assert_eq!(record.metadata.len(), 64);
+        assert_eq!(record.metadata().len(), 64);
     }
 
     /// The decoder before `EventView`: prost's message, then the same checks on it.
@@ -358,22 +324,21 @@ mod tests {
             }
             measurements.push((key.id, value));
         }
-        let metadata = decoded
-            .metadata
-            .into_iter()
-            .map(|(key, value)| match catalog.metadata_key(&key) {
-                Some(id) => (MetaKey::Known(id), value),
-                None => (MetaKey::Other(key), value),
-            })
-            .collect();
-        Ok(EventRecord {
-            event,
-            wire_bytes: bytes.len(),
-            measurements: measurements.into(),
-            metadata,
-            timestamp_ns: decoded.timestamp_ns,
-            correlation_id: decoded.correlation_id,
-        })
+        let mut record = EventRecord::new(event, bytes.len(), 0);
+        record.measurements = measurements.into();
+        // In key order, as EventView leaves them.
+        let mut metadata: Vec<_> = decoded.metadata.into_iter().collect();
+        metadata.sort();
+        for (key, value) in &metadata {
+            let key = match catalog.metadata_key(key) {
+                Some(id) => MetaKey::Known(id),
+                None => MetaKey::Other(key),
+            };
+            record.push_metadata(key, value);
+        }
+        record.timestamp_ns = decoded.timestamp_ns;
+        record.set_correlation_id(&decoded.correlation_id);
+        Ok(record)
     }
 
     /// xorshift64: a cheap deterministic generator.
@@ -547,7 +512,6 @@ mod tests {
     fn sorted(result: Result<EventRecord, DropReason>) -> Result<EventRecord, DropReason> {
         result.map(|mut record| {
             record.measurements.sort_by_key(|(id, _)| *id);
-            record.metadata.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
             record
         })
     }
@@ -591,7 +555,7 @@ mod tests {
                 assert_eq!(sorted(checked), new, "check, message {i}: {bytes:02x?}");
             }
             let outcome = match &new {
-                Ok(record) if record.metadata.is_empty() => "ok".to_string(),
+                Ok(record) if record.metadata().len() == 0 => "ok".to_string(),
                 Ok(_) => "ok with metadata".to_string(),
                 Err(reason) => format!("{reason:?}"),
             };

@@ -109,18 +109,18 @@ impl TermEncoder {
         fixed.into_iter().chain(registered).flatten().collect()
     }
 
-    pub fn encode_batch<'a>(
+    pub fn encode_batch<'a, 'r>(
         &self,
         env: Env<'a>,
         ticket: &ResourceArc<BatchTicket>,
         worker: &WorkerMeta,
-        events: &[EventRecord],
+        events: impl Iterator<Item = &'r EventRecord>,
     ) -> Term<'a> {
         let shared = SharedTerms::new(env, self, worker);
         let mut names: Vec<Option<Term<'a>>> = vec![None; self.catalog.events().len()];
         // Key and value lists reused by every map of the batch.
         let mut scratch = Scratch::new(self.catalog.names().len());
-        let mut list: Vec<Term<'a>> = Vec::with_capacity(events.len());
+        let mut list: Vec<Term<'a>> = Vec::with_capacity(events.size_hint().0);
         for record in events {
             let name = *names[record.event as usize].get_or_insert_with(|| self.event_name(env, record));
             let measurements = self.measurements(env, record, &mut scratch);
@@ -162,16 +162,16 @@ impl TermEncoder {
         let shared_keys = &shared.keys;
         let mut next = 0;
         for binaries in [false, true] {
-            for (key, value) in &record.metadata {
+            for (key, value) in record.metadata() {
                 let (before, key) = match key {
                     MetaKey::Known(id) if !binaries => {
-                        let overridden = worker.reserved.contains(id) || Some(*id) == self.ids.correlation_id;
+                        let overridden = worker.reserved.contains(&id) || Some(id) == self.ids.correlation_id;
                         if overridden {
                             continue;
                         }
                         (
-                            scratch.position(*id, || shared.position(false, self.catalog.names().name(*id))),
-                            self.atoms.get(*id).encode(env),
+                            scratch.position(id, || shared.position(false, self.catalog.names().name(id))),
+                            self.atoms.get(id).encode(env),
                         )
                     }
                     MetaKey::Other(name) if binaries => (shared.position(true, name), name.encode(env)),
@@ -293,8 +293,10 @@ impl<'a> SharedTerms<'a> {
             SharedValue::Timestamp => record.timestamp_ns.encode(env),
             // Always present, nil when the worker sent none (as Snakepit's stream manager
             // does); a `correlation_id` in the worker's own metadata never replaces it.
-            SharedValue::Correlation if record.correlation_id.is_empty() => self.nil,
-            SharedValue::Correlation => record.correlation_id.encode(env),
+            SharedValue::Correlation => match record.correlation_id() {
+                "" => self.nil,
+                id => id.encode(env),
+            },
         }
     }
 }

@@ -608,19 +608,21 @@ impl StreamTask {
     /// Sends batches while flow control allows and the receiver takes them.
     fn flush(&self, flow: &mut Flow, receiver: &watch::Receiver<LocalPid>) {
         while !flow.blocked && !flow.pending.is_empty() && flow.credit.try_acquire() {
-            let batch = flow.pending.take_batch(&self.limits.buffer);
-            let ticket =
-                ResourceArc::new(BatchTicket::new(flow.credit.clone(), self.state.clone(), batch.len()));
             let pid = *receiver.borrow();
-            let sent = flow
-                .env
-                .send_and_clear(&pid, |env| self.encoder.encode_batch(env, &ticket, &self.worker, &batch));
-            if sent.is_ok() {
-                flow.sent += batch.len() as u64;
-            } else {
-                ticket.cancel();
-                flow.pending.restore(batch);
-                flow.blocked = true;
+            let env = &mut flow.env;
+            // Encoded in place; the events leave the buffer only once the batch is sent.
+            let sent = flow.pending.send_batch(&self.limits.buffer, |first, second| {
+                let events = first.len() + second.len();
+                let ticket =
+                    ResourceArc::new(BatchTicket::new(flow.credit.clone(), self.state.clone(), events));
+                let sent = env.send_and_clear(&pid, |env| {
+                    self.encoder.encode_batch(env, &ticket, &self.worker, first.iter().chain(second))
+                });
+                sent.map_err(|_| ticket.cancel())
+            });
+            match sent {
+                Ok(events) => flow.sent += events as u64,
+                Err(()) => flow.blocked = true,
             }
         }
     }
