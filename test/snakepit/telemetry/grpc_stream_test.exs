@@ -219,7 +219,10 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
 
   test "a handler slower than the worker: the mailbox stays bounded and overflow is counted" do
     # StreamTelemetry: the NIF reads on and drops past its buffer (a batched stream stops
-    # reading instead; see conservation_test.exs).
+    # reading instead; see conservation_test.exs). A small buffer, so that the handler has a
+    # few hundred events to get through rather than a few thousand (at 1 ms each, and much
+    # more on a loaded machine).
+    restart_app_for_test(max_buffer_size: 128, max_batch_size: 32)
     {worker, id} = start_worker(["--no-batched", "--max-buffer", "100000"], "slow")
 
     Forwarder.attach([@tool ++ [:stop]], %{sleep_ms: 1})
