@@ -195,8 +195,8 @@ mod tests {
     fn batches_are_bounded_in_events_and_bytes_and_keep_the_order_across_the_ring() {
         let limits =
             BufferLimits { max_buffer: 64, max_buffer_bytes: 1 << 20, max_batch: 4, max_batch_bytes: 250 };
-        let mut pending = Pending::default();
-        // Wrap the ring: fill, take some, fill again, so the next batch spans both slices.
+        let mut pending = Pending { events: VecDeque::with_capacity(8), bytes: 0 };
+        // Wrap the ring (8 slots): fill 6, take 4, fill 6 more.
         for n in 0..6 {
             pending.push(numbered(n, 50), &limits).expect("room");
         }
@@ -204,10 +204,14 @@ mod tests {
         for n in 6..12 {
             pending.push(numbered(n, 50), &limits).expect("room");
         }
-        assert_eq!(sent(&mut pending, &limits), [4, 5, 6, 7]);
-        pending.push(numbered(12, 150), &limits).expect("room");
-        assert_eq!(sent(&mut pending, &limits), [8, 9, 10, 11]);
+        let (front, back) = pending.events.as_slices();
+        assert_eq!((front.len(), back.len()), (4, 4), "the ring wraps");
+        // A batch of 5 spans both slices.
+        let wide = BufferLimits { max_batch: 5, max_batch_bytes: 1 << 20, ..limits };
+        assert_eq!(sent(&mut pending, &wide), [4, 5, 6, 7, 8]);
+        assert_eq!(sent(&mut pending, &limits), [9, 10, 11]);
         // The byte bound: 150 + 50 fit in 250, the 400-byte event does not.
+        pending.push(numbered(12, 150), &limits).expect("room");
         pending.push(numbered(13, 50), &limits).expect("room");
         pending.push(numbered(14, 400), &limits).expect("room");
         assert_eq!(sent(&mut pending, &limits), [12, 13]);
