@@ -110,6 +110,8 @@ fn check_view(
     }
     let spec = catalog.event(event);
 
+    // Room for every string the record may keep (an upper bound: allowlisted keys become
+    // ids, not text), so that it allocates once.
     let text_bytes = view.correlation_id.len()
         + view.metadata.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>();
     let mut record = EventRecord::new(event, wire_bytes, text_bytes);
