@@ -17,7 +17,8 @@ defmodule Snakepit.Telemetry.Dispatcher do
 
   If one crashes or is killed, it is restarted and registers itself with the NIF again;
   events of the batches that were in its mailbox are counted as `:undeliverable`, and the
-  streams go on.
+  streams go on. Stream and connection events of its workers that happen while it is down
+  are not lost: the NIF keeps them and sends them, in order, to its successor.
 
   It emits every worker event of the catalog, the stream events
   `[:snakepit, :grpc, :stream, :opened | :closed]` and the connection events

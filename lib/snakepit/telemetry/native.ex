@@ -18,7 +18,10 @@ defmodule Snakepit.Telemetry.Native do
       `{:opened, :established | {:reconnected, downtime_ms, attempts}}`,
       `{:lost, reason, uptime_ms}` (a retry follows), and last `{:closed, reason}` (a stream
       was open) or `{:ended, reason}` (none was); `sent` is the number of events handed
-      over on the stream that ended (0 otherwise).
+      over on the stream that ended (0 otherwise). A status message the receiver is not
+      there to take (its Dispatcher is restarting) waits in the NIF, ahead of the stream's
+      batches, until `set_receiver/3` names the next one (an ended registration waits up to
+      5 s for it).
 
   If the library cannot be loaded, `load_error/0` says why, and `Snakepit.Telemetry.GrpcStream`
   refuses to start with that reason rather than failing later with `:nif_not_loaded`.

@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::encode::{TermEncoder, WorkerMeta};
 use crate::flow::{BatchTicket, FlowCredit};
-use crate::status::{send_status, StatusMessage};
+use crate::status::{StatusMessage, StatusQueue};
 use crate::tool_call::ToolTarget;
 
 /// Buffer, batch and event bounds of one stream (from the application config).
@@ -133,10 +133,34 @@ struct Flow {
     credit: Arc<FlowCredit>,
     pending: Pending,
     env: OwnedEnv,
-    /// The receiver refused a batch (it is gone); wait for a new one before sending again.
+    /// Status messages the receiver has not taken yet (sent before any batch).
+    statuses: StatusQueue,
+    /// The receiver refused a batch or a status message (it is gone); wait for a new one
+    /// before sending again.
     blocked: bool,
     /// Events handed to a receiver on this stream.
     sent: u64,
+}
+
+impl Flow {
+    /// Queues a status message and sends what is waiting, unless the receiver is known gone.
+    fn post_status(
+        &mut self,
+        message: StatusMessage,
+        receiver: &watch::Receiver<LocalPid>,
+        worker: &WorkerMeta,
+    ) {
+        self.statuses.post(message);
+        self.send_statuses(receiver, worker);
+    }
+
+    /// Sends the waiting status messages; false (and blocked) if the receiver is gone.
+    fn send_statuses(&mut self, receiver: &watch::Receiver<LocalPid>, worker: &WorkerMeta) -> bool {
+        if !self.blocked && !self.statuses.send(receiver, worker) {
+            self.blocked = true;
+        }
+        !self.blocked
+    }
 }
 
 /// Where the task stands between wake-ups.
@@ -205,6 +229,9 @@ impl Backoff {
 /// that keeps closing the stream, or two clients taking it from each other) keep backing off.
 const STABLE_STREAM: Duration = Duration::from_secs(5);
 
+/// How long an ended registration's last status messages wait for a receiver that is gone.
+const LAST_STATUS_WAIT: Duration = Duration::from_secs(5);
+
 impl StreamTask {
     /// Runs the stream until the registration ends, then reports why. A panic inside is
     /// caught, reported as a loss, and the stream is opened again like after any other loss.
@@ -213,6 +240,7 @@ impl StreamTask {
             credit: Arc::new(FlowCredit::new(self.limits.max_in_flight)),
             pending: Pending::default(),
             env: OwnedEnv::new(),
+            statuses: StatusQueue::default(),
             blocked: false,
             sent: 0,
         };
@@ -250,7 +278,17 @@ impl StreamTask {
             Some(sent) => StatusMessage::Closed(end.reason, sent),
             None => StatusMessage::Ended(end.reason),
         };
-        send_status(&self.receiver, &self.worker, message);
+        // The last message of the registration, after any still waiting: a receiver that is
+        // gone (its Dispatcher restarting) gets a moment to come back for them.
+        flow.statuses.post(message);
+        let mut receiver = self.receiver.clone();
+        let deadline = tokio::time::Instant::now() + LAST_STATUS_WAIT;
+        while !flow.statuses.send(&receiver, &self.worker) {
+            match tokio::time::timeout_at(deadline, receiver.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => break,
+            }
+        }
     }
 
     async fn stream(
@@ -313,7 +351,7 @@ impl StreamTask {
                                 None => StatusMessage::Established,
                                 Some(at) => StatusMessage::Reconnected(at.elapsed(), failed + 1),
                             };
-                            send_status(&receiver, &self.worker, opened);
+                            flow.post_status(opened, &receiver, &self.worker);
                             Link::Up { events, since: Instant::now(), samples_patterns, protocol }
                         }
                         Err(reason) if reason.is_final() => return TaskEnd { reason, open: None },
@@ -385,7 +423,8 @@ impl StreamTask {
                 if uptime >= STABLE_STREAM {
                     backoff.streak = 0;
                 }
-                send_status(&receiver, &self.worker, StatusMessage::Lost(reason.clone(), uptime, flow.sent));
+                let lost = StatusMessage::Lost(reason.clone(), uptime, flow.sent);
+                flow.post_status(lost, &receiver, &self.worker);
                 self.state.set_retrying(0, reason);
                 let retry_at = Instant::now() + backoff.next(&self.connect.backoff);
                 link = Link::Down { retry_at, lost_at: Some(Instant::now()), failed: 0 };
@@ -607,6 +646,9 @@ impl StreamTask {
 
     /// Sends batches while flow control allows and the receiver takes them.
     fn flush(&self, flow: &mut Flow, receiver: &watch::Receiver<LocalPid>) {
+        if !flow.send_statuses(receiver, &self.worker) {
+            return;
+        }
         while !flow.blocked && !flow.pending.is_empty() && flow.credit.try_acquire() {
             let pid = *receiver.borrow();
             let env = &mut flow.env;

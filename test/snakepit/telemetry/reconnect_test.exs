@@ -3,7 +3,7 @@ defmodule Snakepit.Telemetry.ReconnectTest do
   # again, a port that accepts and never answers, the real NIF's retries.
   use ExUnit.Case, async: false
 
-  alias Snakepit.Telemetry.GrpcStream
+  alias Snakepit.Telemetry.{Dispatcher, GrpcStream}
   alias Snakepit.Telemetry.Test.{Forwarder, PythonWorker}
 
   import Snakepit.Telemetry.Test.Streams
@@ -93,6 +93,65 @@ defmodule Snakepit.Telemetry.ReconnectTest do
     refute_received {:telemetry, @memory, _, _}
     assert %{status: :connected, attempt: 0, last_error: nil, emitted: 2} = stream(id)
     assert PythonWorker.stats(second)["dropped"]["filtered_out"] == 1
+  end
+
+  test "stream and connection events that happen while the worker's Dispatcher is down reach the handlers once it is back, in order" do
+    {first, id} = start_worker()
+
+    events =
+      [@stream ++ [:opened], @stream ++ [:closed]] ++
+        for(e <- [:established, :lost, :reconnected], do: @connection ++ [e])
+
+    Forwarder.attach(events)
+    register!(id, first)
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :connection, :established], _,
+                    %{worker_id: ^id}},
+                   @timeout
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :opened], _, %{worker_id: ^id}}
+
+    # Its partition's Dispatcher stopped (not restarted yet): the NIF has no one to send to.
+    child = {Dispatcher, Dispatcher.partition(id)}
+    :ok = Supervisor.terminate_child(Snakepit.Telemetry.Supervisor, child)
+
+    System.cmd("kill", ["-9", Integer.to_string(first.os_pid)])
+    assert PythonWorker.await_exit(first) == 137
+    wait_until(fn -> match?(%{status: :reconnecting}, stream(id)) end)
+
+    second = PythonWorker.start(["--port", first.tcp_port])
+    on_exit(fn -> PythonWorker.stop(second) end)
+    wait_until(fn -> stream(id).status == :connected end)
+    refute_received {:telemetry, _, _, %{worker_id: ^id}}
+
+    {:ok, _} = Supervisor.restart_child(Snakepit.Telemetry.Supervisor, child)
+
+    assert [
+             [:snakepit, :grpc, :stream, :closed],
+             [:snakepit, :grpc, :connection, :lost],
+             [:snakepit, :grpc, :stream, :opened],
+             [:snakepit, :grpc, :connection, :reconnected]
+           ] = for(_ <- 1..4, do: next_event(id))
+
+    # The registration ends while the Dispatcher is down: its last event waits for it too.
+    :ok = Supervisor.terminate_child(Snakepit.Telemetry.Supervisor, child)
+    :ok = GrpcStream.unregister_worker(id)
+    Process.sleep(100)
+    {:ok, _} = Supervisor.restart_child(Snakepit.Telemetry.Supervisor, child)
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :closed], _,
+                    %{worker_id: ^id, reason: :unregistered}},
+                   @timeout
+
+    refute_received {:telemetry, _, _, %{worker_id: ^id}}
+  end
+
+  defp next_event(id) do
+    receive do
+      {:telemetry, event, _, %{worker_id: ^id}} -> event
+    after
+      @timeout -> flunk("no stream event for #{id}")
+    end
   end
 
   test "a port that accepts and never answers is a failed attempt after connect_timeout, not a hang" do
