@@ -15,6 +15,13 @@ defmodule Snakepit.Telemetry.Test.TcpProxy do
   @doc "Closes every connection relayed now; returns how many."
   def cut(proxy), do: GenServer.call(proxy, :cut)
 
+  @doc """
+  Stops passing what the worker sends on the connections relayed now (it is still read, and
+  kept, as bytes a stalled network holds; `cut/1` then loses them). The other direction and
+  later connections pass as before. Returns how many connections it holds.
+  """
+  def hold(proxy), do: GenServer.call(proxy, :hold)
+
   @impl true
   def init(target_port) do
     {:ok, listener} =
@@ -28,6 +35,20 @@ defmodule Snakepit.Telemetry.Test.TcpProxy do
 
   @impl true
   def handle_call(:port, _from, state), do: {:reply, state.port, state}
+
+  def handle_call(:hold, _from, state) do
+    for pid <- state.pipes do
+      ref = Process.monitor(pid)
+      send(pid, {:hold, self(), ref})
+
+      receive do
+        {^ref, :holding} -> Process.demonitor(ref, [:flush])
+        {:DOWN, ^ref, _, _, _} -> :ok
+      end
+    end
+
+    {:reply, length(state.pipes), state}
+  end
 
   def handle_call(:cut, _from, state) do
     for pid <- state.pipes, do: Process.exit(pid, :kill)
@@ -62,26 +83,42 @@ defmodule Snakepit.Telemetry.Test.TcpProxy do
 
     :ok = :inet.setopts(client, active: :once)
     :ok = :inet.setopts(upstream, active: :once)
-    loop(client, upstream)
+    loop(client, upstream, nil)
   end
 
-  defp loop(client, upstream) do
+  # `held`: what the worker sent since `hold/1` (nil: not holding), newest first.
+  defp loop(client, upstream, held) do
     receive do
-      {:tcp, ^client, data} -> forward(data, upstream, client, upstream)
-      {:tcp, ^upstream, data} -> forward(data, client, client, upstream)
-      {:tcp_closed, _} -> close(client, upstream)
-      {:tcp_error, _, _} -> close(client, upstream)
+      {:tcp, ^client, data} ->
+        forward(data, upstream, client, upstream, held)
+
+      {:tcp, ^upstream, data} when is_list(held) ->
+        :ok = :inet.setopts(upstream, active: :once)
+        loop(client, upstream, [data | held])
+
+      {:tcp, ^upstream, data} ->
+        forward(data, client, client, upstream, held)
+
+      {:hold, from, ref} ->
+        send(from, {ref, :holding})
+        loop(client, upstream, held || [])
+
+      {:tcp_closed, _} ->
+        close(client, upstream)
+
+      {:tcp_error, _, _} ->
+        close(client, upstream)
     end
   end
 
   # Sends `data` on `to`, reads on from the socket it came from; either side failing ends
   # the relay (both sockets closed).
-  defp forward(data, to, client, upstream) do
+  defp forward(data, to, client, upstream, held) do
     from = if to == upstream, do: client, else: upstream
 
     with :ok <- :gen_tcp.send(to, data),
          :ok <- :inet.setopts(from, active: :once) do
-      loop(client, upstream)
+      loop(client, upstream, held)
     else
       {:error, _} -> close(client, upstream)
     end

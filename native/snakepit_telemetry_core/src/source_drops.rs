@@ -8,7 +8,11 @@
 //! lost on a broken call like any event; the next one of its reason then carries a total
 //! that is ahead of what arrived, and [`ReportTotals`] makes its count up by the difference,
 //! so that the tally and the handlers' sums stay exact. (Reports are therefore left out of
-//! the worker's `x-snakepit-telemetry-sent` count, `transit.rs`.)
+//! the worker's `x-snakepit-telemetry-sent` count, `transit.rs`.) When a call replaces
+//! another, the worker restates every reason's total in its first report (a `count` of 0
+//! where nothing is new), so that reports lost with the old call are made up even when no
+//! drop follows; and a reason first heard of on such a later call had its earlier reports
+//! lost, so its whole total counts.
 //!
 //! The tally is bounded: at most [`MAX_REASONS`] reasons of at most [`MAX_REASON_BYTES`]
 //! bytes each; further reasons are counted under `"other"`.
@@ -77,6 +81,8 @@ impl ReportShape {
 #[derive(Debug, Default)]
 pub struct ReportTotals {
     stream: Option<String>,
+    /// A call opened again on the same identity (a reconnect, not this task's first call).
+    reopened: bool,
     last: Vec<(String, u64)>,
 }
 
@@ -87,12 +93,18 @@ impl ReportTotals {
         if stream.is_none() || self.stream.as_deref() != stream {
             self.last.clear();
             self.stream = stream.map(str::to_string);
+            self.reopened = false;
+        } else {
+            self.reopened = true;
         }
     }
 
     /// How many drops a report of `reason` stands for: its `count`, or, when its running
     /// `total` is further ahead of the last one that arrived, the difference (the counts
-    /// of the reports lost in between).
+    /// of the reports lost in between). The first report of a reason on this task's first
+    /// call to the stream stands for its count (the total may include drops reported to an
+    /// earlier registration, which restated it on this call); on a later call, for its
+    /// whole total (every earlier report of it was lost).
     pub fn account(&mut self, reason: &str, count: u64, total: Option<u64>) -> u64 {
         let Some(total) = total else { return count };
         if self.stream.is_none() || reason.len() > MAX_REASON_BYTES {
@@ -106,10 +118,15 @@ impl ReportTotals {
                 behind.max(count)
             }
             None => {
-                if self.last.len() < MAX_REASONS {
-                    self.last.push((reason.to_string(), total));
+                if self.last.len() >= MAX_REASONS {
+                    return count;
                 }
-                count
+                self.last.push((reason.to_string(), total));
+                if self.reopened {
+                    total.max(count)
+                } else {
+                    count
+                }
             }
         }
     }
@@ -163,6 +180,25 @@ mod tests {
         totals.opened(None);
         assert_eq!(totals.account("overflow", 4, Some(100)), 4);
         assert_eq!(totals.account("overflow", 4, Some(200)), 4);
+    }
+
+    #[test]
+    fn a_restated_total_makes_up_reports_lost_with_the_old_call() {
+        let mut totals = ReportTotals::default();
+        totals.opened(Some("s"));
+        // Restated at this task's first call: drops reported to an earlier registration.
+        assert_eq!(totals.account("overflow", 0, Some(40)), 0);
+        assert_eq!(totals.account("overflow", 2, Some(42)), 2);
+        // Reports of 3 and 1 lost with the call; the next call restates 46.
+        totals.opened(Some("s"));
+        assert_eq!(totals.account("overflow", 0, Some(46)), 4);
+        assert_eq!(totals.account("overflow", 0, Some(46)), 0);
+        // A reason whose every report was lost with an earlier call: all of it.
+        assert_eq!(totals.account("oversize", 0, Some(3)), 3);
+        assert_eq!(totals.account("encode_error", 1, Some(1)), 1);
+        // A new identity: its first call again.
+        totals.opened(Some("t"));
+        assert_eq!(totals.account("oversize", 0, Some(9)), 0);
     }
 
     #[test]

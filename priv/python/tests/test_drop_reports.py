@@ -75,3 +75,39 @@ def test_an_idle_consumer_reports_drops_made_while_telemetry_is_off() -> None:
     reader.join(5)
     assert _reports(received) == [("disabled", 5)]
     assert first < deadline
+
+
+def test_a_new_consumer_restates_every_reason_s_total_once() -> None:
+    # Reports the replaced call lost (in transit, or taken and never sent) are then made up
+    # by the client from the totals, even when no drop follows.
+    stream = TelemetryStream(max_buffer=1)
+    first = stream.attach()
+    for _ in range(4):
+        stream.emit("tool.execution.stop", {"duration": 1})
+    assert _totals(stream.take_drop_report(first)) == [("overflow", 3, 3)]
+    assert not stream.has_unreported_drops
+    second = stream.attach()
+    assert stream.has_unreported_drops
+    assert _totals(stream.take_drop_report(second)) == [("overflow", 0, 3)]
+    assert not stream.has_unreported_drops
+    assert stream.take_drop_report(second) == []
+    # New drops after the restatement are reported as usual.
+    stream.emit("tool.execution.stop", {"duration": 1})
+    assert _totals(stream.take_drop_report(second)) == [("overflow", 1, 4)]
+
+
+def test_a_replaced_consumer_takes_no_report() -> None:
+    stream = TelemetryStream(max_buffer=1)
+    first = stream.attach()
+    for _ in range(3):
+        stream.emit("tool.execution.stop", {"duration": 1})
+    second = stream.attach()
+    assert stream.take_drop_report(first) == []
+    assert _totals(stream.take_drop_report(second)) == [("overflow", 2, 2)]
+
+
+def test_the_first_consumer_restates_nothing() -> None:
+    stream = TelemetryStream(max_buffer=1)
+    consumer = stream.attach()
+    assert not stream.has_unreported_drops
+    assert stream.take_drop_report(consumer) == []

@@ -6,12 +6,13 @@ defmodule Snakepit.Telemetry.LostInTransitTest do
   use ExUnit.Case, async: false
 
   alias Snakepit.Telemetry.GrpcStream
-  alias Snakepit.Telemetry.Test.{PythonWorker, TcpProxy}
+  alias Snakepit.Telemetry.Test.{Forwarder, PythonWorker, TcpProxy}
 
   import Snakepit.Telemetry.Test.Streams
 
   @stop [:snakepit, :python, :tool, :execution, :stop]
   @events 20_000
+  @dropped [:snakepit, :python, :telemetry, :dropped]
 
   # Holds every event of worker `id` until the gate opens, so that the NIF's buffer fills,
   # it stops reading, and the worker's batches wait on the wire.
@@ -107,5 +108,75 @@ defmodule Snakepit.Telemetry.LostInTransitTest do
     assert info.dropped.lost_in_transit == lost
     assert Enum.sum(Map.values(info.dropped)) == lost
     assert delivered(table) == @events - lost
+  end
+
+  describe "a drop report lost with a broken connection, and no drop after it" do
+    # The worker drops an oversize event, its report goes onto a connection that then
+    # breaks (the proxy holds what the worker sends, then cuts), and nothing is dropped
+    # afterwards: the new call's restated totals make the report up, at both ends.
+    setup do
+      restart_app_for_test(reconnect: [initial_ms: 20, max_ms: 100])
+      {worker, id} = start_worker(["--max-event-bytes", "1000"])
+      proxy = start_supervised!({TcpProxy, String.to_integer(worker.tcp_port)})
+      Forwarder.attach([@dropped])
+      assert :ok = GrpcStream.register_worker(id, "127.0.0.1:#{TcpProxy.port(proxy)}")
+      wait_until(fn -> stream(id).status == :connected end)
+      %{worker: worker, id: id, proxy: proxy}
+    end
+
+    test "after a report of its reason arrived", %{worker: worker, id: id, proxy: proxy} do
+      drop_oversize(worker)
+
+      assert_receive {:telemetry, @dropped, %{count: 1}, %{worker_id: ^id, reason: "oversize"}},
+                     5_000
+
+      lose_the_next_report(worker, proxy)
+
+      assert_receive {:telemetry, @dropped, %{count: 1}, %{worker_id: ^id, reason: "oversize"}},
+                     10_000
+
+      assert_both_ends_agree(worker, id, 2)
+    end
+
+    test "when every report of its reason was lost", %{worker: worker, id: id, proxy: proxy} do
+      lose_the_next_report(worker, proxy)
+
+      assert_receive {:telemetry, @dropped, %{count: 1}, %{worker_id: ^id, reason: "oversize"}},
+                     10_000
+
+      assert_both_ends_agree(worker, id, 1)
+    end
+  end
+
+  defp drop_oversize(worker) do
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 1},
+      "pad" => %{"blob" => 2_000}
+    })
+  end
+
+  # The proxy holds what the worker sends; one more drop; its report is handed to the call
+  # (counted in the worker's `sent`) and then lost with the connection.
+  defp lose_the_next_report(worker, proxy) do
+    sent = PythonWorker.stats(worker)["sent"]
+    assert TcpProxy.hold(proxy) == 1
+    drop_oversize(worker)
+    wait_until(fn -> PythonWorker.stats(worker)["sent"] == sent + 1 end)
+    Process.sleep(100)
+    refute_received {:telemetry, @dropped, _, _}
+    assert TcpProxy.cut(proxy) == 1
+  end
+
+  defp assert_both_ends_agree(worker, id, dropped) do
+    by_reason =
+      for {reason, n} <- PythonWorker.stats(worker)["dropped"], n > 0, into: %{}, do: {reason, n}
+
+    assert by_reason == %{"oversize" => dropped}
+    wait_until(fn -> stream(id).source_dropped == %{"oversize" => dropped} end)
+    # Nothing more arrives: the restatement is made once.
+    refute_receive {:telemetry, @dropped, _, _}, 500
+    assert stream(id).source_dropped == %{"oversize" => dropped}
   end
 end

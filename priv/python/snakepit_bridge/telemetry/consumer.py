@@ -20,7 +20,9 @@ reason since the previous report, and ``total``: all of them in the stream's lif
 Reports go straight to the call, never through the buffer, so no bound, toggle, filter or
 sampling drops them; drops after the last report of a call that then dies are reported on
 the next call, and a report lost with a broken call is made up by the next one of its
-reason (the client compares totals). (Drops as ``closed``, after
+reason (the client compares totals); the first report on a call that replaced another
+restates every reason with drops (``count`` 0 where nothing is new), so there always is a
+next one. (Drops as ``closed``, after
 ``close``, have no stream left to be reported on.)
 
 Batches (``StreamTelemetryBatched``): :meth:`StreamConsumer.batches` yields serialized
@@ -245,7 +247,7 @@ class StreamConsumer:
         try:
             while self.is_current:
                 if stream.has_unreported_drops and monotonic() >= next_report:
-                    reports.extend(stream.take_drop_report())
+                    reports.extend(stream.take_drop_report(self))
                     next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
                 if (
                     min_interval > 0.0
@@ -266,7 +268,7 @@ class StreamConsumer:
                     continue
                 # As in events(): re-checked, so nothing appended before close() is left.
                 if stream.closed and not buffer:
-                    reports.extend(stream.take_drop_report())
+                    reports.extend(stream.take_drop_report(self))
                     while reports:
                         batch, count = pop_batch(max_events, max_bytes, reports, self)
                         if not count:  # replaced meanwhile

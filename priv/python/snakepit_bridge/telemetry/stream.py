@@ -328,6 +328,10 @@ class TelemetryStream:
         self._controls_rejected = Counter()
         self._reported: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._reported_total = 0
+        # Set when a consumer replaces another: the next report restates every reason's
+        # total (see take_drop_report), so that reports the earlier call lost are made up.
+        self._resync_due = False
+        self._attached_before = False
         self._report_lock = threading.Lock()
 
     # -- producer side (any thread) -------------------------------------------------
@@ -385,6 +389,12 @@ class TelemetryStream:
             self._producer.set_consumer(consumer)
             if not self._closed:
                 self._set_policy(ControlPolicy())
+            again, self._attached_before = self._attached_before, True
+        if again:
+            # After the swap: a replaced consumer takes no report from here on, so the
+            # restated totals cover every report it took and never handed over.
+            with self._report_lock:
+                self._resync_due = True
         if previous is not None:
             previous.detach()
         return consumer
@@ -472,7 +482,7 @@ class TelemetryStream:
         with self._pop_lock:
             if not consumer.is_current:
                 return None
-            reports = self.take_drop_report()
+            reports = self.take_drop_report(consumer)
             self._sent["events"].add(len(reports))
             self._sent["reports"].add(len(reports))
             return reports
@@ -754,23 +764,32 @@ class TelemetryStream:
 
     @property
     def has_unreported_drops(self) -> bool:
-        """True if events were dropped since the last :meth:`take_drop_report`."""
-        return self._producer.dropped_total != self._reported_total
+        """True if there are drops not yet reported, or a new consumer is to restate them."""
+        return self._resync_due or self._producer.dropped_total != self._reported_total
 
-    def take_drop_report(self) -> list[bytes]:
+    def take_drop_report(self, consumer: StreamConsumer | None = None) -> list[bytes]:
         """Return the drop report due now, and mark those drops reported.
 
         One serialized ``telemetry.dropped`` event per reason whose count rose since the
         last report (``count`` = that increase, ``total`` = every drop for that reason in
         this stream's life, ``reason`` = the reason). With ``total`` the client makes up the
         counts of a report that was lost on a broken call (see :meth:`handover`).
+
+        The first report after a consumer replaced another restates every reason that has
+        drops, with a ``count`` of 0 where nothing is new: reports the old call lost in
+        transit, or took and never sent, are then made up even if no drop follows. With
+        ``consumer``, nothing is taken unless it is the current consumer (a replaced one
+        would take reports it can no longer send).
         """
         with self._report_lock:
+            if consumer is not None and not consumer.is_current:
+                return []
+            resync, self._resync_due = self._resync_due, False
             now = self._producer.dropped_counts()
             reports = []
             for reason, count in now.items():
                 delta = count - self._reported[reason]
-                if delta > 0:
+                if delta > 0 or (resync and count > 0):
                     message = encode_event(
                         DROP_REPORT_EVENT,
                         {"count": delta, "total": count},
