@@ -6,12 +6,16 @@
 #     bench/run_all [--quick]            # runs this among the others
 #     MIX_ENV=test ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 #       mix run bench/nif_path.exs [--events 1000000] [--streams 1] [--runs 5] [--nif-buffer 1000000]
-#                                  [--runtime-threads N] [--quick]
+#                                  [--runtime-threads N] [--variants 1024] [--quick]
 #
 # (after `cargo build --release --examples -p snakepit_telemetry_core`).
 #
 # `--streams K` opens K streams on the source at once (each carries `--events`), for both the
-# bare client and the NIF.
+# bare client and the NIF. The source cycles through `--variants` events that differ in
+# timestamp and duration, metadata alike, as a tool's events are (the NIF builds such an
+# event's maps as updates of the previous event's, encode.rs); `--variants 1` sends one
+# event over and over, where the maps are reused whole (the runs recorded before that reuse
+# measured this case).
 #
 # Cases, interleaved per run, for each protocol (single: one event per message and per
 # HTTP/2 DATA frame; batched: 512 events per message):
@@ -45,13 +49,21 @@ defmodule Bench.NifPath do
   import BenchStats, only: [fmt: 1, median: 1, spread: 1]
 
   @event [:snakepit, :python, :tool, :execution, :stop]
-  @defaults [events: 1_000_000, streams: 1, runs: 5, nif_buffer: 1_000_000, timeout_s: 120]
+  @defaults [
+    events: 1_000_000,
+    streams: 1,
+    runs: 5,
+    nif_buffer: 1_000_000,
+    variants: 1024,
+    timeout_s: 120
+  ]
   @switches [
     events: :integer,
     streams: :integer,
     runs: :integer,
     nif_buffer: :integer,
     runtime_threads: :integer,
+    variants: :integer,
     timeout_s: :integer,
     quick: :boolean
   ]
@@ -77,8 +89,15 @@ defmodule Bench.NifPath do
     Streams.restart_app(app_env)
 
     sources = %{
-      single: EventSource.start(events: opts[:events], protocol: :single),
-      batched: EventSource.start(events: opts[:events], protocol: :batched, batch: 512)
+      single:
+        EventSource.start(events: opts[:events], protocol: :single, variants: opts[:variants]),
+      batched:
+        EventSource.start(
+          events: opts[:events],
+          protocol: :batched,
+          batch: 512,
+          variants: opts[:variants]
+        )
     }
 
     IO.puts(

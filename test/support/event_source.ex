@@ -13,7 +13,8 @@ defmodule Snakepit.Telemetry.Test.EventSource do
   @doc """
   Starts a source: `events` per stream, `protocol` `:single` (each event its own message
   and DATA frame; the batched RPC answers UNIMPLEMENTED) or `:batched` (`batch` events per
-  message). It stops when its port closes (the owner exits, or `stop/1`).
+  message). The events cycle through `variants` (default 1) that differ in timestamp and
+  duration. It stops when its port closes (the owner exits, or `stop/1`).
   """
   def start(opts \\ []) do
     unless File.exists?(@binary) do
@@ -26,7 +27,9 @@ defmodule Snakepit.Telemetry.Test.EventSource do
       "--protocol",
       to_string(Keyword.get(opts, :protocol, :single)),
       "--batch",
-      to_string(Keyword.get(opts, :batch, 512))
+      to_string(Keyword.get(opts, :batch, 512)),
+      "--variants",
+      to_string(Keyword.get(opts, :variants, 1))
     ]
 
     port =

@@ -13,9 +13,10 @@ defmodule Snakepit.Telemetry.Test.Proto do
 
   @doc """
   The bytes of one event. Measurement values: integers, floats, binaries, or `:nan`,
-  `:inf`, `:neg_inf`.
+  `:inf`, `:neg_inf`, `:neg_zero`. Options: `timestamp_ns` (default
+  1_700_000_000_000_000_000) and `correlation_id` (none by default).
   """
-  def event(name, measurements, metadata \\ %{}) do
+  def event(name, measurements, metadata \\ %{}, opts \\ []) do
     parts = name |> String.split(".") |> Enum.map(&field(1, 2, &1))
 
     ms =
@@ -26,7 +27,15 @@ defmodule Snakepit.Telemetry.Test.Proto do
     md =
       Enum.map(metadata, fn {k, v} -> field(3, 2, [field(1, 2, to_string(k)), field(2, 2, v)]) end)
 
-    IO.iodata_to_binary([parts, ms, md, <<4 <<< 3>>, varint(1_700_000_000_000_000_000)])
+    timestamp = [<<4 <<< 3>>, varint(Keyword.get(opts, :timestamp_ns, 1_700_000_000_000_000_000))]
+
+    correlation =
+      case Keyword.get(opts, :correlation_id) do
+        nil -> []
+        id -> field(5, 2, id)
+      end
+
+    IO.iodata_to_binary([parts, ms, md, timestamp, correlation])
   end
 
   @doc "The same as lowercase hex, for `raw_hex`."
@@ -37,6 +46,7 @@ defmodule Snakepit.Telemetry.Test.Proto do
   defp value(:nan), do: [<<2 <<< 3 ||| 1>>, @nan]
   defp value(:inf), do: [<<2 <<< 3 ||| 1>>, @inf]
   defp value(:neg_inf), do: [<<2 <<< 3 ||| 1>>, @neg_inf]
+  defp value(:neg_zero), do: [<<2 <<< 3 ||| 1>>, <<0, 0, 0, 0, 0, 0, 0, 0x80>>]
   defp value(v) when is_binary(v), do: field(3, 2, v)
 
   defp field(number, 2, payload) do

@@ -5,14 +5,16 @@
 //! ```text
 //! cargo build --release --example event_source -p snakepit_telemetry_core
 //! target/release/examples/event_source [--events N] [--protocol single|batched] [--batch K]
+//!                                        [--variants V]
 //! ```
 //!
 //! It listens on 127.0.0.1 (an ephemeral port) and prints one line,
 //! `event_source listening=127.0.0.1:PORT`, then serves any number of streams until its
-//! stdin closes (so a BEAM port that started it ends it). Every stream gets `--events` copies
-//! of one `tool.execution.stop` event (`duration`, metadata `tool` and `operation`) and then
-//! stays open, sending nothing more, so a client does not reconnect. `--events 0` gives idle
-//! streams.
+//! stdin closes (so a BEAM port that started it ends it). Every stream gets `--events`
+//! `tool.execution.stop` events (`duration`, metadata `tool` and `operation`) and then stays
+//! open, sending nothing more, so a client does not reconnect. `--events 0` gives idle
+//! streams. The events cycle through `--variants` (default 1) pre-encoded ones that differ in
+//! `timestamp_ns` and `duration`, as a tool's events do; with 1 every event is the same.
 //!
 //! * `--protocol single` (default): one event per gRPC message on `StreamTelemetry`, **each
 //!   message its own HTTP/2 DATA frame** (the smallest frames a sender can make, which is
@@ -53,20 +55,30 @@ struct Source {
     events: u64,
     protocol: Protocol,
     batch: u64,
-    /// One `TelemetryEvent`, framed as a one-event gRPC message.
-    single_message: Bytes,
-    /// The same event as a `TelemetryEventBatch` entry (field 1, length-delimited).
-    batch_entry: Bytes,
+    /// Each variant's `TelemetryEvent`, framed as a one-event gRPC message.
+    single_messages: Vec<Bytes>,
+    /// The same events as `TelemetryEventBatch` entries (field 1, length-delimited).
+    batch_entries: Vec<Bytes>,
 }
 
-fn parse_args() -> Result<(u64, Protocol, u64), String> {
-    let (mut events, mut protocol, mut batch) = (100_000, Protocol::Single, 512);
+struct Args {
+    events: u64,
+    protocol: Protocol,
+    batch: u64,
+    variants: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let (mut events, mut protocol, mut batch, mut variants) = (100_000, Protocol::Single, 512, 1);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
             "--events" => events = value("--events")?.parse().map_err(|e| format!("--events: {e}"))?,
             "--batch" => batch = value("--batch")?.parse().map_err(|e| format!("--batch: {e}"))?,
+            "--variants" => {
+                variants = value("--variants")?.parse().map_err(|e| format!("--variants: {e}"))?
+            }
             "--protocol" => {
                 protocol = match value("--protocol")?.as_str() {
                     "single" => Protocol::Single,
@@ -77,27 +89,24 @@ fn parse_args() -> Result<(u64, Protocol, u64), String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if batch == 0 {
-        return Err("--batch must be > 0".into());
+    if batch == 0 || variants == 0 || variants > 1 << 16 {
+        return Err("--batch must be > 0 and --variants in 1..=65536".into());
     }
-    Ok((events, protocol, batch))
+    Ok(Args { events, protocol, batch, variants })
 }
 
-fn event() -> Vec<u8> {
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
+/// Variant `n`: `n` ns later than variant 0, and a `duration` of its own.
+fn event(now_ns: i64, n: u64) -> Vec<u8> {
     TelemetryEvent {
         event_parts: vec!["tool".into(), "execution".into(), "stop".into()],
         measurements: [(
             "duration".to_string(),
-            TelemetryValue { value: Some(telemetry_value::Value::IntValue(123_456)) },
+            TelemetryValue { value: Some(telemetry_value::Value::IntValue(123_456 + 7 * n as i64)) },
         )]
         .into(),
         metadata: [("tool".to_string(), "resize".to_string()), ("operation".to_string(), "run".to_string())]
             .into(),
-        timestamp_ns: now_ns,
+        timestamp_ns: now_ns + n as i64,
         correlation_id: String::new(),
     }
     .encode_to_vec()
@@ -120,21 +129,36 @@ type Body = BoxBody<Bytes, Infallible>;
 
 /// The response body: the stream's events, then nothing, never ending.
 fn events_body(source: &Source, batched_rpc: bool) -> Body {
+    let variants = source.single_messages.len() as u64;
     let messages: Box<dyn Iterator<Item = Bytes> + Send + Sync> = if batched_rpc {
         let (full, rest) = (source.events / source.batch, source.events % source.batch);
-        let message = |n: u64| {
-            let payload: Vec<u8> = (0..n).flat_map(|_| source.batch_entry.iter().copied()).collect();
-            frame(&payload)
+        // Message `m` carries the variants from (m * batch) on: the full messages repeat
+        // after `cycle` of them, so only those are built.
+        let message = |m: u64, n: u64| {
+            let entries = (0..n).map(|j| &source.batch_entries[((m * source.batch + j) % variants) as usize]);
+            frame(&entries.flat_map(|entry| entry.iter().copied()).collect::<Vec<u8>>())
         };
-        let full_message = message(source.batch);
-        let last = (rest > 0).then(|| message(rest));
-        Box::new(std::iter::repeat_n(full_message, full as usize).chain(last))
+        let cycle = variants / gcd(variants, source.batch);
+        let full_messages: Vec<Bytes> =
+            (0..cycle.min(full.max(1))).map(|m| message(m, source.batch)).collect();
+        let last = (rest > 0).then(|| message(full, rest));
+        let fulls = (0..full as usize).map(move |m| full_messages[m % full_messages.len()].clone());
+        Box::new(fulls.chain(last))
     } else {
-        Box::new(std::iter::repeat_n(source.single_message.clone(), source.events as usize))
+        let singles = source.single_messages.clone();
+        Box::new((0..source.events as usize).map(move |n| singles[n % singles.len()].clone()))
     };
     let frames =
         stream::iter(messages).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes))).chain(stream::pending());
     BodyExt::boxed(StreamBody::new(frames))
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 fn unimplemented() -> Response<Body> {
@@ -162,16 +186,25 @@ async fn serve(source: Source, request: Request<Incoming>) -> Result<Response<Bo
 }
 
 fn main() -> ExitCode {
-    let (events, protocol, batch) = match parse_args() {
+    let Args { events, protocol, batch, variants } = match parse_args() {
         Ok(args) => args,
         Err(message) => {
             eprintln!("event_source: {message}");
             return ExitCode::from(2);
         }
     };
-    let event = event();
-    let source =
-        Source { events, protocol, batch, single_message: frame(&event), batch_entry: batch_entry(&event) };
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    let events_bytes: Vec<Vec<u8>> = (0..variants).map(|n| event(now_ns, n)).collect();
+    let source = Source {
+        events,
+        protocol,
+        batch,
+        single_messages: events_bytes.iter().map(|event| frame(event)).collect(),
+        batch_entries: events_bytes.iter().map(|event| batch_entry(event)).collect(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -10,6 +10,12 @@
 //! registration metadata (and `worker_id`, `node`, `timestamp_ns`, `correlation_id`) win over
 //! keys of the same name the worker sends, so a worker cannot pose as another.
 //!
+//! An event whose metadata (or measurement keys) match the previous event's in the batch,
+//! as a tool emitting the same event over and over sends them, gets its maps as updates of
+//! the previous event's maps (`enif_make_map_update`): only the values that differ
+//! (the timestamp, say) are written, the keys tuple is shared and the key strings are not
+//! made again, and the VM skips sorting and checking the keys.
+//!
 //! Maps of more than 32 keys are hash maps, and building those in a process-independent env
 //! off the schedulers crashes OTP 25 (erlang/otp#8208). So a map is built here only up to 32
 //! keys (a flat map); a larger one is sent as a list of pairs and the receiving process makes
@@ -121,11 +127,18 @@ impl TermEncoder {
         // Key and value lists reused by every map of the batch.
         let mut scratch = Scratch::new(self.catalog.names().len());
         let mut list: Vec<Term<'a>> = Vec::with_capacity(events.size_hint().0);
+        let mut previous: Option<Previous<'a, 'r>> = None;
         for record in events {
             let name = *names[record.event as usize].get_or_insert_with(|| self.event_name(env, record));
-            let measurements = self.measurements(env, record, &mut scratch);
-            let metadata = self.metadata(env, &shared, worker, record, &mut scratch);
+            let like = previous.as_ref();
+            let measurements = like
+                .and_then(|p| self.measurements_like(env, p, record))
+                .unwrap_or_else(|| self.measurements(env, record, &mut scratch));
+            let metadata = like
+                .and_then(|p| shared.metadata_like(env, p, record))
+                .unwrap_or_else(|| self.metadata(env, &shared, worker, record, &mut scratch));
             list.push((name, measurements, metadata).encode(env));
+            previous = Some(Previous { record, measurements, metadata });
         }
         let batch = atoms::snakepit_telemetry_batch();
         (batch, ticket.clone(), shared.worker_id, worker.generation, shared.node, list).encode(env)
@@ -135,6 +148,40 @@ impl TermEncoder {
         let spec = self.catalog.event(record.event);
         let parts: Vec<Atom> = spec.name.iter().map(|id| self.atoms.get(*id)).collect();
         parts.encode(env)
+    }
+
+    /// The measurements of `record` as an update of the previous event's map: when the keys
+    /// are the same, in the same order, and at most one value differs.
+    fn measurements_like<'a>(
+        &self,
+        env: Env<'a>,
+        previous: &Previous<'a, '_>,
+        record: &EventRecord,
+    ) -> Option<Term<'a>> {
+        let before = &previous.record.measurements;
+        let now = &record.measurements;
+        if before.len() != now.len() || !previous.measurements.is_map() {
+            return None;
+        }
+        let mut changed = None;
+        for ((key, value), (key_before, value_before)) in now.iter().zip(before) {
+            if key != key_before {
+                return None;
+            }
+            if !same_value(value, value_before) {
+                if changed.is_some() {
+                    return None;
+                }
+                changed = Some((key, value));
+            }
+        }
+        match changed {
+            None => Some(previous.measurements),
+            Some((key, value)) => previous
+                .measurements
+                .map_update(self.atoms.get(*key).encode(env), value_term(env, value))
+                .ok(),
+        }
     }
 
     fn measurements<'a>(&self, env: Env<'a>, record: &EventRecord, scratch: &mut Scratch) -> Term<'a> {
@@ -192,6 +239,21 @@ impl TermEncoder {
     }
 }
 
+/// The event encoded before, in the same batch, and its maps.
+struct Previous<'a, 'r> {
+    record: &'r EventRecord,
+    measurements: Term<'a>,
+    metadata: Term<'a>,
+}
+
+/// Equal values that make the same term (`-0.0` and `0.0` are different floats).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+        _ => a == b,
+    }
+}
+
 /// The key and value lists of one map, kept across the events of a batch (one batch, one
 /// env: the terms are all made in the env of the batch being encoded). Raw terms, so that
 /// they are handed to `enif_make_map_from_arrays` as they are (rustler's
@@ -234,6 +296,9 @@ struct SharedTerms<'a> {
     node: Term<'a>,
     /// The metadata keys every event carries, in term order.
     keys: Vec<SharedKey<'a>>,
+    /// The keys of the two shared values that differ from event to event.
+    timestamp_key: Term<'a>,
+    correlation_key: Term<'a>,
     nil: Term<'a>,
 }
 
@@ -275,11 +340,42 @@ impl<'a> SharedTerms<'a> {
             Some(id) => atom(name, encoder.atoms.get(id), value),
             None => SharedKey { binary: true, name: name.to_string(), key: name.encode(env), value },
         };
-        keys.push(catalog_key(encoder.ids.timestamp_ns, "timestamp_ns", SharedValue::Timestamp));
-        keys.push(catalog_key(encoder.ids.correlation_id, "correlation_id", SharedValue::Correlation));
+        let timestamp = catalog_key(encoder.ids.timestamp_ns, "timestamp_ns", SharedValue::Timestamp);
+        let correlation = catalog_key(encoder.ids.correlation_id, "correlation_id", SharedValue::Correlation);
+        let (timestamp_key, correlation_key) = (timestamp.key, correlation.key);
+        keys.push(timestamp);
+        keys.push(correlation);
         // Stable: of equal keys, the later one still comes later.
         keys.sort_by(|a, b| (a.binary, &a.name).cmp(&(b.binary, &b.name)));
-        SharedTerms { worker_id, node, keys, nil: rustler::types::atom::nil().encode(env) }
+        let nil = rustler::types::atom::nil().encode(env);
+        SharedTerms { worker_id, node, keys, timestamp_key, correlation_key, nil }
+    }
+
+    /// The metadata of `record` as an update of the previous event's map: when the worker
+    /// sent the same metadata (keys and values), only the timestamp and the correlation id
+    /// can differ.
+    fn metadata_like(
+        &self,
+        env: Env<'a>,
+        previous: &Previous<'a, '_>,
+        record: &EventRecord,
+    ) -> Option<Term<'a>> {
+        let before = previous.record;
+        if !previous.metadata.is_map() || !before.metadata().eq(record.metadata()) {
+            return None;
+        }
+        let mut map = previous.metadata;
+        if record.timestamp_ns != before.timestamp_ns {
+            map = map.map_update(self.timestamp_key, record.timestamp_ns.encode(env)).ok()?;
+        }
+        if record.correlation_id() != before.correlation_id() {
+            let id = match record.correlation_id() {
+                "" => self.nil,
+                id => id.encode(env),
+            };
+            map = map.map_update(self.correlation_key, id).ok()?;
+        }
+        Some(map)
     }
 
     /// How many shared keys go before a key of this kind and name (after those equal to it).
