@@ -231,9 +231,14 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The text of a string field, or an error if it is not UTF-8.
+/// The text of a string field, or an error if it is not UTF-8. ASCII (every name and most
+/// values) is checked inline; `str::from_utf8`, an out-of-line call, checks the rest.
 #[inline]
 fn utf8(bytes: &[u8]) -> Result<&str, Malformed> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
     std::str::from_utf8(bytes).map_err(|_| Malformed)
 }
 
