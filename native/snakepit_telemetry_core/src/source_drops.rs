@@ -12,7 +12,9 @@
 //! another, the worker restates every reason's total in its first report (a `count` of 0
 //! where nothing is new), so that reports lost with the old call are made up even when no
 //! drop follows; and a reason first heard of on such a later call had its earlier reports
-//! lost, so its whole total counts.
+//! lost, so its whole total counts. A worker says it restates with the capability
+//! `restated-drops` (`x-snakepit-telemetry-capabilities`); from any other, such a report
+//! counts its `count` only (it may have reported that reason to an earlier registration).
 //!
 //! The tally is bounded: at most [`MAX_REASONS`] reasons of at most [`MAX_REASON_BYTES`]
 //! bytes each; further reasons are counted under `"other"`.
@@ -26,6 +28,8 @@ use crate::translate::{EventRecord, MetaKey, Value};
 pub const REPORT_EVENT: &str = "telemetry.dropped";
 pub const MAX_REASONS: usize = 16;
 pub const MAX_REASON_BYTES: usize = 64;
+/// The capability of a worker that restates its totals on a new call.
+pub const RESTATED_DROPS: &str = "restated-drops";
 const OTHER: &str = "other";
 
 /// Where the report event and its two fields are in the catalog.
@@ -83,13 +87,16 @@ pub struct ReportTotals {
     stream: Option<String>,
     /// A call opened again on the same identity (a reconnect, not this task's first call).
     reopened: bool,
+    /// The worker restates its totals on a new call (its capabilities say so).
+    restates: bool,
     last: Vec<(String, u64)>,
 }
 
 impl ReportTotals {
     /// A call opened on the worker stream `stream` (its identity, None when the worker does
     /// not say): the totals of another stream no longer apply.
-    pub fn opened(&mut self, stream: Option<&str>) {
+    pub fn opened(&mut self, stream: Option<&str>, restates: bool) {
+        self.restates = restates;
         if stream.is_none() || self.stream.as_deref() != stream {
             self.last.clear();
             self.stream = stream.map(str::to_string);
@@ -122,7 +129,7 @@ impl ReportTotals {
                     return count;
                 }
                 self.last.push((reason.to_string(), total));
-                if self.reopened {
+                if self.reopened && self.restates {
                     total.max(count)
                 } else {
                     count
@@ -130,6 +137,12 @@ impl ReportTotals {
             }
         }
     }
+}
+
+/// Whether a worker's capabilities (`x-snakepit-telemetry-capabilities`) say it restates its
+/// drop totals on a new call.
+pub fn restates_drops(capabilities: &str) -> bool {
+    capabilities.split(',').any(|c| c.trim() == RESTATED_DROPS)
 }
 
 /// Drops a worker reported, by reason.
@@ -165,19 +178,19 @@ mod tests {
     #[test]
     fn a_lost_report_is_made_up_by_the_next_one_of_its_reason() {
         let mut totals = ReportTotals::default();
-        totals.opened(Some("stream-a"));
+        totals.opened(Some("stream-a"), true);
         assert_eq!(totals.account("overflow", 5, Some(5)), 5);
         // Reports of 7 and 4 were lost; this one says 3 more, 19 in all.
         assert_eq!(totals.account("overflow", 3, Some(19)), 14);
         assert_eq!(totals.account("overflow", 1, Some(20)), 1);
         // A reconnect to the same stream keeps the totals; a new identity starts over.
-        totals.opened(Some("stream-a"));
+        totals.opened(Some("stream-a"), true);
         assert_eq!(totals.account("overflow", 2, Some(25)), 5);
-        totals.opened(Some("stream-b"));
+        totals.opened(Some("stream-b"), true);
         assert_eq!(totals.account("overflow", 2, Some(2)), 2);
         // Without a total, or without an identity, the count is all there is.
         assert_eq!(totals.account("disabled", 3, None), 3);
-        totals.opened(None);
+        totals.opened(None, true);
         assert_eq!(totals.account("overflow", 4, Some(100)), 4);
         assert_eq!(totals.account("overflow", 4, Some(200)), 4);
     }
@@ -185,26 +198,41 @@ mod tests {
     #[test]
     fn a_restated_total_makes_up_reports_lost_with_the_old_call() {
         let mut totals = ReportTotals::default();
-        totals.opened(Some("s"));
+        totals.opened(Some("s"), true);
         // Restated at this task's first call: drops reported to an earlier registration.
         assert_eq!(totals.account("overflow", 0, Some(40)), 0);
         assert_eq!(totals.account("overflow", 2, Some(42)), 2);
         // Reports of 3 and 1 lost with the call; the next call restates 46.
-        totals.opened(Some("s"));
+        totals.opened(Some("s"), true);
         assert_eq!(totals.account("overflow", 0, Some(46)), 4);
         assert_eq!(totals.account("overflow", 0, Some(46)), 0);
         // A reason whose every report was lost with an earlier call: all of it.
         assert_eq!(totals.account("oversize", 0, Some(3)), 3);
         assert_eq!(totals.account("encode_error", 1, Some(1)), 1);
         // A new identity: its first call again.
-        totals.opened(Some("t"));
+        totals.opened(Some("t"), true);
         assert_eq!(totals.account("oversize", 0, Some(9)), 0);
+    }
+
+    #[test]
+    fn a_worker_that_does_not_restate_gets_no_whole_total() {
+        // Its first report of a reason on a reconnect may carry drops reported to an earlier
+        // registration: only the count is sure.
+        let mut totals = ReportTotals::default();
+        totals.opened(Some("s"), false);
+        totals.opened(Some("s"), false);
+        assert_eq!(totals.account("oversize", 1, Some(30)), 1);
+        assert_eq!(totals.account("oversize", 2, Some(35)), 5);
+        assert!(restates_drops("sampling-patterns, restated-drops"));
+        assert!(restates_drops("restated-drops"));
+        assert!(!restates_drops("sampling-patterns,batched"));
+        assert!(!restates_drops(""));
     }
 
     #[test]
     fn totals_that_do_not_add_up_fall_back_to_the_count() {
         let mut totals = ReportTotals::default();
-        totals.opened(Some("s"));
+        totals.opened(Some("s"), true);
         assert_eq!(totals.account("r", 10, Some(10)), 10);
         assert_eq!(totals.account("r", 4, Some(9)), 4); // behind: take the count
         assert_eq!(totals.account("r", 1, Some(u64::MAX)), u64::MAX - 10);

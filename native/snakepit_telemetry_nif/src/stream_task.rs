@@ -32,7 +32,7 @@ use snakepit_telemetry_core::counters::{DropReason, StreamCounters};
 use snakepit_telemetry_core::pending::{BufferLimits, Pending};
 use snakepit_telemetry_core::registry::{CloseReason, StreamState};
 use snakepit_telemetry_core::settings::{samples_patterns, Decision, Policy, Removal, Sampler};
-use snakepit_telemetry_core::source_drops::{ReportShape, ReportTotals};
+use snakepit_telemetry_core::source_drops::{restates_drops, ReportShape, ReportTotals};
 use snakepit_telemetry_core::stderr_line::{parse_line, LineOutcome};
 use snakepit_telemetry_core::transit::{SentReport, TransitLedger};
 use snakepit_telemetry_core::translate::{translate, EventLimits, EventRecord};
@@ -161,6 +161,17 @@ impl Flow {
         }
         !self.blocked
     }
+}
+
+/// A stream just opened, and what its response headers said.
+struct Opened {
+    events: EventStream,
+    /// The worker applies pattern-scoped sampling rules itself.
+    samples_patterns: bool,
+    /// The worker restates its drop totals on a new call (`source_drops.rs`).
+    restates_drops: bool,
+    protocol: Protocol,
+    sent: Option<SentReport>,
 }
 
 /// Where the task stands between wake-ups.
@@ -340,9 +351,10 @@ impl StreamTask {
                         )))
                     });
                     link = match opened {
-                        Ok((events, samples_patterns, protocol, sent)) => {
+                        Ok(Opened { events, samples_patterns, restates_drops, protocol, sent }) => {
                             let counters = &self.state.counters;
-                            gate.totals.opened(sent.as_ref().map(|sent| sent.stream_id.as_str()));
+                            let stream_id = sent.as_ref().map(|sent| sent.stream_id.as_str());
+                            gate.totals.opened(stream_id, restates_drops);
                             let lost = transit.opened(sent, counters.received_from_calls());
                             counters.add_dropped(DropReason::LostInTransit, lost);
                             gate.policy = policy(&mut settings, samples_patterns);
@@ -487,10 +499,7 @@ impl StreamTask {
     /// headers say what the worker honours. Returns the events and that capability.
     /// `StreamTelemetryBatched` is tried first unless `single` says the worker answered it
     /// UNIMPLEMENTED before (a Snakepit worker); then `StreamTelemetry`, and `single` is set.
-    async fn open(
-        &self,
-        single: &mut bool,
-    ) -> Result<(EventStream, bool, Protocol, Option<SentReport>), CloseReason> {
+    async fn open(&self, single: &mut bool) -> Result<Opened, CloseReason> {
         let address = self.address.as_ref().ok_or(CloseReason::Unregistered)?;
         let channel = address.connect(self.connect.timeout).await.map_err(CloseReason::ConnectFailed)?;
         let mut protocol = if *single { Protocol::Single } else { Protocol::Batched };
@@ -523,7 +532,13 @@ impl StreamTask {
         if !self.state.set_connected(&opened.capabilities, protocol == Protocol::Batched) {
             return Err(CloseReason::Unregistered);
         }
-        Ok((opened.events, worker_samples_patterns, protocol, opened.sent))
+        Ok(Opened {
+            events: opened.events,
+            samples_patterns: worker_samples_patterns,
+            restates_drops: restates_drops(&opened.capabilities),
+            protocol,
+            sent: opened.sent,
+        })
     }
 
     /// New settings also apply to what is buffered but not yet sent (toggle and filters;

@@ -50,6 +50,7 @@ from snakepit_bridge.telemetry.counters import Counter
 from snakepit_bridge.telemetry.stream import (
     CAPABILITIES_HEADER,
     CAPABILITY_BATCHED,
+    CAPABILITY_RESTATED_DROPS,
     CAPABILITY_SAMPLING_PATTERNS,
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_BATCH_EVENTS,
@@ -69,6 +70,7 @@ __all__ = [
     "CAPABILITIES",
     "CAPABILITIES_HEADER",
     "CAPABILITY_BATCHED",
+    "CAPABILITY_RESTATED_DROPS",
     "CAPABILITY_SAMPLING_PATTERNS",
     "DEFAULT_HOST",
     "EXECUTE_TOOL_METHOD",
@@ -76,6 +78,7 @@ __all__ = [
     "KEEPALIVE_TIMEOUT_MS",
     "MAX_MESSAGE_HEADER",
     "SERVICE_NAME",
+    "SINGLE_CAPABILITIES",
     "STREAM_TELEMETRY_BATCHED_METHOD",
     "STREAM_TELEMETRY_BATCHED_PATH",
     "STREAM_TELEMETRY_METHOD",
@@ -96,8 +99,12 @@ STREAM_TELEMETRY_BATCHED_PATH: Final = f"/{SERVICE_NAME}/{STREAM_TELEMETRY_BATCH
 EXECUTE_TOOL_METHOD: Final = "ExecuteTool"
 EXECUTE_TOOL_PATH: Final = f"/{SERVICE_NAME}/{EXECUTE_TOOL_METHOD}"
 
-CAPABILITIES: Final = f"{CAPABILITY_SAMPLING_PATTERNS},{CAPABILITY_BATCHED}"
+CAPABILITIES: Final = (
+    f"{CAPABILITY_SAMPLING_PATTERNS},{CAPABILITY_BATCHED},{CAPABILITY_RESTATED_DROPS}"
+)
 """The capability header's value: comma-separated tokens."""
+SINGLE_CAPABILITIES: Final = f"{CAPABILITY_SAMPLING_PATTERNS},{CAPABILITY_RESTATED_DROPS}"
+"""The capability header's value when ``StreamTelemetryBatched`` is not served."""
 
 MAX_MESSAGE_HEADER: Final = "x-snakepit-max-message-bytes"
 """Request header: the longest response message the client reads (decimal bytes)."""
@@ -242,7 +249,7 @@ class TelemetryService:
             return handover
         if self._serve_batched:
             return ((CAPABILITIES_HEADER, CAPABILITIES), *handover)
-        return ((CAPABILITIES_HEADER, CAPABILITY_SAMPLING_PATTERNS), *handover)
+        return ((CAPABILITIES_HEADER, SINGLE_CAPABILITIES), *handover)
 
     def stream_telemetry(
         self,

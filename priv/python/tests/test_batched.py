@@ -16,6 +16,7 @@ from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.server import (
     CAPABILITIES_HEADER,
     CAPABILITY_BATCHED,
+    CAPABILITY_RESTATED_DROPS,
     CAPABILITY_SAMPLING_PATTERNS,
     BridgeServer,
     TelemetryService,
@@ -303,7 +304,11 @@ def test_headers_announce_the_capability_before_any_event(
     client = connect_batched(served.port)
     headers = client.wait_headers(timeout=2.0)
     [value] = [value for key, value in headers if key == CAPABILITIES_HEADER]
-    assert set(value.split(",")) == {CAPABILITY_SAMPLING_PATTERNS, CAPABILITY_BATCHED}
+    assert set(value.split(",")) == {
+        CAPABILITY_SAMPLING_PATTERNS,
+        CAPABILITY_BATCHED,
+        CAPABILITY_RESTATED_DROPS,
+    }
     client.assert_no_message(within=0.05)
 
 

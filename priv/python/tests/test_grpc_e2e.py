@@ -13,6 +13,7 @@ from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.server import (
     CAPABILITIES_HEADER,
     CAPABILITY_BATCHED,
+    CAPABILITY_RESTATED_DROPS,
     CAPABILITY_SAMPLING_PATTERNS,
 )
 
@@ -30,7 +31,11 @@ def test_headers_arrive_before_any_event(serve: Serve, connect: Connect) -> None
     # Nothing has been emitted: the headers must come on their own, not with an event.
     headers = client.wait_headers(timeout=2.0)
     [value] = [value for key, value in headers if key == CAPABILITIES_HEADER]
-    assert value.split(",") == [CAPABILITY_SAMPLING_PATTERNS, CAPABILITY_BATCHED]
+    assert value.split(",") == [
+        CAPABILITY_SAMPLING_PATTERNS,
+        CAPABILITY_BATCHED,
+        CAPABILITY_RESTATED_DROPS,
+    ]
     client.assert_no_message(within=0.05)
 
 

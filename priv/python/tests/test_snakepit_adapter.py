@@ -288,7 +288,7 @@ def test_aio_servicer_streams_events_with_the_capability_header(
     aio_server: AioServer, client: StreamClient
 ) -> None:
     headers = dict(client.wait_headers())
-    assert headers["x-snakepit-telemetry-capabilities"] == "sampling-patterns"
+    assert headers["x-snakepit-telemetry-capabilities"] == "sampling-patterns,restated-drops"
     assert headers["x-snakepit-telemetry-sent"] == "0"
     assert len(headers["x-snakepit-telemetry-stream-id"]) == 16
     telemetry.emit("tool.execution.stop", {"duration": 5}, {"tool": "t"}, correlation_id="c")

@@ -18,6 +18,7 @@ from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 __all__ = [
     "CAPABILITIES_HEADER",
     "CAPABILITY_BATCHED",
+    "CAPABILITY_RESTATED_DROPS",
     "CAPABILITY_SAMPLING_PATTERNS",
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_MAX_BATCH_EVENTS",
@@ -59,6 +60,10 @@ CAPABILITY_SAMPLING_PATTERNS: Final = "sampling-patterns"
 """Capability: the worker applies pattern-scoped sampling rules itself."""
 CAPABILITY_BATCHED: Final = "batched"
 """Capability: the worker serves ``StreamTelemetryBatched``."""
+CAPABILITY_RESTATED_DROPS: Final = "restated-drops"
+"""Capability: the first drop report on a call that replaced another restates every reason's
+``total`` (``count`` 0 where nothing is new), so the client may count the whole total of a
+reason it first hears of on such a call (its earlier reports were all lost)."""
 STREAM_ID_HEADER: Final = "x-snakepit-telemetry-stream-id"
 """Response header: the stream's identity, random per :class:`TelemetryStream`."""
 SENT_HEADER: Final = "x-snakepit-telemetry-sent"
