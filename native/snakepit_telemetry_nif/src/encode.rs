@@ -369,11 +369,7 @@ impl<'a> SharedTerms<'a> {
             map = map.map_update(self.timestamp_key, record.timestamp_ns.encode(env)).ok()?;
         }
         if record.correlation_id() != before.correlation_id() {
-            let id = match record.correlation_id() {
-                "" => self.nil,
-                id => id.encode(env),
-            };
-            map = map.map_update(self.correlation_key, id).ok()?;
+            map = map.map_update(self.correlation_key, self.correlation(env, record)).ok()?;
         }
         Some(map)
     }
@@ -387,12 +383,16 @@ impl<'a> SharedTerms<'a> {
         match key.value {
             SharedValue::Fixed(value) => value,
             SharedValue::Timestamp => record.timestamp_ns.encode(env),
-            // Always present, nil when the worker sent none (as Snakepit's stream manager
-            // does); a `correlation_id` in the worker's own metadata never replaces it.
-            SharedValue::Correlation => match record.correlation_id() {
-                "" => self.nil,
-                id => id.encode(env),
-            },
+            SharedValue::Correlation => self.correlation(env, record),
+        }
+    }
+
+    /// Always present, nil when the worker sent none (as Snakepit's stream manager does); a
+    /// `correlation_id` in the worker's own metadata never replaces it.
+    fn correlation(&self, env: Env<'a>, record: &EventRecord) -> Term<'a> {
+        match record.correlation_id() {
+            "" => self.nil,
+            id => id.encode(env),
         }
     }
 }
