@@ -127,6 +127,8 @@ defmodule Snakepit.Telemetry.HardeningTest do
 
       assert_receive {:telemetry, @stop, _, %{worker_id: ^id, tool: "before"}}, @timeout
       assert_receive {:telemetry, @stop, _, %{worker_id: ^id, tool: "after"}}, @timeout
+      # Counted as emitted once the Dispatcher acknowledges the batch, after its handlers.
+      wait_until(fn -> stream(id).emitted == 2 end)
       assert %{status: :connected, received: 3, emitted: 2, dropped: %{oversize: 1}} = stream(id)
     end
 

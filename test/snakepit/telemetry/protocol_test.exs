@@ -38,6 +38,8 @@ defmodule Snakepit.Telemetry.ProtocolTest do
     # Fewer messages than events: they were packed.
     assert stats["sent_batches"] < 5_000
     wait_until(fn -> stream(id).received == stats["sent"] end)
+    # Counted as emitted once the Dispatcher acknowledges the batch, after its handlers.
+    wait_until(fn -> stream(id).emitted == 5_000 end)
     assert %{emitted: 5_000} = stream(id)
   end
 
@@ -63,6 +65,8 @@ defmodule Snakepit.Telemetry.ProtocolTest do
     stats = PythonWorker.stats(worker)
     assert stats["sent_batches"] >= 12
     wait_until(fn -> stream(id).received == stats["sent"] end)
+    # Counted as emitted once the Dispatcher acknowledges the batch, after its handlers.
+    wait_until(fn -> stream(id).emitted == 8_000 end)
     assert %{emitted: 8_000, dropped: dropped} = stream(id)
     assert Map.get(dropped, :oversize, 0) == 0
   end

@@ -91,6 +91,8 @@ defmodule Snakepit.Telemetry.ReconnectTest do
                    @timeout
 
     refute_received {:telemetry, @memory, _, _}
+    # Counted as emitted once the Dispatcher acknowledges the batch, after its handlers.
+    wait_until(fn -> stream(id).emitted == 2 end)
     assert %{status: :connected, attempt: 0, last_error: nil, emitted: 2} = stream(id)
     assert PythonWorker.stats(second)["dropped"]["filtered_out"] == 1
   end

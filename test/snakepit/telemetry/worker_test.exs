@@ -303,6 +303,8 @@ defmodule Snakepit.Telemetry.WorkerTest do
 
       wait_until(fn -> stream(id).received == 7 end)
 
+      # Counted as emitted once the Dispatcher acknowledges the batch, after its handlers.
+      wait_until(fn -> stream(id).emitted == 2 end)
       assert %{status: :not_streaming, endpoint: :none, emitted: 2, dropped: dropped} = stream(id)
 
       assert %{decode_error: 1, unknown_event: 1, invalid_measurement: 2, oversize: 1} = dropped
@@ -355,6 +357,8 @@ defmodule Snakepit.Telemetry.WorkerTest do
 
       refute_received {:telemetry, @stop, _, %{tool: "nan"}}
       wait_until(fn -> stream(id).received == 4 end)
+      # Counted as emitted once the Dispatcher acknowledges the batch, after its handlers.
+      wait_until(fn -> stream(id).emitted == 3 end)
       assert %{emitted: 3, dropped: %{invalid_measurement: 1}} = stream(id)
     end
 
