@@ -330,10 +330,10 @@ class TelemetryStream:
         self._controls_rejected = Counter()
         self._reported: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._reported_total = 0
-        # Set when a consumer replaces another: the next report restates every reason's
+        # True when a consumer followed another: the next report restates every reason's
         # total (see take_drop_report), so that reports the earlier call lost are made up.
-        self._resync_due = False
-        self._attached_before = False
+        # None until the first consumer attaches (one attribute for both: see _sent).
+        self._restate: bool | None = None
         self._report_lock = threading.Lock()
 
     # -- producer side (any thread) -------------------------------------------------
@@ -391,12 +391,14 @@ class TelemetryStream:
             self._producer.set_consumer(consumer)
             if not self._closed:
                 self._set_policy(ControlPolicy())
-            again, self._attached_before = self._attached_before, True
+            again = self._restate is not None
+            if not again:
+                self._restate = False
         if again:
             # After the swap: a replaced consumer takes no report from here on, so the
             # restated totals cover every report it took and never handed over.
             with self._report_lock:
-                self._resync_due = True
+                self._restate = True
         if previous is not None:
             previous.detach()
         return consumer
@@ -767,7 +769,7 @@ class TelemetryStream:
     @property
     def has_unreported_drops(self) -> bool:
         """True if there are drops not yet reported, or a new consumer is to restate them."""
-        return self._resync_due or self._producer.dropped_total != self._reported_total
+        return bool(self._restate) or self._producer.dropped_total != self._reported_total
 
     def take_drop_report(self, consumer: StreamConsumer | None = None) -> list[bytes]:
         """Return the drop report due now, and mark those drops reported.
@@ -786,7 +788,9 @@ class TelemetryStream:
         with self._report_lock:
             if consumer is not None and not consumer.is_current:
                 return []
-            resync, self._resync_due = self._resync_due, False
+            resync = self._restate is True
+            if resync:
+                self._restate = False
             now = self._producer.dropped_counts()
             reports = []
             for reason, count in now.items():
