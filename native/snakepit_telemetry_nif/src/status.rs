@@ -27,10 +27,12 @@ pub enum StatusMessage {
 
 /// Status messages not yet taken by a receiver, oldest first. A message the receiver refuses
 /// (it is gone: its Dispatcher is restarting) waits here, and so do the ones after it, until
-/// the stream task sees a new receiver; so a Dispatcher's crash loses no `:lost` or
-/// `:reconnected` event. A stream posts at most two messages per connection, so the bound is
-/// only reached if a receiver stays away through dozens of reconnections (by then the
-/// application's supervisor has given up restarting it); then the oldest message goes.
+/// the stream task sees a new receiver; so no `:lost` or `:reconnected` event is lost while a
+/// Dispatcher is down. (One already in the mailbox of a Dispatcher that is then killed goes
+/// with it, as the batches there do; their events are counted `undeliverable`.) A stream
+/// posts at most two messages per connection, so the bound is only reached if a receiver
+/// stays away through dozens of reconnections (by then the application's supervisor has
+/// given up restarting it); then the oldest message goes.
 #[derive(Default)]
 pub struct StatusQueue {
     waiting: VecDeque<StatusMessage>,
