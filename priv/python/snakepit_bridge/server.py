@@ -56,6 +56,7 @@ from snakepit_bridge.telemetry.stream import (
     DEFAULT_MAX_BATCH_EVENTS,
     DEFAULT_MIN_BATCH_INTERVAL,
     SENT_HEADER,
+    SINGLE_RPC_CAPABILITIES,
     STREAM_ID_HEADER,
     OutgoingMessage,
     StreamConsumer,
@@ -78,7 +79,7 @@ __all__ = [
     "KEEPALIVE_TIMEOUT_MS",
     "MAX_MESSAGE_HEADER",
     "SERVICE_NAME",
-    "SINGLE_CAPABILITIES",
+    "SINGLE_RPC_CAPABILITIES",
     "STREAM_TELEMETRY_BATCHED_METHOD",
     "STREAM_TELEMETRY_BATCHED_PATH",
     "STREAM_TELEMETRY_METHOD",
@@ -103,8 +104,6 @@ CAPABILITIES: Final = (
     f"{CAPABILITY_SAMPLING_PATTERNS},{CAPABILITY_BATCHED},{CAPABILITY_RESTATED_DROPS}"
 )
 """The capability header's value: comma-separated tokens."""
-SINGLE_CAPABILITIES: Final = f"{CAPABILITY_SAMPLING_PATTERNS},{CAPABILITY_RESTATED_DROPS}"
-"""The capability header's value when ``StreamTelemetryBatched`` is not served."""
 
 MAX_MESSAGE_HEADER: Final = "x-snakepit-max-message-bytes"
 """Request header: the longest response message the client reads (decimal bytes)."""
@@ -249,7 +248,7 @@ class TelemetryService:
             return handover
         if self._serve_batched:
             return ((CAPABILITIES_HEADER, CAPABILITIES), *handover)
-        return ((CAPABILITIES_HEADER, SINGLE_CAPABILITIES), *handover)
+        return ((CAPABILITIES_HEADER, SINGLE_RPC_CAPABILITIES), *handover)
 
     def stream_telemetry(
         self,

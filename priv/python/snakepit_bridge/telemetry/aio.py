@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Final, TypeAlias
+from typing import TypeAlias
 
 import grpc
 import grpc.aio
@@ -62,26 +62,22 @@ from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.telemetry.consumer import IDLE_RECHECK_SECONDS
 from snakepit_bridge.telemetry.stream import (
     CAPABILITIES_HEADER,
-    CAPABILITY_RESTATED_DROPS,
     CAPABILITY_SAMPLING_PATTERNS,
     DROP_REPORT_INTERVAL_SECONDS,
     SENT_HEADER,
+    SINGLE_RPC_CAPABILITIES,
     STREAM_ID_HEADER,
     StreamConsumer,
     TelemetryStream,
 )
 
 __all__ = [
-    "AIO_CAPABILITIES",
     "CAPABILITIES_HEADER",
     "CAPABILITY_SAMPLING_PATTERNS",
     "AsyncStreamConsumer",
     "TelemetryContext",
     "serve_telemetry",
 ]
-
-AIO_CAPABILITIES: Final = f"{CAPABILITY_SAMPLING_PATTERNS},{CAPABILITY_RESTATED_DROPS}"
-"""The capability header's value of a ``grpc.aio`` telemetry call (no batched RPC there)."""
 
 TelemetryContext: TypeAlias = "grpc.aio.ServicerContext[pb.TelemetryControl, pb.TelemetryEvent]"
 """The servicer context of a ``StreamTelemetry`` call on a ``grpc.aio`` server."""
@@ -201,7 +197,7 @@ async def serve_telemetry(
         with contextlib.suppress(Exception):
             await context.send_initial_metadata(
                 (
-                    (CAPABILITIES_HEADER, AIO_CAPABILITIES),
+                    (CAPABILITIES_HEADER, SINGLE_RPC_CAPABILITIES),
                     (STREAM_ID_HEADER, stream_id),
                     (SENT_HEADER, str(sent)),
                 )

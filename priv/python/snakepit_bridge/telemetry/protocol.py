@@ -30,6 +30,7 @@ __all__ = [
     "DROP_REPORT_EVENT",
     "DROP_REPORT_INTERVAL_SECONDS",
     "SENT_HEADER",
+    "SINGLE_RPC_CAPABILITIES",
     "STREAM_ID_HEADER",
     "OutgoingMessage",
     "check_batch_bounds",
@@ -64,6 +65,9 @@ CAPABILITY_RESTATED_DROPS: Final = "restated-drops"
 """Capability: the first drop report on a call that replaced another restates every reason's
 ``total`` (``count`` 0 where nothing is new), so the client may count the whole total of a
 reason it first hears of on such a call (its earlier reports were all lost)."""
+SINGLE_RPC_CAPABILITIES: Final = f"{CAPABILITY_SAMPLING_PATTERNS},{CAPABILITY_RESTATED_DROPS}"
+"""The capability header's value of a call on a server without ``StreamTelemetryBatched``
+(the ``grpc.aio`` servicer, or a bridge server that does not serve it)."""
 STREAM_ID_HEADER: Final = "x-snakepit-telemetry-stream-id"
 """Response header: the stream's identity, random per :class:`TelemetryStream`."""
 SENT_HEADER: Final = "x-snakepit-telemetry-sent"
