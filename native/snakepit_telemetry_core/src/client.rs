@@ -40,8 +40,14 @@ pub enum OpenError {
     Unimplemented,
     Failed(String),
 }
-/// Response header by which a worker says it applies sampling patterns itself.
+/// Response header by which a worker says what it honours (comma-separated tokens: sampling
+/// patterns, `settings.rs`; restated drop totals, `source_drops.rs`).
 pub const CAPABILITIES_HEADER: &str = "x-snakepit-telemetry-capabilities";
+
+/// Whether a worker's capabilities header value holds `token`.
+pub fn has_capability(capabilities: &str, token: &str) -> bool {
+    capabilities.split(',').any(|c| c.trim() == token)
+}
 /// Request header: the longest response message this client reads (a decimal byte count),
 /// so that a worker sizes its batches to fit; longer messages are skipped as oversize.
 pub const MAX_MESSAGE_HEADER: &str = "x-snakepit-max-message-bytes";

@@ -201,7 +201,7 @@ impl Policy {
 
 /// Whether a worker's capabilities header announces pattern sampling.
 pub fn samples_patterns(capabilities: &str) -> bool {
-    capabilities.split(',').any(|c| c.trim() == SAMPLING_PATTERNS)
+    crate::client::has_capability(capabilities, SAMPLING_PATTERNS)
 }
 
 /// A small, fast random source for sampling and backoff jitter (SplitMix64); one per stream task.

@@ -85,10 +85,10 @@ impl ReportShape {
 #[derive(Debug, Default)]
 pub struct ReportTotals {
     stream: Option<String>,
-    /// A call opened again on the same identity (a reconnect, not this task's first call).
-    reopened: bool,
-    /// The worker restates its totals on a new call (its capabilities say so).
-    restates: bool,
+    /// A call opened again on the same identity (a reconnect, not this task's first call) of
+    /// a worker that restates its totals on a new call: a reason first heard of now counts
+    /// its whole total.
+    whole_totals: bool,
     last: Vec<(String, u64)>,
 }
 
@@ -96,14 +96,12 @@ impl ReportTotals {
     /// A call opened on the worker stream `stream` (its identity, None when the worker does
     /// not say): the totals of another stream no longer apply.
     pub fn opened(&mut self, stream: Option<&str>, restates: bool) {
-        self.restates = restates;
-        if stream.is_none() || self.stream.as_deref() != stream {
+        let reopened = stream.is_some() && self.stream.as_deref() == stream;
+        if !reopened {
             self.last.clear();
             self.stream = stream.map(str::to_string);
-            self.reopened = false;
-        } else {
-            self.reopened = true;
         }
+        self.whole_totals = reopened && restates;
     }
 
     /// How many drops a report of `reason` stands for: its `count`, or, when its running
@@ -129,7 +127,7 @@ impl ReportTotals {
                     return count;
                 }
                 self.last.push((reason.to_string(), total));
-                if self.reopened && self.restates {
+                if self.whole_totals {
                     total.max(count)
                 } else {
                     count
@@ -142,7 +140,7 @@ impl ReportTotals {
 /// Whether a worker's capabilities (`x-snakepit-telemetry-capabilities`) say it restates its
 /// drop totals on a new call.
 pub fn restates_drops(capabilities: &str) -> bool {
-    capabilities.split(',').any(|c| c.trim() == RESTATED_DROPS)
+    crate::client::has_capability(capabilities, RESTATED_DROPS)
 }
 
 /// Drops a worker reported, by reason.
