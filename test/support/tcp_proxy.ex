@@ -16,9 +16,10 @@ defmodule Snakepit.Telemetry.Test.TcpProxy do
   def cut(proxy), do: GenServer.call(proxy, :cut)
 
   @doc """
-  Stops passing what the worker sends on the connections relayed now (it is still read, and
-  kept, as bytes a stalled network holds; `cut/1` then loses them). The other direction and
-  later connections pass as before. Returns how many connections it holds.
+  Stops passing what the worker sends on the connections relayed now: it is still read (so
+  the worker's socket does not fill) and never delivered, as bytes a stalled network holds
+  and `cut/1` then loses. The other direction and later connections pass as before. Returns
+  how many connections it holds.
   """
   def hold(proxy), do: GenServer.call(proxy, :hold)
 
@@ -83,25 +84,25 @@ defmodule Snakepit.Telemetry.Test.TcpProxy do
 
     :ok = :inet.setopts(client, active: :once)
     :ok = :inet.setopts(upstream, active: :once)
-    loop(client, upstream, nil)
+    loop(client, upstream, false)
   end
 
-  # `held`: what the worker sent since `hold/1` (nil: not holding), newest first.
-  defp loop(client, upstream, held) do
+  # `holding`: what the worker sends is read and not delivered (`hold/1`).
+  defp loop(client, upstream, holding) do
     receive do
       {:tcp, ^client, data} ->
-        forward(data, upstream, client, upstream, held)
+        forward(data, upstream, client, upstream, holding)
 
-      {:tcp, ^upstream, data} when is_list(held) ->
+      {:tcp, ^upstream, _data} when holding ->
         :ok = :inet.setopts(upstream, active: :once)
-        loop(client, upstream, [data | held])
+        loop(client, upstream, holding)
 
       {:tcp, ^upstream, data} ->
-        forward(data, client, client, upstream, held)
+        forward(data, client, client, upstream, holding)
 
       {:hold, from, ref} ->
         send(from, {ref, :holding})
-        loop(client, upstream, held || [])
+        loop(client, upstream, true)
 
       {:tcp_closed, _} ->
         close(client, upstream)
@@ -113,12 +114,12 @@ defmodule Snakepit.Telemetry.Test.TcpProxy do
 
   # Sends `data` on `to`, reads on from the socket it came from; either side failing ends
   # the relay (both sockets closed).
-  defp forward(data, to, client, upstream, held) do
+  defp forward(data, to, client, upstream, holding) do
     from = if to == upstream, do: client, else: upstream
 
     with :ok <- :gen_tcp.send(to, data),
          :ok <- :inet.setopts(from, active: :once) do
-      loop(client, upstream, held)
+      loop(client, upstream, holding)
     else
       {:error, _} -> close(client, upstream)
     end
