@@ -17,8 +17,9 @@ defmodule Snakepit.Telemetry.Dispatcher do
 
   If one crashes or is killed, it is restarted and registers itself with the NIF again;
   events of the batches that were in its mailbox are counted as `:undeliverable`, and the
-  streams go on. Stream and connection events of its workers that happen while it is down
-  are not lost: the NIF keeps them and sends them, in order, to its successor.
+  streams go on. Stream and connection events of its workers are not lost: those that happen
+  while it is down wait in the NIF, and those that were in its mailbox come back (each
+  travels with a ticket it acknowledges), and its successor gets them in order.
 
   It emits every worker event of the catalog, the stream events
   `[:snakepit, :grpc, :stream, :opened | :closed]` and the connection events
@@ -120,8 +121,16 @@ defmodule Snakepit.Telemetry.Dispatcher do
     {:noreply, update_node(state, batch_node, node)}
   end
 
-  def handle_info({:snakepit_telemetry_stream, worker_id, generation, status, sent}, state) do
-    emit_stream_event(worker_id, generation, status, sent)
+  def handle_info(
+        {:snakepit_telemetry_stream, worker_id, generation, status, sent, ticket},
+        state
+      ) do
+    try do
+      emit_stream_event(worker_id, generation, status, sent)
+    after
+      Native.ack_status(ticket)
+    end
+
     {:noreply, state}
   end
 

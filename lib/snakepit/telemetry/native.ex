@@ -14,14 +14,16 @@ defmodule Snakepit.Telemetry.Native do
       the receiver calls `ack(ticket)` once it has run the handlers of the batch (a ticket
       dropped unacknowledged counts its events as `:undeliverable`). `measurements` and
       `metadata` are maps, or lists of pairs when they have more than 32 keys.
-    * `{:snakepit_telemetry_stream, worker_id, generation, status, sent}` with `status`
+    * `{:snakepit_telemetry_stream, worker_id, generation, status, sent, ticket}` with `status`
       `{:opened, :established | {:reconnected, downtime_ms, attempts}}`,
       `{:lost, reason, uptime_ms}` (a retry follows), and last `{:closed, reason}` (a stream
       was open) or `{:ended, reason}` (none was); `sent` is the number of events handed
       over on the stream that ended (0 otherwise). A status message the receiver is not
       there to take (its Dispatcher is restarting) waits in the NIF, ahead of the stream's
       batches, until `set_receiver/3` names the next one (an ended registration waits up to
-      5 s for it).
+      5 s for it). The receiver calls `ack_status(ticket)` once it has emitted the message's
+      events; a ticket dropped unacknowledged (the receiver was killed with the message in
+      its mailbox) has the message sent again, ahead of the later ones.
 
   If the library cannot be loaded, `load_error/0` says why, and `Snakepit.Telemetry.GrpcStream`
   refuses to start with that reason rather than failing later with `:nif_not_loaded`.
@@ -101,6 +103,9 @@ defmodule Snakepit.Telemetry.Native do
 
   @doc false
   def ack(_ticket), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def ack_status(_ticket), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
   def stream_info(_runtime), do: :erlang.nif_error(:nif_not_loaded)

@@ -22,6 +22,7 @@ use crate::decode::{self, option, positive};
 use crate::encode::{TermEncoder, WorkerMeta};
 use crate::flow::BatchTicket;
 use crate::runtime::{RuntimeOptions, TelemetryRuntime};
+use crate::status::StatusTicket;
 use crate::stream_task::{ConnectOptions, StderrLine, StreamLimits, StreamTask};
 
 /// The endpoint of a worker with no gRPC stream (stderr lines only).
@@ -289,6 +290,13 @@ fn update_settings(runtime: ResourceArc<TelemetryRuntime>, changes: Vec<(String,
 /// `ack(ticket)`: the receiver ran the handlers of one batch.
 #[rustler::nif]
 fn ack(ticket: ResourceArc<BatchTicket>) -> Atom {
+    ticket.acknowledge();
+    atoms::ok()
+}
+
+/// `ack_status(ticket)`: the receiver emitted the events of one status message.
+#[rustler::nif]
+fn ack_status(ticket: ResourceArc<StatusTicket>) -> Atom {
     ticket.acknowledge();
     atoms::ok()
 }

@@ -1,17 +1,26 @@
 //! The status messages a stream task sends its receiver (the Dispatcher of its partition),
 //! and the queue that keeps them while that receiver is gone (a Dispatcher restarting).
+//!
+//! Each message travels with a [`StatusTicket`] that the receiver acknowledges once it has
+//! emitted the message's events (`Native.ack_status/1`). A ticket dropped unacknowledged (its
+//! Dispatcher was killed with the message in its mailbox) hands its message back to the
+//! stream's queue, which sends it again, ahead of later ones, to the next Dispatcher.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rustler::{Encoder, LocalPid, OwnedEnv};
+use rustler::{Encoder, LocalPid, OwnedEnv, ResourceArc};
 use snakepit_telemetry_core::registry::CloseReason;
 use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::atoms;
 use crate::encode::WorkerMeta;
 use crate::terms::close_reason_term;
 
+#[derive(Clone)]
 pub enum StatusMessage {
     /// The registration's first stream opened.
     Established,
@@ -28,14 +37,74 @@ pub enum StatusMessage {
 /// Status messages not yet taken by a receiver, oldest first. A message the receiver refuses
 /// (it is gone: its Dispatcher is restarting) waits here, and so do the ones after it, until
 /// the stream task sees a new receiver; so no `:lost` or `:reconnected` event is lost while a
-/// Dispatcher is down. (One already in the mailbox of a Dispatcher that is then killed goes
-/// with it, as the batches there do; their events are counted `undeliverable`.) A stream
+/// Dispatcher is down; one already in the mailbox of a Dispatcher that is then killed comes
+/// back through its ticket and goes first in line again. (Only the registration's last
+/// message is not sent again if it comes back after its task has ended.) A stream
 /// posts at most two messages per connection, so the bound is only reached if a receiver
 /// stays away through dozens of reconnections (by then the application's supervisor has
 /// given up restarting it); then the oldest message goes.
 #[derive(Default)]
 pub struct StatusQueue {
-    waiting: VecDeque<StatusMessage>,
+    waiting: VecDeque<(u64, StatusMessage)>,
+    /// The number of the next message posted: messages that come back go in in this order.
+    next: u64,
+    returned: Arc<ReturnedStatuses>,
+}
+
+/// Messages whose tickets died unacknowledged, waiting for the stream task to take them back,
+/// and how many sent ones are still unacknowledged.
+#[derive(Default)]
+pub struct ReturnedStatuses {
+    messages: Mutex<Vec<(u64, StatusMessage)>>,
+    outstanding: AtomicUsize,
+    changed: Notify,
+}
+
+impl ReturnedStatuses {
+    /// Waits until a message is acknowledged or comes back (one of those that happened before
+    /// this is awaited counts).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Whether every message sent has been acknowledged (none is in a receiver's mailbox).
+    pub fn all_acknowledged(&self) -> bool {
+        self.outstanding.load(Ordering::Acquire) == 0
+    }
+
+    /// A sent message was acknowledged, or came back: it is no longer outstanding.
+    fn settled(&self) {
+        let _ = self.outstanding.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.changed.notify_one();
+    }
+}
+
+/// Travels with one status message; see the module doc.
+pub struct StatusTicket {
+    message: Mutex<Option<(u64, StatusMessage)>>,
+    returned: Arc<ReturnedStatuses>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for StatusTicket {}
+
+impl StatusTicket {
+    /// The receiver emitted the message's events: nothing comes back. Later calls do nothing.
+    pub fn acknowledge(&self) {
+        if self.message.lock().unwrap_or_else(PoisonError::into_inner).take().is_some() {
+            self.returned.settled();
+        }
+    }
+}
+
+impl Drop for StatusTicket {
+    fn drop(&mut self) {
+        let message = self.message.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(message) = message {
+            self.returned.messages.lock().unwrap_or_else(PoisonError::into_inner).push(message);
+            self.returned.settled();
+        }
+    }
 }
 
 /// The most status messages one stream keeps for a receiver that is gone.
@@ -47,14 +116,44 @@ impl StatusQueue {
         if self.waiting.len() >= MAX_WAITING_STATUSES {
             self.waiting.pop_front();
         }
-        self.waiting.push_back(message);
+        self.waiting.push_back((self.next, message));
+        self.next += 1;
+    }
+
+    /// Where messages whose receiver died unread come back (see [`StatusTicket`]).
+    pub fn returned(&self) -> Arc<ReturnedStatuses> {
+        self.returned.clone()
+    }
+
+    /// Puts the messages that came back first in line, in the order they were posted.
+    fn take_back_returned(&mut self) {
+        let mut returned =
+            std::mem::take(&mut *self.returned.messages.lock().unwrap_or_else(PoisonError::into_inner));
+        if returned.is_empty() {
+            return;
+        }
+        returned.sort_by_key(|(number, _)| *number);
+        for message in returned.into_iter().rev() {
+            self.waiting.push_front(message);
+        }
+        while self.waiting.len() > MAX_WAITING_STATUSES {
+            self.waiting.pop_front();
+        }
     }
 
     /// Sends the waiting messages in order. False if the receiver refused one: it stays first
     /// in line, to be sent again once there is a new receiver.
     pub fn send(&mut self, receiver: &watch::Receiver<LocalPid>, worker: &WorkerMeta) -> bool {
+        self.take_back_returned();
         while let Some(message) = self.waiting.front() {
-            if !send_status(receiver, worker, message) {
+            self.returned.outstanding.fetch_add(1, Ordering::AcqRel);
+            let ticket = ResourceArc::new(StatusTicket {
+                message: Mutex::new(Some(message.clone())),
+                returned: self.returned.clone(),
+            });
+            if !send_status(receiver, worker, &message.1, &ticket) {
+                // Not sent: the message stays here, its ticket must not hand it back too.
+                ticket.acknowledge();
                 return false;
             }
             self.waiting.pop_front();
@@ -63,11 +162,16 @@ impl StatusQueue {
     }
 }
 
-/// `{:snakepit_telemetry_stream, worker_id, generation, status, sent}` to the receiver, where
+/// `{:snakepit_telemetry_stream, worker_id, generation, status, sent, ticket}` to the receiver, where
 /// status is `{:opened, :established | {:reconnected, downtime_ms, attempts}}`,
 /// `{:lost, reason, uptime_ms}`, `{:closed, reason}` or `{:ended, reason}`. False if the
 /// receiver is gone (the message was not sent).
-fn send_status(receiver: &watch::Receiver<LocalPid>, worker: &WorkerMeta, message: &StatusMessage) -> bool {
+fn send_status(
+    receiver: &watch::Receiver<LocalPid>,
+    worker: &WorkerMeta,
+    message: &StatusMessage,
+    ticket: &ResourceArc<StatusTicket>,
+) -> bool {
     let pid = *receiver.borrow();
     let mut env = OwnedEnv::new();
     let sent = env.send_and_clear(&pid, |env| {
@@ -86,8 +190,8 @@ fn send_status(receiver: &watch::Receiver<LocalPid>, worker: &WorkerMeta, messag
             }
             StatusMessage::Ended(reason) => ((atoms::ended(), close_reason_term(env, reason)).encode(env), 0),
         };
-        (atoms::snakepit_telemetry_stream(), worker.worker_id.as_str(), worker.generation, status, sent)
-            .encode(env)
+        let stream = atoms::snakepit_telemetry_stream();
+        (stream, worker.worker_id.as_str(), worker.generation, status, sent, ticket.clone()).encode(env)
     });
     sent.is_ok()
 }

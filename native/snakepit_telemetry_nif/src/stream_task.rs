@@ -290,14 +290,26 @@ impl StreamTask {
             None => StatusMessage::Ended(end.reason),
         };
         // The last message of the registration, after any still waiting: a receiver that is
-        // gone (its Dispatcher restarting) gets a moment to come back for them.
+        // gone (its Dispatcher restarting) gets a moment to come back for them, and the task
+        // stays until they are acknowledged, to send again any that come back (their
+        // Dispatcher was killed with them unread).
         flow.statuses.post(message);
         let mut receiver = self.receiver.clone();
+        let returned = flow.statuses.returned();
         let deadline = tokio::time::Instant::now() + LAST_STATUS_WAIT;
-        while !flow.statuses.send(&receiver, &self.worker) {
-            match tokio::time::timeout_at(deadline, receiver.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => break,
+        loop {
+            let sent = flow.statuses.send(&receiver, &self.worker);
+            if sent && returned.all_acknowledged() {
+                break;
+            }
+            let changed = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    changed = receiver.changed() => changed.is_ok(),
+                    _ = returned.changed(), if sent => true,
+                }
+            });
+            if !matches!(changed.await, Ok(true)) {
+                break;
             }
         }
     }
@@ -312,6 +324,7 @@ impl StreamTask {
     ) -> TaskEnd {
         let mut settings = self.state.settings.subscribe();
         let mut receiver = self.receiver.clone();
+        let returned = flow.statuses.returned();
         let catalog = &self.encoder.catalog;
         let policy = |settings: &mut watch::Receiver<_>, samples_patterns: bool| {
             let current: &Arc<snakepit_telemetry_core::settings::Settings> = &settings.borrow_and_update();
@@ -389,6 +402,9 @@ impl StreamTask {
                     Err(_) => Wake::Stop(CloseReason::Shutdown),
                 },
                 _ = flow.credit.freed(), if !flow.pending.is_empty() && !flow.blocked => Wake::Credit,
+                // A status message was acknowledged, or came back from a Dispatcher that died
+                // with it unread (then it is sent again).
+                _ = returned.changed() => Wake::Credit,
                 line = lines.recv(), if !lines.is_closed() || !lines.is_empty() => match line {
                     Some(line) => Wake::Line(line),
                     None => Wake::Credit,

@@ -148,6 +148,71 @@ defmodule Snakepit.Telemetry.ReconnectTest do
     refute_received {:telemetry, _, _, %{worker_id: ^id}}
   end
 
+  test "stream and connection events in the mailbox of a Dispatcher that is killed reach the handlers through its successor, in order" do
+    {first, id} = start_worker()
+
+    events =
+      [@stream ++ [:opened], @stream ++ [:closed]] ++
+        for(e <- [:established, :lost, :reconnected], do: @connection ++ [e])
+
+    Forwarder.attach(events)
+    register!(id, first)
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :connection, :established], _,
+                    %{worker_id: ^id}},
+                   @timeout
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :opened], _, %{worker_id: ^id}}
+
+    # The Dispatcher takes the loss and the reconnection into its mailbox but runs nothing.
+    dispatcher = Dispatcher.whereis(id)
+    :ok = :sys.suspend(dispatcher)
+    System.cmd("kill", ["-9", Integer.to_string(first.os_pid)])
+    assert PythonWorker.await_exit(first) == 137
+
+    wait_until(fn ->
+      match?({:message_queue_len, 1}, Process.info(dispatcher, :message_queue_len))
+    end)
+
+    second = PythonWorker.start(["--port", first.tcp_port])
+    on_exit(fn -> PythonWorker.stop(second) end)
+
+    wait_until(fn ->
+      match?({:message_queue_len, 2}, Process.info(dispatcher, :message_queue_len))
+    end)
+
+    refute_received {:telemetry, _, _, %{worker_id: ^id}}
+
+    # Killed with both messages unread: its successor gets them.
+    Process.exit(dispatcher, :kill)
+
+    assert [
+             [:snakepit, :grpc, :stream, :closed],
+             [:snakepit, :grpc, :connection, :lost],
+             [:snakepit, :grpc, :stream, :opened],
+             [:snakepit, :grpc, :connection, :reconnected]
+           ] = for(_ <- 1..4, do: next_event(id))
+
+    # The registration's last message too, though its task has nothing else left to do.
+    successor = Dispatcher.whereis(id)
+    refute successor in [nil, dispatcher]
+    :ok = :sys.suspend(successor)
+    :ok = GrpcStream.unregister_worker(id)
+
+    wait_until(fn ->
+      match?({:message_queue_len, 1}, Process.info(successor, :message_queue_len))
+    end)
+
+    Process.exit(successor, :kill)
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :closed], _,
+                    %{worker_id: ^id, reason: :unregistered}},
+                   @timeout
+
+    Process.sleep(200)
+    refute_received {:telemetry, _, _, %{worker_id: ^id}}
+  end
+
   defp next_event(id) do
     receive do
       {:telemetry, event, _, %{worker_id: ^id}} -> event
