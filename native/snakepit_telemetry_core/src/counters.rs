@@ -1,7 +1,7 @@
 //! Per-stream counters: plain atomics written by the stream task and read by a NIF call
 //! without touching the task.
 
-use crate::source_drops::SourceDrops;
+use crate::source_drops::{ReportTotals, SourceDrops};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why an event did not reach `:telemetry.execute/3`. Every dropped event has exactly one.
@@ -58,6 +58,8 @@ pub struct StreamCounters {
     dropped: [AtomicU64; DropReason::ALL.len()],
     /// What the worker reported it dropped before sending (`source_drops.rs`).
     pub source: SourceDrops,
+    /// The running totals of those reports, which make up reports lost on a broken call.
+    pub report_totals: ReportTotals,
 }
 
 /// A consistent-enough copy of the counters for reporting.

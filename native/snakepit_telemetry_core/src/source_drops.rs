@@ -12,7 +12,9 @@
 //! another, the worker restates every reason's total in its first report (a `count` of 0
 //! where nothing is new), so that reports lost with the old call are made up even when no
 //! drop follows; and a reason first heard of on such a later call had its earlier reports
-//! lost, so its whole total counts. A worker says it restates with the capability
+//! lost, so its whole total counts. The totals belong to the worker id's counters, so a
+//! registration that replaces another (`register_worker` again) goes on from what the one
+//! before heard. A worker says it restates with the capability
 //! `restated-drops` (`x-snakepit-telemetry-capabilities`); from any other, such a report
 //! counts its `count` only (it may have reported that reason to an earlier registration).
 //!
@@ -80,42 +82,48 @@ impl ReportShape {
 }
 
 /// The last running total seen per reason, for one worker stream identity (see the module
-/// doc). Bounded like [`SourceDrops`]: reasons past the bound, or too long, are taken at
-/// their count.
+/// doc), shared by the registrations of a worker id with its counters. Bounded like
+/// [`SourceDrops`]: reasons past the bound, or too long, are taken at their count.
 #[derive(Debug, Default)]
 pub struct ReportTotals {
+    seen: Mutex<SeenTotals>,
+}
+
+#[derive(Debug, Default)]
+struct SeenTotals {
     stream: Option<String>,
-    /// A call opened again on the same identity (a reconnect, not this task's first call) of
-    /// a worker that restates its totals on a new call: a reason first heard of now counts
-    /// its whole total.
-    whole_totals: bool,
     last: Vec<(String, u64)>,
 }
 
 impl ReportTotals {
     /// A call opened on the worker stream `stream` (its identity, None when the worker does
-    /// not say): the totals of another stream no longer apply.
-    pub fn opened(&mut self, stream: Option<&str>, restates: bool) {
-        let reopened = stream.is_some() && self.stream.as_deref() == stream;
+    /// not say): the totals of another stream no longer apply. Returns whether a reason
+    /// first heard of on this call counts its whole total (see [`ReportTotals::account`]):
+    /// the call opened again an identity already heard from, by this registration or one it
+    /// replaced, and the worker restates its totals on a new call.
+    pub fn opened(&self, stream: Option<&str>, restates: bool) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let reopened = stream.is_some() && seen.stream.as_deref() == stream;
         if !reopened {
-            self.last.clear();
-            self.stream = stream.map(str::to_string);
+            seen.last.clear();
+            seen.stream = stream.map(str::to_string);
         }
-        self.whole_totals = reopened && restates;
+        reopened && restates
     }
 
     /// How many drops a report of `reason` stands for: its `count`, or, when its running
     /// `total` is further ahead of the last one that arrived, the difference (the counts
-    /// of the reports lost in between). The first report of a reason on this task's first
-    /// call to the stream stands for its count (the total may include drops reported to an
-    /// earlier registration, which restated it on this call); on a later call, for its
-    /// whole total (every earlier report of it was lost).
-    pub fn account(&mut self, reason: &str, count: u64, total: Option<u64>) -> u64 {
+    /// of the reports lost in between). The first report of a reason stands for its count
+    /// on a first call to the stream (the total may include drops reported to an earlier
+    /// registration, which restated it on this call); with `whole_totals` (from
+    /// [`ReportTotals::opened`]), for its whole total (every earlier report of it was lost).
+    pub fn account(&self, reason: &str, count: u64, total: Option<u64>, whole_totals: bool) -> u64 {
         let Some(total) = total else { return count };
-        if self.stream.is_none() || reason.len() > MAX_REASON_BYTES {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.stream.is_none() || reason.len() > MAX_REASON_BYTES {
             return count;
         }
-        match self.last.iter_mut().find(|(r, _)| r == reason) {
+        match seen.last.iter_mut().find(|(r, _)| r == reason) {
             Some((_, last)) => {
                 let behind = total.saturating_sub(*last);
                 *last = (*last).max(total);
@@ -123,11 +131,11 @@ impl ReportTotals {
                 behind.max(count)
             }
             None => {
-                if self.last.len() >= MAX_REASONS {
+                if seen.last.len() >= MAX_REASONS {
                     return count;
                 }
-                self.last.push((reason.to_string(), total));
-                if self.whole_totals {
+                seen.last.push((reason.to_string(), total));
+                if whole_totals {
                     total.max(count)
                 } else {
                     count
@@ -173,9 +181,29 @@ impl SourceDrops {
 mod tests {
     use super::*;
 
+    /// One registration's view: the shared totals and its current call's flag.
+    #[derive(Default)]
+    struct Calls<'t> {
+        totals: Option<&'t ReportTotals>,
+        own: ReportTotals,
+        whole: bool,
+    }
+
+    impl Calls<'_> {
+        fn totals(&self) -> &ReportTotals {
+            self.totals.unwrap_or(&self.own)
+        }
+        fn opened(&mut self, stream: Option<&str>, restates: bool) {
+            self.whole = self.totals().opened(stream, restates);
+        }
+        fn account(&mut self, reason: &str, count: u64, total: Option<u64>) -> u64 {
+            self.totals().account(reason, count, total, self.whole)
+        }
+    }
+
     #[test]
     fn a_lost_report_is_made_up_by_the_next_one_of_its_reason() {
-        let mut totals = ReportTotals::default();
+        let mut totals = Calls::default();
         totals.opened(Some("stream-a"), true);
         assert_eq!(totals.account("overflow", 5, Some(5)), 5);
         // Reports of 7 and 4 were lost; this one says 3 more, 19 in all.
@@ -195,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_restated_total_makes_up_reports_lost_with_the_old_call() {
-        let mut totals = ReportTotals::default();
+        let mut totals = Calls::default();
         totals.opened(Some("s"), true);
         // Restated at this task's first call: drops reported to an earlier registration.
         assert_eq!(totals.account("overflow", 0, Some(40)), 0);
@@ -213,10 +241,31 @@ mod tests {
     }
 
     #[test]
+    fn a_registration_that_replaces_another_goes_on_from_its_totals() {
+        let shared = ReportTotals::default();
+        let mut first = Calls { totals: Some(&shared), ..Calls::default() };
+        first.opened(Some("s"), true);
+        assert_eq!(first.account("overflow", 5, Some(5)), 5);
+        // The replacing registration's first call breaks before the worker restates; on
+        // its next call the restated 9 stands for the 4 lost, not for all 9.
+        let mut second = Calls { totals: Some(&shared), ..Calls::default() };
+        second.opened(Some("s"), true);
+        second.opened(Some("s"), true);
+        assert_eq!(second.account("overflow", 0, Some(9)), 4);
+        // A reason nobody heard of before: every report of it was lost.
+        assert_eq!(second.account("oversize", 0, Some(2)), 2);
+        // Its first call restating right away: nothing new, nothing counted twice.
+        let mut third = Calls { totals: Some(&shared), ..Calls::default() };
+        third.opened(Some("s"), true);
+        assert_eq!(third.account("overflow", 0, Some(9)), 0);
+        assert_eq!(third.account("oversize", 1, Some(3)), 1);
+    }
+
+    #[test]
     fn a_worker_that_does_not_restate_gets_no_whole_total() {
         // Its first report of a reason on a reconnect may carry drops reported to an earlier
         // registration: only the count is sure.
-        let mut totals = ReportTotals::default();
+        let mut totals = Calls::default();
         totals.opened(Some("s"), false);
         totals.opened(Some("s"), false);
         assert_eq!(totals.account("oversize", 1, Some(30)), 1);
@@ -229,7 +278,7 @@ mod tests {
 
     #[test]
     fn totals_that_do_not_add_up_fall_back_to_the_count() {
-        let mut totals = ReportTotals::default();
+        let mut totals = Calls::default();
         totals.opened(Some("s"), true);
         assert_eq!(totals.account("r", 10, Some(10)), 10);
         assert_eq!(totals.account("r", 4, Some(9)), 4); // behind: take the count
@@ -239,7 +288,7 @@ mod tests {
             assert_eq!(totals.account(&reason, 1, Some(1)), 1);
             assert_eq!(totals.account(&reason, 1, Some(3)), if i < MAX_REASONS - 1 { 2 } else { 1 });
         }
-        assert!(totals.last.len() <= MAX_REASONS);
+        assert!(totals.own.seen.lock().expect("not poisoned").last.len() <= MAX_REASONS);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use snakepit_telemetry_core::counters::{DropReason, StreamCounters};
 use snakepit_telemetry_core::pending::{BufferLimits, Pending};
 use snakepit_telemetry_core::registry::{CloseReason, StreamState};
 use snakepit_telemetry_core::settings::{samples_patterns, Decision, Policy, Removal, Sampler};
-use snakepit_telemetry_core::source_drops::{restates_drops, ReportShape, ReportTotals};
+use snakepit_telemetry_core::source_drops::{restates_drops, ReportShape};
 use snakepit_telemetry_core::stderr_line::{parse_line, LineOutcome};
 use snakepit_telemetry_core::transit::{SentReport, TransitLedger};
 use snakepit_telemetry_core::translate::{translate, EventLimits, EventRecord};
@@ -100,8 +100,9 @@ struct Gate {
     sampler: Sampler,
     /// The worker's drop reports: never removed by settings or buffer bounds.
     reports: Option<ReportShape>,
-    /// Their running totals, which make up the counts of reports lost on a broken call.
-    totals: ReportTotals,
+    /// A report of a reason first heard of on this call counts its whole total
+    /// (`ReportTotals::opened`).
+    whole_totals: bool,
 }
 
 impl Gate {
@@ -336,7 +337,7 @@ impl StreamTask {
             policy: policy(&mut settings, false),
             sampler: Sampler::new(seed),
             reports,
-            totals: ReportTotals::default(),
+            whole_totals: false,
         };
         let (lost_at, failed) = match self.resume {
             Some((at, failed)) => (Some(at), failed),
@@ -367,7 +368,7 @@ impl StreamTask {
                         Ok(Opened { events, samples_patterns, restates_drops, protocol, sent }) => {
                             let counters = &self.state.counters;
                             let stream_id = sent.as_ref().map(|sent| sent.stream_id.as_str());
-                            gate.totals.opened(stream_id, restates_drops);
+                            gate.whole_totals = counters.report_totals.opened(stream_id, restates_drops);
                             let lost = transit.opened(sent, counters.received_from_calls());
                             counters.add_dropped(DropReason::LostInTransit, lost);
                             gate.policy = policy(&mut settings, samples_patterns);
@@ -645,7 +646,7 @@ impl StreamTask {
                     counters.add_received_report();
                 }
                 let (reason, count, total) = shape.read(&record);
-                let stands_for = gate.totals.account(reason, count, total);
+                let stands_for = counters.report_totals.account(reason, count, total, gate.whole_totals);
                 counters.source.add(reason, stands_for);
                 if stands_for != count {
                     shape.set_count(&mut record, stands_for);

@@ -148,6 +148,39 @@ defmodule Snakepit.Telemetry.LostInTransitTest do
     end
   end
 
+  describe "a registration that replaces another" do
+    setup do
+      restart_app_for_test(reconnect: [initial_ms: 20, max_ms: 100])
+      {worker, id} = start_worker(["--max-event-bytes", "1000"])
+      proxy = start_supervised!({TcpProxy, String.to_integer(worker.tcp_port)})
+      Forwarder.attach([@dropped])
+      assert :ok = GrpcStream.register_worker(id, "127.0.0.1:#{TcpProxy.port(proxy)}")
+      wait_until(fn -> stream(id).status == :connected end)
+      %{worker: worker, id: id, proxy: proxy}
+    end
+
+    # The worker restates its totals in its first report on a call, due 250 ms after the
+    # call opens; the replacing registration's first call is cut before that, so the
+    # restatement arrives on its second call, where a reason it has not heard of yet would
+    # count whole. The registration it replaced heard of it: nothing is counted twice.
+    test "and loses its first call before the worker restates counts nothing twice",
+         %{worker: worker, id: id, proxy: proxy} do
+      drop_oversize(worker)
+
+      assert_receive {:telemetry, @dropped, %{count: 1}, %{worker_id: ^id, reason: "oversize"}},
+                     5_000
+
+      assert :ok = GrpcStream.register_worker(id, "127.0.0.1:#{TcpProxy.port(proxy)}")
+      wait_until(fn -> stream(id).status == :connected end)
+      assert TcpProxy.cut(proxy) >= 1
+
+      assert_receive {:telemetry, @dropped, %{count: 0}, %{worker_id: ^id, reason: "oversize"}},
+                     10_000
+
+      assert_both_ends_agree(worker, id, 1)
+    end
+  end
+
   defp drop_oversize(worker) do
     PythonWorker.run(worker, %{
       "op" => "emit",
