@@ -124,6 +124,11 @@ DEFAULT_MAX_WORKERS: Final = 8
 """Server threads: one per live call (the current stream, replaced streams winding down,
 and each running tool call; calls beyond that wait for a free thread)."""
 
+TELEMETRY_THREADS: Final = 2
+"""Server threads tool calls never take: the telemetry stream and one that replaces it. A
+tool call beyond ``max_workers - TELEMETRY_THREADS`` running ones is refused at once with
+``RESOURCE_EXHAUSTED``, so tools that keep every thread busy cannot hold the stream off."""
+
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -338,11 +343,23 @@ class TelemetryService:
 
 
 class ToolService:
-    """The ``ExecuteTool`` handler over one :class:`ToolRegistry`."""
+    """The ``ExecuteTool`` handler over one :class:`ToolRegistry`.
 
-    def __init__(self, registry: ToolRegistry) -> None:
-        """Serve the tools of ``registry`` (looked up at each call)."""
+    It runs at most ``max_calls`` calls at a time; the rest are refused with
+    ``RESOURCE_EXHAUSTED``.
+    """
+
+    def __init__(self, registry: ToolRegistry, max_calls: int) -> None:
+        """Serve the tools of ``registry`` (looked up at each call).
+
+        Raises:
+            ValueError: if ``max_calls`` is not an integer >= 1.
+        """
+        if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
+            raise ValueError(f"max_calls must be an integer >= 1, got {max_calls!r}")
         self._registry = registry
+        self._max_calls = max_calls
+        self._slots = threading.BoundedSemaphore(max_calls)
 
     @property
     def registry(self) -> ToolRegistry:
@@ -352,9 +369,20 @@ class ToolService:
     def execute_tool(
         self, request: pb.ExecuteToolRequest, context: grpc.ServicerContext
     ) -> pb.ExecuteToolResponse:
-        """Run one tool call; failures are responses with ``success: false``, never raised."""
-        correlation_id = correlation_id_of(request, context.invocation_metadata())
-        return run_tool_call(self._registry, request, correlation_id)
+        """Run one tool call; failures are responses with ``success: false``, never raised.
+
+        A call beyond the bound ends with ``RESOURCE_EXHAUSTED`` before it runs.
+        """
+        if not self._slots.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the worker runs {self._max_calls} tool calls at a time; try again later",
+            )
+        try:
+            correlation_id = correlation_id_of(request, context.invocation_metadata())
+            return run_tool_call(self._registry, request, correlation_id)
+        finally:
+            self._slots.release()
 
     def method_handler(
         self,
@@ -397,7 +425,9 @@ class BridgeServer:
             host: address to bind; loopback by default.
             port: port to bind; 0 picks a free one.
             honour_control: see :class:`TelemetryService`.
-            max_workers: server threads (see :data:`DEFAULT_MAX_WORKERS`).
+            max_workers: server threads (see :data:`DEFAULT_MAX_WORKERS`); at least
+                ``TELEMETRY_THREADS + 1``, as tool calls get the threads beyond
+                :data:`TELEMETRY_THREADS`.
             tools: the tools ``ExecuteTool`` runs (default: the default registry).
             token: the bearer token every call must carry. By default it is read from
                 ``SNAKEPIT_WORKER_TOKEN`` (unset: no check); None turns the check off.
@@ -408,8 +438,9 @@ class BridgeServer:
 
         Raises:
             ValueError: if the token is empty or not visible ASCII (the message never
-                includes it), a batch bound is not an integer >= 1, or the batch interval
-                is not a finite number >= 0.
+                includes it), a batch bound is not an integer >= 1, the batch interval
+                is not a finite number >= 0, or ``max_workers`` is below
+                ``TELEMETRY_THREADS + 1``.
         """
         bearer = resolve_token(token)
         self._stream = stream
@@ -422,7 +453,17 @@ class BridgeServer:
             min_batch_interval=min_batch_interval,
             serve_batched=serve_batched,
         )
-        self._tool_service = ToolService(DEFAULT_REGISTRY if tools is None else tools)
+        if (
+            isinstance(max_workers, bool)
+            or not isinstance(max_workers, int)
+            or max_workers <= TELEMETRY_THREADS
+        ):
+            raise ValueError(
+                f"max_workers must be an integer >= {TELEMETRY_THREADS + 1}, got {max_workers!r}"
+            )
+        self._tool_service = ToolService(
+            DEFAULT_REGISTRY if tools is None else tools, max_workers - TELEMETRY_THREADS
+        )
         self._token_required = bearer is not None
         self._executor = ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="snakepit-grpc"

@@ -11,11 +11,13 @@ from collections.abc import Callable
 import grpc
 import pytest
 from conftest import RecordingBackend, ServedStream
-from stream_client import StreamClient
+from stream_client import StreamClient, wait_until
 from tool_client import ToolClient, build_request, error_of, raw_any, result_of
 
 from snakepit_bridge import telemetry
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
+from snakepit_bridge.server import DEFAULT_MAX_WORKERS, TELEMETRY_THREADS, BridgeServer
+from snakepit_bridge.telemetry import TelemetryStream
 from snakepit_bridge.tools import ToolRegistry, telemetry_demo
 
 Serve = Callable[..., ServedStream]
@@ -366,3 +368,63 @@ def test_undecodable_request_bytes_are_a_status_not_a_crash(
         raw(b"\xff\xff\xff", timeout=10)
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert result_of(client.call("echo")) == {"params": {}}
+
+
+def test_tools_that_take_every_thread_they_may_leave_the_telemetry_stream_served(
+    serve: Serve,
+) -> None:
+    # Before the bound, DEFAULT_MAX_WORKERS blocked tool calls held every server thread, and
+    # a telemetry stream opened then got no event for as long as they ran.
+    release = threading.Event()
+    started: list[int] = []
+    registry = ToolRegistry()
+
+    @registry.tool
+    def wait() -> str:
+        started.append(1)
+        release.wait(30)
+        return "done"
+
+    @registry.tool
+    def quick() -> str:
+        return "quick"
+
+    served = serve(tools=registry)
+    tools = ToolClient(served.port)
+    slots = DEFAULT_MAX_WORKERS - TELEMETRY_THREADS
+    results: list[pb.ExecuteToolResponse] = []
+    running = [
+        threading.Thread(target=lambda: results.append(tools.call("wait"))) for _ in range(slots)
+    ]
+    try:
+        for thread in running:
+            thread.start()
+        wait_until(lambda: len(started) == slots)
+        # One more is refused at once, not queued behind them.
+        with pytest.raises(grpc.RpcError) as refused:
+            tools.call("quick")
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"runs {slots} tool calls at a time" in (refused.value.details() or "")
+        # A stream opens, and its events flow, while the tools run.
+        stream = StreamClient(served.port, batched=True)
+        try:
+            served.stream.emit("tool.execution.stop", {"duration": 1}, {"tool": "t"})
+            assert len(stream.next_batch(timeout=5).events) == 1
+        finally:
+            stream.close()
+    finally:
+        release.set()
+        for thread in running:
+            thread.join()
+    assert [result_of(response) for response in results] == ["done"] * slots
+    # Their slots are free again.
+    assert result_of(tools.call("quick")) == "quick"
+    tools.close()
+
+
+def test_max_workers_must_leave_tool_calls_a_thread() -> None:
+    stream = TelemetryStream()
+    for bad in (0, TELEMETRY_THREADS, True, 2.5):
+        with pytest.raises(ValueError, match="max_workers"):
+            BridgeServer(stream, max_workers=bad, token=None)  # type: ignore[arg-type]
+    BridgeServer(stream, max_workers=TELEMETRY_THREADS + 1, token=None).stop(grace=0)

@@ -168,6 +168,38 @@ defmodule Snakepit.Telemetry.ToolCallTest do
     assert {:ok, %{"tool" => "telemetry_demo"}} = Worker.execute(id, "telemetry_demo", %{})
   end
 
+  test "tool calls past what the worker runs at once are refused at once with :resource_exhausted" do
+    # A worker of its own: a call that timed out on this side still runs its tool there.
+    id = "tools-#{System.unique_integer([:positive])}"
+
+    start_supervised!(
+      {Worker,
+       id: id,
+       python: PythonWorker.python(),
+       tools: ["integration_tools"],
+       env: [{"PYTHONPATH", @tools_dir}]}
+    )
+
+    # Its server keeps 2 of its 8 threads for telemetry calls (pytest shows a stream opening
+    # and flowing meanwhile): 6 tool calls at once, so of 7 one is refused.
+    results =
+      1..7
+      |> Enum.map(fn _ ->
+        Task.async(fn ->
+          :timer.tc(fn -> Worker.execute(id, "slow", %{delay_ms: 3_000}, timeout: 10_000) end)
+        end)
+      end)
+      |> Enum.map(&Task.await(&1, 15_000))
+
+    {refused, done} = Enum.split_with(results, &match?({_, {:error, _}}, &1))
+    assert [{micros, {:error, {:grpc, :resource_exhausted, message}}}] = refused
+    assert message =~ "runs 6 tool calls at a time"
+    assert micros < 1_000_000
+    assert Enum.map(done, &elem(&1, 1)) == List.duplicate({:ok, "done"}, 6)
+    # The slots are free again.
+    assert {:ok, _} = Worker.execute(id, "echo", %{})
+  end
+
   defp deep(0), do: []
   defp deep(n), do: [deep(n - 1)]
 end
