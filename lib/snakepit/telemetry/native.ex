@@ -23,7 +23,8 @@ defmodule Snakepit.Telemetry.Native do
       batches, until `set_receiver/3` names the next one (an ended registration waits up to
       5 s for it). The receiver calls `ack_status(ticket)` once it has emitted the message's
       events; a ticket dropped unacknowledged (the receiver was killed with the message in
-      its mailbox) has the message sent again, ahead of the later ones.
+      its mailbox, or while it ran its handlers: then they see it twice) has the message
+      sent again, ahead of the later ones.
 
   If the library cannot be loaded, `load_error/0` says why, and `Snakepit.Telemetry.GrpcStream`
   refuses to start with that reason rather than failing later with `:nif_not_loaded`.
