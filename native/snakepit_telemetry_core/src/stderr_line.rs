@@ -62,7 +62,7 @@ use serde_json::value::RawValue;
 use crate::catalog::{Catalog, EventIndex};
 use crate::counters::DropReason;
 use crate::proto::{telemetry_value, TelemetryEvent, TelemetryValue};
-use crate::translate::{self, EventLimits, EventRecord};
+use crate::translate::{self, EventLimits, EventNames, EventRecord};
 
 /// What starts a telemetry line.
 pub const PREFIX: &[u8] = b"TELEMETRY:";
@@ -78,20 +78,20 @@ pub enum LineOutcome {
     Telemetry(Result<EventRecord, DropReason>),
 }
 
-/// Reads one line (without its `\n`). `name` and `gate` are [`translate::check`]'s; the
+/// Reads one line (without its `\n`). `names` and `gate` are [`translate::check`]'s; the
 /// record's `wire_bytes` is the line's length.
 pub fn parse_line(
     catalog: &Catalog,
     limits: EventLimits,
     line: &[u8],
-    name: &mut String,
+    names: &mut EventNames,
     gate: impl FnOnce(EventIndex) -> Result<(), DropReason>,
 ) -> LineOutcome {
     let Some(json) = line.strip_prefix(PREFIX) else {
         return LineOutcome::NotTelemetry;
     };
     let result =
-        decode(json).and_then(|event| translate::check(catalog, limits, event, line.len(), name, gate));
+        decode(json).and_then(|event| translate::check(catalog, limits, event, line.len(), names, gate));
     LineOutcome::Telemetry(result)
 }
 
@@ -353,7 +353,7 @@ mod tests {
     }
 
     fn parse_with(limits: EventLimits, line: &[u8]) -> LineOutcome {
-        parse_line(&test_catalog(), limits, line, &mut String::new(), |_| Ok(()))
+        parse_line(&test_catalog(), limits, line, &mut EventNames::default(), |_| Ok(()))
     }
 
     fn run(line: &str) -> Result<EventRecord, DropReason> {
@@ -481,11 +481,16 @@ mod tests {
             r.measurements.sort_by_key(|(k, _)| *k);
             r
         };
-        let mut grpc =
-            translate::translate(&catalog, micro, &message.encode_to_vec(), &mut String::new(), |_| Ok(()))
-                .expect("accepted");
+        let mut grpc = translate::translate(
+            &catalog,
+            micro,
+            &message.encode_to_vec(),
+            &mut EventNames::default(),
+            |_| Ok(()),
+        )
+        .expect("accepted");
         let LineOutcome::Telemetry(Ok(stderr)) =
-            parse_line(&catalog, micro, line.as_bytes(), &mut String::new(), |_| Ok(()))
+            parse_line(&catalog, micro, line.as_bytes(), &mut EventNames::default(), |_| Ok(()))
         else {
             panic!("not accepted")
         };
@@ -509,7 +514,7 @@ mod tests {
             ["tool.execution.nope", "", "tool..stop", ".tool.execution.stop", "tool.execution.stop.", "TOOL"]
         {
             let line = format!(r#"TELEMETRY:{{"event":"{name}","measurements":{{"nope":NaN}}}}"#);
-            let outcome = parse_line(&catalog, limits(), line.as_bytes(), &mut String::new(), |_| {
+            let outcome = parse_line(&catalog, limits(), line.as_bytes(), &mut EventNames::default(), |_| {
                 panic!("gate called for an unknown event")
             });
             assert_eq!(outcome, LineOutcome::Telemetry(Err(DropReason::UnknownEvent)), "{name:?}");
@@ -520,7 +525,7 @@ mod tests {
     fn the_gate_sees_the_event_and_can_drop_it() {
         let catalog = test_catalog();
         let mut seen = None;
-        let outcome = parse_line(&catalog, limits(), OURS.as_bytes(), &mut String::new(), |index| {
+        let outcome = parse_line(&catalog, limits(), OURS.as_bytes(), &mut EventNames::default(), |index| {
             seen = Some(index);
             Err(DropReason::SampledOut)
         });

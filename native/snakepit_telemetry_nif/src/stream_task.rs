@@ -35,7 +35,7 @@ use snakepit_telemetry_core::settings::{samples_patterns, Decision, Policy, Remo
 use snakepit_telemetry_core::source_drops::{restates_drops, ReportShape};
 use snakepit_telemetry_core::stderr_line::{parse_line, LineOutcome};
 use snakepit_telemetry_core::transit::{SentReport, TransitLedger};
-use snakepit_telemetry_core::translate::{translate, EventLimits, EventRecord};
+use snakepit_telemetry_core::translate::{translate, EventLimits, EventNames, EventRecord};
 use snakepit_telemetry_core::wire::Incoming;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -347,7 +347,7 @@ impl StreamTask {
             Some(_) => Link::Down { retry_at: Instant::now(), lost_at, failed },
             None => Link::Idle,
         };
-        let mut name = String::new();
+        let mut names = EventNames::default();
         // The worker answered StreamTelemetryBatched UNIMPLEMENTED: it speaks StreamTelemetry only.
         let mut single = false;
         loop {
@@ -431,12 +431,12 @@ impl StreamTask {
                 }
                 Wake::Message(message) => match &mut link {
                     Link::Up { events, protocol, .. } => {
-                        self.receive(message, *protocol, events, &mut gate, &mut flow.pending, &mut name)
+                        self.receive(message, *protocol, events, &mut gate, &mut flow.pending, &mut names)
                     }
                     Link::Down { .. } | Link::Idle => None,
                 },
                 Wake::Line(line) => {
-                    self.accept_line(line, &mut gate, &mut flow.pending, &mut name);
+                    self.accept_line(line, &mut gate, &mut flow.pending, &mut names);
                     None
                 }
             };
@@ -483,7 +483,7 @@ impl StreamTask {
         events: &mut EventStream,
         gate: &mut Gate,
         pending: &mut Pending,
-        name: &mut String,
+        names: &mut EventNames,
     ) -> Option<CloseReason> {
         let mut next = Some(first);
         let mut taken = 0;
@@ -494,9 +494,9 @@ impl StreamTask {
                 Ok(incoming) => match protocol {
                     Protocol::Single => {
                         received.messages += 1;
-                        self.check(incoming, gate, pending, name)
+                        self.check(incoming, gate, pending, names)
                     }
-                    Protocol::Batched => self.accept_batch(incoming, gate, pending, name),
+                    Protocol::Batched => self.accept_batch(incoming, gate, pending, names),
                 },
                 Err(StreamEnd::Closed) => return Some(CloseReason::WorkerClosed),
                 Err(StreamEnd::Failed(text)) => return Some(CloseReason::StreamError(text)),
@@ -576,13 +576,13 @@ impl StreamTask {
     }
 
     /// Counts one message received, checks it and buffers it, or counts why not.
-    fn accept(&self, incoming: Incoming, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
+    fn accept(&self, incoming: Incoming, gate: &mut Gate, pending: &mut Pending, names: &mut EventNames) {
         self.state.counters.add_received(1);
-        self.check(incoming, gate, pending, name);
+        self.check(incoming, gate, pending, names);
     }
 
     /// Checks one message (already counted as received) and buffers it, or counts why not.
-    fn check(&self, incoming: Incoming, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
+    fn check(&self, incoming: Incoming, gate: &mut Gate, pending: &mut Pending, names: &mut EventNames) {
         let counters = &self.state.counters;
         let bytes = match incoming {
             Incoming::Message(bytes) => bytes,
@@ -590,7 +590,7 @@ impl StreamTask {
             Incoming::Compressed => return counters.add_dropped(DropReason::DecodeError, 1),
         };
         let checked =
-            translate(&self.encoder.catalog, self.limits.event, &bytes, name, |event| gate.check(event))
+            translate(&self.encoder.catalog, self.limits.event, &bytes, names, |event| gate.check(event))
                 .and_then(|record| self.admit(record, gate, pending, true));
         if let Err(reason) = checked {
             counters.add_dropped(reason, 1);
@@ -599,11 +599,17 @@ impl StreamTask {
 
     /// Checks each event of a batched message like a single message (each counts as one
     /// received); a batch that is not well-formed, or larger than the limit, counts once.
-    fn accept_batch(&self, incoming: Incoming, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
+    fn accept_batch(
+        &self,
+        incoming: Incoming,
+        gate: &mut Gate,
+        pending: &mut Pending,
+        names: &mut EventNames,
+    ) {
         let counters = &self.state.counters;
         let bytes = match incoming {
             Incoming::Message(bytes) => bytes,
-            other => return self.accept(other, gate, pending, name),
+            other => return self.accept(other, gate, pending, names),
         };
         let Ok(events) = batch::event_slices(&bytes) else {
             counters.add_received(1);
@@ -618,7 +624,7 @@ impl StreamTask {
                 continue;
             }
             let checked =
-                translate(&self.encoder.catalog, self.limits.event, event, name, |event| gate.check(event))
+                translate(&self.encoder.catalog, self.limits.event, event, names, |event| gate.check(event))
                     .and_then(|record| match gate.reports {
                         Some(shape) if shape.event == record.event => self.admit(record, gate, pending, true),
                         _ => pending.push_from_batch(record),
@@ -658,12 +664,12 @@ impl StreamTask {
     }
 
     /// Checks one stderr telemetry line like a gRPC message and buffers it, or counts why not.
-    fn accept_line(&self, line: StderrLine, gate: &mut Gate, pending: &mut Pending, name: &mut String) {
+    fn accept_line(&self, line: StderrLine, gate: &mut Gate, pending: &mut Pending, names: &mut EventNames) {
         let counters = &self.state.counters;
         counters.add_received(1);
         counters.add_received_line();
         let outcome =
-            parse_line(&self.encoder.catalog, self.limits.event, &line.0, name, |event| gate.check(event));
+            parse_line(&self.encoder.catalog, self.limits.event, &line.0, names, |event| gate.check(event));
         let checked = match outcome {
             LineOutcome::Telemetry(result) => {
                 result.and_then(|record| self.admit(record, gate, pending, false))
