@@ -5,10 +5,11 @@
 //! A/B of the checking code on a shared machine (the NIF path benchmark moves by ±10 %).
 //!
 //! ```text
-//! cargo run --release --example translate_cost -p snakepit_telemetry_core
+//! cargo run --release --example translate_cost -p snakepit_telemetry_core [-- --quick]
 //! ```
 //!
-//! Prints the fastest of 24 rounds of 1,000,000 events, in ns per event.
+//! Prints the fastest of 24 rounds of 1,000,000 events, in ns per event (`--quick`: 3 rounds
+//! of 100,000, for CI).
 
 use std::time::Instant;
 
@@ -19,8 +20,6 @@ use snakepit_telemetry_core::proto::{telemetry_value, TelemetryEvent, TelemetryV
 use snakepit_telemetry_core::translate::{translate, EventLimits, EventNames, NativeTime};
 
 const VARIANTS: u64 = 1024;
-const EVENTS_PER_ROUND: usize = 1_000_000;
-const ROUNDS: usize = 24;
 
 fn catalog() -> Catalog {
     let events = ["tool.execution.start", "tool.execution.stop", "tool.result_size", "python.call.start"];
@@ -61,6 +60,8 @@ fn event(n: u64) -> Vec<u8> {
 }
 
 fn main() {
+    let quick = std::env::args().any(|arg| arg == "--quick");
+    let (rounds, events_per_round) = if quick { (3, 100_000) } else { (24, 1_000_000) };
     let catalog = catalog();
     let events: Vec<Vec<u8>> = (0..VARIANTS).map(event).collect();
     let limits = EventLimits { native_time: NativeTime::new(1_000_000_000), max_metadata_keys: 64 };
@@ -74,9 +75,9 @@ fn main() {
     let mut pending = Pending::default();
     let mut fastest = f64::MAX;
     // Round 0 warms up.
-    for round in 0..=ROUNDS {
+    for round in 0..=rounds {
         let started = Instant::now();
-        for (i, bytes) in events.iter().cycle().take(EVENTS_PER_ROUND).enumerate() {
+        for (i, bytes) in events.iter().cycle().take(events_per_round).enumerate() {
             let checked = translate(&catalog, limits, bytes, &mut names, |_| Ok(()))
                 .and_then(|record| pending.push_from_batch(record));
             assert!(checked.is_ok(), "a benchmark event was refused: {checked:?}");
@@ -85,12 +86,12 @@ fn main() {
                 assert_eq!(sent, Ok(512));
             }
         }
-        let ns = started.elapsed().as_nanos() as f64 / EVENTS_PER_ROUND as f64;
+        let ns = started.elapsed().as_nanos() as f64 / events_per_round as f64;
         if round > 0 {
             fastest = fastest.min(ns);
         }
     }
     println!(
-        "translate and buffer: {fastest:.1} ns per event (fastest of {ROUNDS} rounds of {EVENTS_PER_ROUND})"
+        "translate and buffer: {fastest:.1} ns per event (fastest of {rounds} rounds of {events_per_round})"
     );
 }
