@@ -51,13 +51,28 @@ const FIXED32: u8 = 5;
 
 impl<'a> EventView<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<EventView<'a>, Malformed> {
-        let mut view = EventView {
+        let mut view = EventView::empty();
+        view.read(bytes)?;
+        Ok(view)
+    }
+
+    /// A view of no event, for [`EventView::read`].
+    pub(crate) fn empty() -> EventView<'a> {
+        EventView {
             parts: SmallVec::new(),
             measurements: SmallVec::new(),
             metadata: SmallVec::new(),
             timestamp_ns: 0,
             correlation_id: "",
-        };
+        }
+    }
+
+    /// Reads `bytes` into an [`EventView::empty`] view, as [`EventView::parse`] does. The
+    /// caller's view is filled where it lies: returning one this size (560 bytes)
+    /// costs a copy of it per event, 7 % of `translate`.
+    pub(crate) fn read(&mut self, bytes: &'a [u8]) -> Result<(), Malformed> {
+        let view = self;
+        debug_assert!(view.parts.is_empty() && view.measurements.is_empty() && view.metadata.is_empty());
         let mut r = Reader(bytes);
         while !r.0.is_empty() {
             let (tag, wire) = r.key()?;
@@ -72,7 +87,7 @@ impl<'a> EventView<'a> {
         }
         keep_last(&mut view.measurements);
         keep_last(&mut view.metadata);
-        Ok(view)
+        Ok(())
     }
 
     /// The event name parts, in order.

@@ -102,6 +102,9 @@ impl EventNames {
 /// Decodes one message and checks it against the catalog. `names` is kept by the caller
 /// across calls (one per stream). `gate` decides, from the event alone, whether the worker's
 /// settings keep it (before its fields are converted).
+/// Inlined into the stream task (another crate), so that the record is made where the
+/// caller keeps it rather than copied out (5 % of `translate`, `examples/translate_cost`).
+#[inline]
 pub fn translate(
     catalog: &Catalog,
     limits: EventLimits,
@@ -109,7 +112,8 @@ pub fn translate(
     names: &mut EventNames,
     gate: impl FnOnce(EventIndex) -> Result<(), DropReason>,
 ) -> Result<EventRecord, DropReason> {
-    let view = EventView::parse(bytes).map_err(|_| DropReason::DecodeError)?;
+    let mut view = EventView::empty();
+    view.read(bytes).map_err(|_| DropReason::DecodeError)?;
     check_view(catalog, limits, &view, bytes.len(), names, gate)
 }
 
@@ -130,6 +134,7 @@ pub fn check(
     check_view(catalog, limits, &view, wire_bytes, names, gate)
 }
 
+#[inline]
 fn check_view(
     catalog: &Catalog,
     limits: EventLimits,
