@@ -35,10 +35,12 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prost::Message;
 
-use snakepit_telemetry_core::proto::{telemetry_value, TelemetryEvent, TelemetryValue};
 use snakepit_telemetry_core::wire::frame;
+
+#[path = "shared/variant_event.rs"]
+mod variant_event;
+use variant_event::variant_event;
 
 const SINGLE_PATH: &str = "/snakepit.bridge.BridgeService/StreamTelemetry";
 const BATCHED_PATH: &str = "/snakepit.bridge.BridgeService/StreamTelemetryBatched";
@@ -93,23 +95,6 @@ fn parse_args() -> Result<Args, String> {
         return Err("--batch must be > 0 and --variants in 1..=65536".into());
     }
     Ok(Args { events, protocol, batch, variants })
-}
-
-/// Variant `n`: `n` ns later than variant 0, and a `duration` of its own.
-fn event(now_ns: i64, n: u64) -> Vec<u8> {
-    TelemetryEvent {
-        event_parts: vec!["tool".into(), "execution".into(), "stop".into()],
-        measurements: [(
-            "duration".to_string(),
-            TelemetryValue { value: Some(telemetry_value::Value::IntValue(123_456 + 7 * n as i64)) },
-        )]
-        .into(),
-        metadata: [("tool".to_string(), "resize".to_string()), ("operation".to_string(), "run".to_string())]
-            .into(),
-        timestamp_ns: now_ns + n as i64,
-        correlation_id: String::new(),
-    }
-    .encode_to_vec()
 }
 
 fn batch_entry(event: &[u8]) -> Bytes {
@@ -197,7 +182,7 @@ fn main() -> ExitCode {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    let events_bytes: Vec<Vec<u8>> = (0..variants).map(|n| event(now_ns, n)).collect();
+    let events_bytes: Vec<Vec<u8>> = (0..variants).map(|n| variant_event(now_ns, n)).collect();
     let source = Source {
         events,
         protocol,

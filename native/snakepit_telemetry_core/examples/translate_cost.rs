@@ -13,11 +13,13 @@
 
 use std::time::Instant;
 
-use prost::Message;
 use snakepit_telemetry_core::catalog::{Catalog, CatalogSpec, WorkerEventSpec};
 use snakepit_telemetry_core::pending::{BufferLimits, Pending};
-use snakepit_telemetry_core::proto::{telemetry_value, TelemetryEvent, TelemetryValue};
 use snakepit_telemetry_core::translate::{translate, EventLimits, EventNames, NativeTime};
+
+#[path = "shared/variant_event.rs"]
+mod variant_event;
+use variant_event::variant_event;
 
 const VARIANTS: u64 = 1024;
 
@@ -43,27 +45,11 @@ fn catalog() -> Catalog {
     }
 }
 
-fn event(n: u64) -> Vec<u8> {
-    TelemetryEvent {
-        event_parts: vec!["tool".into(), "execution".into(), "stop".into()],
-        measurements: [(
-            "duration".to_string(),
-            TelemetryValue { value: Some(telemetry_value::Value::IntValue(123_456 + 7 * n as i64)) },
-        )]
-        .into(),
-        metadata: [("tool".to_string(), "resize".to_string()), ("operation".to_string(), "run".to_string())]
-            .into(),
-        timestamp_ns: 1_764_000_000_000_000_000 + n as i64,
-        correlation_id: String::new(),
-    }
-    .encode_to_vec()
-}
-
 fn main() {
     let quick = std::env::args().any(|arg| arg == "--quick");
     let (rounds, events_per_round) = if quick { (3, 100_000) } else { (24, 1_000_000) };
     let catalog = catalog();
-    let events: Vec<Vec<u8>> = (0..VARIANTS).map(event).collect();
+    let events: Vec<Vec<u8>> = (0..VARIANTS).map(|n| variant_event(1_764_000_000_000_000_000, n)).collect();
     let limits = EventLimits { native_time: NativeTime::new(1_000_000_000), max_metadata_keys: 64 };
     let buffer = BufferLimits {
         max_buffer: usize::MAX,

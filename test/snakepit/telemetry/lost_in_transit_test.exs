@@ -114,15 +114,7 @@ defmodule Snakepit.Telemetry.LostInTransitTest do
     # The worker drops an oversize event, its report goes onto a connection that then
     # breaks (the proxy holds what the worker sends, then cuts), and nothing is dropped
     # afterwards: the new call's restated totals make the report up, at both ends.
-    setup do
-      restart_app_for_test(reconnect: [initial_ms: 20, max_ms: 100])
-      {worker, id} = start_worker(["--max-event-bytes", "1000"])
-      proxy = start_supervised!({TcpProxy, String.to_integer(worker.tcp_port)})
-      Forwarder.attach([@dropped])
-      assert :ok = GrpcStream.register_worker(id, "127.0.0.1:#{TcpProxy.port(proxy)}")
-      wait_until(fn -> stream(id).status == :connected end)
-      %{worker: worker, id: id, proxy: proxy}
-    end
+    setup :worker_behind_a_proxy
 
     test "after a report of its reason arrived", %{worker: worker, id: id, proxy: proxy} do
       drop_oversize(worker)
@@ -149,15 +141,7 @@ defmodule Snakepit.Telemetry.LostInTransitTest do
   end
 
   describe "a registration that replaces another" do
-    setup do
-      restart_app_for_test(reconnect: [initial_ms: 20, max_ms: 100])
-      {worker, id} = start_worker(["--max-event-bytes", "1000"])
-      proxy = start_supervised!({TcpProxy, String.to_integer(worker.tcp_port)})
-      Forwarder.attach([@dropped])
-      assert :ok = GrpcStream.register_worker(id, "127.0.0.1:#{TcpProxy.port(proxy)}")
-      wait_until(fn -> stream(id).status == :connected end)
-      %{worker: worker, id: id, proxy: proxy}
-    end
+    setup :worker_behind_a_proxy
 
     # The worker restates its totals in its first report on a call, due 250 ms after the
     # call opens; the replacing registration's first call is cut before that, so the
@@ -179,6 +163,18 @@ defmodule Snakepit.Telemetry.LostInTransitTest do
 
       assert_both_ends_agree(worker, id, 1)
     end
+  end
+
+  # A worker that drops events over 1,000 bytes, registered through a TcpProxy, its stream
+  # connected and its drop reports forwarded here.
+  defp worker_behind_a_proxy(_context) do
+    restart_app_for_test(reconnect: [initial_ms: 20, max_ms: 100])
+    {worker, id} = start_worker(["--max-event-bytes", "1000"])
+    proxy = start_supervised!({TcpProxy, String.to_integer(worker.tcp_port)})
+    Forwarder.attach([@dropped])
+    assert :ok = GrpcStream.register_worker(id, "127.0.0.1:#{TcpProxy.port(proxy)}")
+    wait_until(fn -> stream(id).status == :connected end)
+    %{worker: worker, id: id, proxy: proxy}
   end
 
   defp drop_oversize(worker) do

@@ -98,20 +98,7 @@ defmodule Snakepit.Telemetry.ReconnectTest do
   end
 
   test "stream and connection events that happen while the worker's Dispatcher is down reach the handlers once it is back, in order" do
-    {first, id} = start_worker()
-
-    events =
-      [@stream ++ [:opened], @stream ++ [:closed]] ++
-        for(e <- [:established, :lost, :reconnected], do: @connection ++ [e])
-
-    Forwarder.attach(events)
-    register!(id, first)
-
-    assert_receive {:telemetry, [:snakepit, :grpc, :connection, :established], _,
-                    %{worker_id: ^id}},
-                   @timeout
-
-    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :opened], _, %{worker_id: ^id}}
+    {first, id} = start_watched_worker()
 
     # Its partition's Dispatcher stopped (not restarted yet): the NIF has no one to send to.
     child = {Dispatcher, Dispatcher.partition(id)}
@@ -128,12 +115,7 @@ defmodule Snakepit.Telemetry.ReconnectTest do
 
     {:ok, _} = Supervisor.restart_child(Snakepit.Telemetry.Supervisor, child)
 
-    assert [
-             [:snakepit, :grpc, :stream, :closed],
-             [:snakepit, :grpc, :connection, :lost],
-             [:snakepit, :grpc, :stream, :opened],
-             [:snakepit, :grpc, :connection, :reconnected]
-           ] = for(_ <- 1..4, do: next_event(id))
+    assert_lost_and_reconnected(id)
 
     # The registration ends while the Dispatcher is down: its last event waits for it too.
     :ok = Supervisor.terminate_child(Snakepit.Telemetry.Supervisor, child)
@@ -149,20 +131,7 @@ defmodule Snakepit.Telemetry.ReconnectTest do
   end
 
   test "stream and connection events in the mailbox of a Dispatcher that is killed reach the handlers through its successor, in order" do
-    {first, id} = start_worker()
-
-    events =
-      [@stream ++ [:opened], @stream ++ [:closed]] ++
-        for(e <- [:established, :lost, :reconnected], do: @connection ++ [e])
-
-    Forwarder.attach(events)
-    register!(id, first)
-
-    assert_receive {:telemetry, [:snakepit, :grpc, :connection, :established], _,
-                    %{worker_id: ^id}},
-                   @timeout
-
-    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :opened], _, %{worker_id: ^id}}
+    {first, id} = start_watched_worker()
 
     # The Dispatcher takes the loss and the reconnection into its mailbox but runs nothing.
     dispatcher = Dispatcher.whereis(id)
@@ -186,12 +155,7 @@ defmodule Snakepit.Telemetry.ReconnectTest do
     # Killed with both messages unread: its successor gets them.
     Process.exit(dispatcher, :kill)
 
-    assert [
-             [:snakepit, :grpc, :stream, :closed],
-             [:snakepit, :grpc, :connection, :lost],
-             [:snakepit, :grpc, :stream, :opened],
-             [:snakepit, :grpc, :connection, :reconnected]
-           ] = for(_ <- 1..4, do: next_event(id))
+    assert_lost_and_reconnected(id)
 
     # The registration's last message too, though its task has nothing else left to do.
     successor = Dispatcher.whereis(id)
@@ -211,6 +175,36 @@ defmodule Snakepit.Telemetry.ReconnectTest do
 
     Process.sleep(200)
     refute_received {:telemetry, _, _, %{worker_id: ^id}}
+  end
+
+  # A worker registered with its stream and connection events forwarded here, once its
+  # stream has opened.
+  defp start_watched_worker do
+    {worker, id} = start_worker()
+
+    events =
+      [@stream ++ [:opened], @stream ++ [:closed]] ++
+        for(e <- [:established, :lost, :reconnected], do: @connection ++ [e])
+
+    Forwarder.attach(events)
+    register!(id, worker)
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :connection, :established], _,
+                    %{worker_id: ^id}},
+                   @timeout
+
+    assert_receive {:telemetry, [:snakepit, :grpc, :stream, :opened], _, %{worker_id: ^id}}
+    {worker, id}
+  end
+
+  # The next four events of `id`: a stream lost and opened again, in order.
+  defp assert_lost_and_reconnected(id) do
+    assert [
+             [:snakepit, :grpc, :stream, :closed],
+             [:snakepit, :grpc, :connection, :lost],
+             [:snakepit, :grpc, :stream, :opened],
+             [:snakepit, :grpc, :connection, :reconnected]
+           ] = for(_ <- 1..4, do: next_event(id))
   end
 
   defp next_event(id) do
