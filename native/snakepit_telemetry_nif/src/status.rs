@@ -46,17 +46,29 @@ pub enum StatusMessage {
 /// given up restarting it); then the oldest message goes.
 #[derive(Default)]
 pub struct StatusQueue {
-    waiting: VecDeque<(u64, StatusMessage)>,
+    waiting: VecDeque<Waiting>,
     /// The number of the next message posted: messages that come back go in in this order.
     next: u64,
     returned: Arc<ReturnedStatuses>,
 }
 
+/// A message in line, with its number and how many times it came back.
+#[derive(Clone)]
+struct Waiting {
+    number: u64,
+    returns: u32,
+    message: StatusMessage,
+}
+
+/// How many times a message is sent again after it came back unread: a receiver that takes
+/// messages and never acknowledges them (not a Dispatcher) must not get them forever.
+const MAX_RETURNS: u32 = 3;
+
 /// Messages whose tickets died unacknowledged, waiting for the stream task to take them back,
 /// and how many sent ones are still unacknowledged.
 #[derive(Default)]
 pub struct ReturnedStatuses {
-    messages: Mutex<Vec<(u64, StatusMessage)>>,
+    messages: Mutex<Vec<Waiting>>,
     outstanding: AtomicUsize,
     changed: Notify,
 }
@@ -82,7 +94,7 @@ impl ReturnedStatuses {
 
 /// Travels with one status message; see the module doc.
 pub struct StatusTicket {
-    message: Mutex<Option<(u64, StatusMessage)>>,
+    message: Mutex<Option<Waiting>>,
     returned: Arc<ReturnedStatuses>,
 }
 
@@ -101,8 +113,11 @@ impl StatusTicket {
 impl Drop for StatusTicket {
     fn drop(&mut self) {
         let message = self.message.get_mut().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(message) = message {
-            self.returned.messages.lock().unwrap_or_else(PoisonError::into_inner).push(message);
+        if let Some(mut message) = message {
+            message.returns += 1;
+            if message.returns <= MAX_RETURNS {
+                self.returned.messages.lock().unwrap_or_else(PoisonError::into_inner).push(message);
+            }
             self.returned.settled();
         }
     }
@@ -117,7 +132,7 @@ impl StatusQueue {
         if self.waiting.len() >= MAX_WAITING_STATUSES {
             self.waiting.pop_front();
         }
-        self.waiting.push_back((self.next, message));
+        self.waiting.push_back(Waiting { number: self.next, returns: 0, message });
         self.next += 1;
     }
 
@@ -126,41 +141,56 @@ impl StatusQueue {
         self.returned.clone()
     }
 
-    /// Puts the messages that came back first in line, in the order they were posted.
+    /// Puts the messages that came back in line again, in the order they were posted (the
+    /// messages in line are in that order; the returned ones may come back in any order).
     fn take_back_returned(&mut self) {
-        let mut returned =
+        let returned =
             std::mem::take(&mut *self.returned.messages.lock().unwrap_or_else(PoisonError::into_inner));
         if returned.is_empty() {
             return;
         }
-        returned.sort_by_key(|(number, _)| *number);
-        for message in returned.into_iter().rev() {
-            self.waiting.push_front(message);
-        }
+        self.waiting.extend(returned);
+        self.waiting.make_contiguous().sort_by_key(|waiting| waiting.number);
         while self.waiting.len() > MAX_WAITING_STATUSES {
             self.waiting.pop_front();
         }
     }
 
-    /// Sends the waiting messages in order. False if the receiver refused one: it stays first
-    /// in line, to be sent again once there is a new receiver.
-    pub fn send(&mut self, receiver: &watch::Receiver<LocalPid>, worker: &WorkerMeta) -> bool {
+    /// Sends the waiting messages in order (see [`SendOutcome`]). A message that came back is
+    /// not sent again while any other is out: those may be coming back too, and some of them
+    /// were posted before it (a mailbox is not freed in order).
+    pub fn send(&mut self, receiver: &watch::Receiver<LocalPid>, worker: &WorkerMeta) -> SendOutcome {
         self.take_back_returned();
         while let Some(message) = self.waiting.front() {
+            if message.returns > 0 && !self.returned.all_acknowledged() {
+                return SendOutcome::Deferred;
+            }
             self.returned.outstanding.fetch_add(1, Ordering::AcqRel);
             let ticket = ResourceArc::new(StatusTicket {
                 message: Mutex::new(Some(message.clone())),
                 returned: self.returned.clone(),
             });
-            if !send_status(receiver, worker, &message.1, &ticket) {
+            if !send_status(receiver, worker, &message.message, &ticket) {
                 // Not sent: the message stays here, its ticket must not hand it back too.
                 ticket.acknowledge();
-                return false;
+                return SendOutcome::Refused;
             }
             self.waiting.pop_front();
         }
-        true
+        SendOutcome::Sent
     }
+}
+
+/// What [`StatusQueue::send`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Every waiting message was sent.
+    Sent,
+    /// The receiver is gone: the rest wait for the next one.
+    Refused,
+    /// The next message came back and waits until no other is out (see
+    /// [`ReturnedStatuses::changed`]).
+    Deferred,
 }
 
 /// `{:snakepit_telemetry_stream, worker_id, generation, status, sent, ticket}` to the receiver, where

@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::encode::{TermEncoder, WorkerMeta};
 use crate::flow::{BatchTicket, FlowCredit};
-use crate::status::{StatusMessage, StatusQueue};
+use crate::status::{SendOutcome, StatusMessage, StatusQueue};
 use crate::tool_call::ToolTarget;
 
 /// Buffer, batch and event bounds of one stream (from the application config).
@@ -155,12 +155,21 @@ impl Flow {
         self.send_statuses(receiver, worker);
     }
 
-    /// Sends the waiting status messages; false (and blocked) if the receiver is gone.
+    /// Sends the waiting status messages; false (and blocked) if the receiver is gone, false
+    /// too while one that came back waits for the others out (nothing else goes before it).
     fn send_statuses(&mut self, receiver: &watch::Receiver<LocalPid>, worker: &WorkerMeta) -> bool {
-        if !self.blocked && !self.statuses.send(receiver, worker) {
-            self.blocked = true;
+        if self.blocked {
+            return false;
         }
-        !self.blocked
+        match self.statuses.send(receiver, worker) {
+            SendOutcome::Sent => true,
+            SendOutcome::Refused => {
+                self.blocked = true;
+                false
+            }
+            // Batches wait behind it too.
+            SendOutcome::Deferred => false,
+        }
     }
 }
 
@@ -299,10 +308,11 @@ impl StreamTask {
         let returned = flow.statuses.returned();
         let deadline = tokio::time::Instant::now() + LAST_STATUS_WAIT;
         loop {
-            let sent = flow.statuses.send(&receiver, &self.worker);
-            if sent && returned.all_acknowledged() {
+            let outcome = flow.statuses.send(&receiver, &self.worker);
+            if outcome == SendOutcome::Sent && returned.all_acknowledged() {
                 break;
             }
+            let sent = outcome != SendOutcome::Refused;
             let changed = tokio::time::timeout_at(deadline, async {
                 tokio::select! {
                     changed = receiver.changed() => changed.is_ok(),

@@ -177,6 +177,32 @@ defmodule Snakepit.Telemetry.ReconnectTest do
     refute_received {:telemetry, _, _, %{worker_id: ^id}}
   end
 
+  test "a receiver that takes status messages and never acknowledges them gets each at most 4 times" do
+    {worker, id} = start_watched_worker()
+    # This process stands in for the Dispatcher, as an old one would after a bad upgrade.
+    partition = Dispatcher.partition(id)
+    {:ok, :ok} = Snakepit.Telemetry.Native.set_receiver(GrpcStream.runtime(), partition, self())
+
+    System.cmd("kill", ["-9", Integer.to_string(worker.os_pid)])
+    assert PythonWorker.await_exit(worker) == 137
+
+    # Each copy is dropped unread (and collected), so its ticket hands it back: sent again
+    # three times, then no more.
+    copies =
+      Stream.repeatedly(fn ->
+        receive do
+          {:snakepit_telemetry_stream, ^id, _, {:lost, _, _}, _, _ticket} ->
+            :erlang.garbage_collect()
+            :copy
+        after
+          1_000 -> :none
+        end
+      end)
+      |> Enum.take_while(&(&1 == :copy))
+
+    assert length(copies) == 4
+  end
+
   # A worker registered with its stream and connection events forwarded here, once its
   # stream has opened.
   defp start_watched_worker do
