@@ -24,7 +24,7 @@ defmodule Snakepit.Telemetry.Native do
       5 s for it). The receiver calls `ack_status(ticket)` once it has emitted the message's
       events; a ticket dropped unacknowledged (the receiver was killed with the message in
       its mailbox, or while it ran its handlers: then they see it twice) has the message
-      sent again, ahead of the later ones.
+      sent again, in its place among the others, up to 3 times.
 
   If the library cannot be loaded, `load_error/0` says why, and `Snakepit.Telemetry.GrpcStream`
   refuses to start with that reason rather than failing later with `:nif_not_loaded`.

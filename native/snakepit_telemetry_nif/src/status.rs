@@ -4,7 +4,8 @@
 //! Each message travels with a [`StatusTicket`] that the receiver acknowledges once it has
 //! emitted the message's events (`Native.ack_status/1`). A ticket dropped unacknowledged (its
 //! Dispatcher was killed with the message in its mailbox) hands its message back to the
-//! stream's queue, which sends it again, ahead of later ones, to the next Dispatcher.
+//! stream's queue, which sends it again, in its place among the others, to the next
+//! Dispatcher (at most [`MAX_RETURNS`] times).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
