@@ -181,29 +181,28 @@ impl SourceDrops {
 mod tests {
     use super::*;
 
-    /// One registration's view: the shared totals and its current call's flag.
-    #[derive(Default)]
+    /// One registration's calls: the worker id's totals and the current call's flag.
     struct Calls<'t> {
-        totals: Option<&'t ReportTotals>,
-        own: ReportTotals,
+        totals: &'t ReportTotals,
         whole: bool,
     }
 
-    impl Calls<'_> {
-        fn totals(&self) -> &ReportTotals {
-            self.totals.unwrap_or(&self.own)
+    impl<'t> Calls<'t> {
+        fn on(totals: &'t ReportTotals) -> Calls<'t> {
+            Calls { totals, whole: false }
         }
         fn opened(&mut self, stream: Option<&str>, restates: bool) {
-            self.whole = self.totals().opened(stream, restates);
+            self.whole = self.totals.opened(stream, restates);
         }
         fn account(&mut self, reason: &str, count: u64, total: Option<u64>) -> u64 {
-            self.totals().account(reason, count, total, self.whole)
+            self.totals.account(reason, count, total, self.whole)
         }
     }
 
     #[test]
     fn a_lost_report_is_made_up_by_the_next_one_of_its_reason() {
-        let mut totals = Calls::default();
+        let shared = ReportTotals::default();
+        let mut totals = Calls::on(&shared);
         totals.opened(Some("stream-a"), true);
         assert_eq!(totals.account("overflow", 5, Some(5)), 5);
         // Reports of 7 and 4 were lost; this one says 3 more, 19 in all.
@@ -223,7 +222,8 @@ mod tests {
 
     #[test]
     fn a_restated_total_makes_up_reports_lost_with_the_old_call() {
-        let mut totals = Calls::default();
+        let shared = ReportTotals::default();
+        let mut totals = Calls::on(&shared);
         totals.opened(Some("s"), true);
         // Restated at this task's first call: drops reported to an earlier registration.
         assert_eq!(totals.account("overflow", 0, Some(40)), 0);
@@ -243,19 +243,19 @@ mod tests {
     #[test]
     fn a_registration_that_replaces_another_goes_on_from_its_totals() {
         let shared = ReportTotals::default();
-        let mut first = Calls { totals: Some(&shared), ..Calls::default() };
+        let mut first = Calls::on(&shared);
         first.opened(Some("s"), true);
         assert_eq!(first.account("overflow", 5, Some(5)), 5);
         // The replacing registration's first call breaks before the worker restates; on
         // its next call the restated 9 stands for the 4 lost, not for all 9.
-        let mut second = Calls { totals: Some(&shared), ..Calls::default() };
+        let mut second = Calls::on(&shared);
         second.opened(Some("s"), true);
         second.opened(Some("s"), true);
         assert_eq!(second.account("overflow", 0, Some(9)), 4);
         // A reason nobody heard of before: every report of it was lost.
         assert_eq!(second.account("oversize", 0, Some(2)), 2);
         // Its first call restating right away: nothing new, nothing counted twice.
-        let mut third = Calls { totals: Some(&shared), ..Calls::default() };
+        let mut third = Calls::on(&shared);
         third.opened(Some("s"), true);
         assert_eq!(third.account("overflow", 0, Some(9)), 0);
         assert_eq!(third.account("oversize", 1, Some(3)), 1);
@@ -265,7 +265,8 @@ mod tests {
     fn a_worker_that_does_not_restate_gets_no_whole_total() {
         // Its first report of a reason on a reconnect may carry drops reported to an earlier
         // registration: only the count is sure.
-        let mut totals = Calls::default();
+        let shared = ReportTotals::default();
+        let mut totals = Calls::on(&shared);
         totals.opened(Some("s"), false);
         totals.opened(Some("s"), false);
         assert_eq!(totals.account("oversize", 1, Some(30)), 1);
@@ -278,7 +279,8 @@ mod tests {
 
     #[test]
     fn totals_that_do_not_add_up_fall_back_to_the_count() {
-        let mut totals = Calls::default();
+        let shared = ReportTotals::default();
+        let mut totals = Calls::on(&shared);
         totals.opened(Some("s"), true);
         assert_eq!(totals.account("r", 10, Some(10)), 10);
         assert_eq!(totals.account("r", 4, Some(9)), 4); // behind: take the count
@@ -288,7 +290,7 @@ mod tests {
             assert_eq!(totals.account(&reason, 1, Some(1)), 1);
             assert_eq!(totals.account(&reason, 1, Some(3)), if i < MAX_REASONS - 1 { 2 } else { 1 });
         }
-        assert!(totals.own.seen.lock().expect("not poisoned").last.len() <= MAX_REASONS);
+        assert!(shared.seen.lock().expect("not poisoned").last.len() <= MAX_REASONS);
     }
 
     #[test]

@@ -102,6 +102,7 @@ impl EventNames {
 /// Decodes one message and checks it against the catalog. `names` is kept by the caller
 /// across calls (one per stream). `gate` decides, from the event alone, whether the worker's
 /// settings keep it (before its fields are converted).
+///
 /// Inlined into the stream task (another crate), so that the record is made where the
 /// caller keeps it rather than copied out (5 % of `translate`, `examples/translate_cost`).
 #[inline]

@@ -39,12 +39,11 @@ pub enum StatusMessage {
 /// (it is gone: its Dispatcher is restarting) waits here, and so do the ones after it, until
 /// the stream task sees a new receiver; so no `:lost` or `:reconnected` event is lost while a
 /// Dispatcher is down; one already in the mailbox of a Dispatcher that is then killed comes
-/// back through its ticket and goes first in line again. (An ended registration's task waits
-/// up to 5 s for its last messages to be acknowledged; one that comes back later is not
-/// sent again.) A stream
-/// posts at most two messages per connection, so the bound is only reached if a receiver
-/// stays away through dozens of reconnections (by then the application's supervisor has
-/// given up restarting it); then the oldest message goes.
+/// back through its ticket and goes in line again in its place. (An ended registration's task
+/// waits up to 5 s for its last messages to be acknowledged; one that comes back later is not
+/// sent again.) A stream posts at most two messages per connection, so the bound is only
+/// reached if a receiver stays away through dozens of reconnections (by then the
+/// application's supervisor has given up restarting it); then the oldest message goes.
 #[derive(Default)]
 pub struct StatusQueue {
     waiting: VecDeque<Waiting>,
