@@ -1,7 +1,9 @@
 defmodule Snakepit.Telemetry.Dispatcher do
   @moduledoc """
-  Runs the handlers: receives event batches from the NIF and calls `:telemetry.execute/3`
-  for each event, then acknowledges the batch so the NIF may send the next one.
+  Runs the handlers: receives event batches from the NIF, has the NIF make each batch's
+  events into terms on this process's heap (`Native.take_events/1`, a chunk of at most about
+  200 µs per call), calls `:telemetry.execute/3` for each event, then acknowledges the batch
+  so the NIF may send the next one.
 
   There are `partition_count/0` Dispatchers (the config's `:dispatchers`, by default one
   per scheduler), and each worker's batches go to one of them, chosen by its
@@ -97,25 +99,14 @@ defmodule Snakepit.Telemetry.Dispatcher do
   end
 
   @impl GenServer
-  def handle_info(
-        {:snakepit_telemetry_batch, ticket, _worker_id, _generation, batch_node, events},
-        state
-      ) do
+  def handle_info({:snakepit_telemetry_batch, batch, _worker_id, _generation, batch_node}, state) do
     node = node()
 
     try do
-      if batch_node == node do
-        Enum.each(events, fn {event, measurements, metadata} ->
-          :telemetry.execute(event, as_map(measurements), as_map(metadata))
-        end)
-      else
-        # The node was renamed (Node.start/2) after these were built: tell the truth now.
-        Enum.each(events, fn {event, measurements, metadata} ->
-          :telemetry.execute(event, as_map(measurements), Map.put(as_map(metadata), :node, node))
-        end)
-      end
+      # A node renamed (Node.start/2) after the batch was sent: tell the truth now.
+      execute_batch(batch, if(batch_node == node, do: nil, else: node))
     after
-      Native.ack(ticket)
+      Native.ack(batch)
     end
 
     {:noreply, update_node(state, batch_node, node)}
@@ -136,8 +127,29 @@ defmodule Snakepit.Telemetry.Dispatcher do
 
   def handle_info(_unexpected, state), do: {:noreply, state}
 
-  # Maps of more than 32 keys come as lists of pairs: the NIF cannot build them safely off
-  # the schedulers (see `encode.rs`).
+  # The batch's events come in chunks (each NIF call makes terms for at most about 200 µs).
+  defp execute_batch(batch, renamed_to) do
+    {more, events} = Native.take_events(batch)
+
+    if renamed_to == nil do
+      Enum.each(events, fn {event, measurements, metadata} ->
+        :telemetry.execute(event, as_map(measurements), as_map(metadata))
+      end)
+    else
+      Enum.each(events, fn {event, measurements, metadata} ->
+        :telemetry.execute(
+          event,
+          as_map(measurements),
+          Map.put(as_map(metadata), :node, renamed_to)
+        )
+      end)
+    end
+
+    if more == :more, do: execute_batch(batch, renamed_to)
+  end
+
+  # Maps of more than 32 keys come as lists of pairs: the NIF API builds those (hash maps)
+  # wrongly in some cases (see `encode.rs`).
   defp as_map(map) when is_map(map), do: map
   defp as_map(pairs) when is_list(pairs), do: :maps.from_list(pairs)
 

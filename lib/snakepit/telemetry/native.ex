@@ -10,10 +10,13 @@ defmodule Snakepit.Telemetry.Native do
   `start/2` and `set_receiver/3`, one per partition; a worker's partition is given at
   `register_worker/7`):
 
-    * `{:snakepit_telemetry_batch, ticket, worker_id, generation, node, [{event, measurements, metadata}]}`;
-      the receiver calls `ack(ticket)` once it has run the handlers of the batch (a ticket
-      dropped unacknowledged counts its events as `:undeliverable`). `measurements` and
-      `metadata` are maps, or lists of pairs when they have more than 32 keys.
+    * `{:snakepit_telemetry_batch, batch, worker_id, generation, node}`; the receiver calls
+      `take_events(batch)` for the events, as terms made on its own heap: `{:more, events}`
+      (call again: one call makes terms for at most about 200 µs) or `{:done, events}`, each
+      event `{event, measurements, metadata}`. Then it calls `ack(batch)` once it has run
+      the handlers (a batch dropped unacknowledged counts its events as `:undeliverable`).
+      `measurements` and `metadata` are maps, or lists of pairs when they have more than 32
+      keys.
     * `{:snakepit_telemetry_stream, worker_id, generation, status, sent, ticket}` with `status`
       `{:opened, :established | {:reconnected, downtime_ms, attempts}}`,
       `{:lost, reason, uptime_ms}` (a retry follows), and last `{:closed, reason}` (a stream
@@ -103,7 +106,10 @@ defmodule Snakepit.Telemetry.Native do
   def update_settings(_runtime, _changes), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
-  def ack(_ticket), do: :erlang.nif_error(:nif_not_loaded)
+  def take_events(_batch), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def ack(_batch), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
   def ack_status(_ticket), do: :erlang.nif_error(:nif_not_loaded)

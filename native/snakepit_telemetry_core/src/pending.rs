@@ -26,6 +26,10 @@ pub struct BufferLimits {
 /// this, every stream that once had a burst would keep megabytes for as long as it lives.
 const RETAINED_SLOTS: usize = 256;
 
+/// The most slots [`Pending::make_room`] makes at once: a message of the Python worker's
+/// default size (`max_batch_events`), about 1.9 MB of records.
+const ROOM_MAX: usize = 8192;
+
 /// Drop reports buffered beyond the bounds at most (events, bytes).
 const REPORT_ALLOWANCE: usize = 64;
 const REPORT_ALLOWANCE_BYTES: usize = 64 * 1024;
@@ -56,6 +60,23 @@ impl Pending {
         self.events.len() >= limits.max_buffer || self.bytes >= limits.max_buffer_bytes
     }
 
+    /// Makes room for the `events` of a batched message about to be read, in one allocation
+    /// (rather than one per doubling) and, when nothing is buffered, without copying the old
+    /// storage. At most [`ROOM_MAX`] slots at once: the count is the worker's to choose, and
+    /// most of a hostile message's events may be refused.
+    pub fn make_room(&mut self, events: usize) {
+        let events = events.min(ROOM_MAX);
+        let needed = self.events.len().saturating_add(events);
+        if needed <= self.events.capacity() {
+            return;
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::with_capacity(needed);
+        } else {
+            self.events.reserve(events);
+        }
+    }
+
     /// Buffers an event of a batched message read while the buffer was not full: the
     /// message's events all go in, so the bounds are exceeded by at most one message.
     pub fn push_from_batch(&mut self, record: EventRecord) -> Result<(), DropReason> {
@@ -74,15 +95,10 @@ impl Pending {
         Ok(())
     }
 
-    /// Hands the next batch to `send`, in place (as the two slices of the ring buffer, in
-    /// order): up to `max_batch` events and `max_batch_bytes` (at least one event). The
-    /// batch leaves the buffer only if `send` succeeds; otherwise it stays, in order.
-    /// Returns how many events were sent (0 when nothing is buffered).
-    pub fn send_batch<E>(
-        &mut self,
-        limits: &BufferLimits,
-        send: impl FnOnce(&[EventRecord], &[EventRecord]) -> Result<(), E>,
-    ) -> Result<usize, E> {
+    /// Takes the next batch out of the buffer, in order: up to `max_batch` events and
+    /// `max_batch_bytes` (at least one event). Empty when nothing is buffered. A batch that
+    /// cannot be delivered goes back with [`Pending::put_back`].
+    pub fn take_batch(&mut self, limits: &BufferLimits) -> Vec<EventRecord> {
         let mut count = 0;
         let mut bytes = 0;
         for record in self.events.iter().take(limits.max_batch) {
@@ -92,26 +108,28 @@ impl Pending {
             count += 1;
             bytes += record.wire_bytes;
         }
-        if count == 0 {
-            return Ok(0);
-        }
-        let (front, back) = self.events.as_slices();
-        let (first, second) = if count <= front.len() {
-            (&front[..count], &back[..0])
-        } else {
-            (front, &back[..count - front.len()])
-        };
-        send(first, second)?;
-        self.events.drain(..count);
+        let batch: Vec<EventRecord> = self.events.drain(..count).collect();
         self.bytes -= bytes;
         self.release_if_drained();
-        Ok(count)
+        batch
     }
 
-    /// Gives back the storage a burst left behind, once nothing is buffered.
+    /// Puts a batch taken by [`Pending::take_batch`] back in front, in its order (no bound
+    /// applies: these events were buffered before).
+    pub fn put_back(&mut self, batch: Vec<EventRecord>) {
+        self.bytes += batch.iter().map(|record| record.wire_bytes).sum::<usize>();
+        self.events.reserve(batch.len());
+        for record in batch.into_iter().rev() {
+            self.events.push_front(record);
+        }
+    }
+
+    /// Gives back the storage a burst left behind, once nothing is buffered: new storage
+    /// rather than `shrink_to`, which copies the old storage's first slots (all of them
+    /// unused) across.
     fn release_if_drained(&mut self) {
         if self.events.is_empty() && self.events.capacity() > RETAINED_SLOTS {
-            self.events.shrink_to(RETAINED_SLOTS);
+            self.events = VecDeque::with_capacity(RETAINED_SLOTS);
         }
     }
 
@@ -162,14 +180,14 @@ mod tests {
         assert!(pending.events.capacity() >= 9_000);
         let mut taken = 0;
         while !pending.is_empty() {
-            taken += pending.send_batch(&limits, |_, _| Ok::<_, ()>(())).expect("sent");
+            taken += pending.take_batch(&limits).len();
         }
         assert_eq!((taken, pending.bytes), (9_000, 0));
         assert!(pending.events.capacity() <= RETAINED_SLOTS);
         // A small steady flow keeps its storage: nothing is given back while it stays small.
         pending.push(record(), &limits).expect("room");
         let capacity = pending.events.capacity();
-        assert_eq!(pending.send_batch(&limits, |_, _| Ok::<_, ()>(())), Ok(1));
+        assert_eq!(pending.take_batch(&limits).len(), 1);
         assert_eq!(pending.events.capacity(), capacity);
     }
 
@@ -180,15 +198,7 @@ mod tests {
     }
 
     fn sent(pending: &mut Pending, limits: &BufferLimits) -> Vec<i64> {
-        let mut seen = Vec::new();
-        let count = pending
-            .send_batch(limits, |first, second| {
-                seen.extend(first.iter().chain(second).map(|r| r.timestamp_ns));
-                Ok::<_, ()>(())
-            })
-            .expect("sent");
-        assert_eq!(count, seen.len());
-        seen
+        pending.take_batch(limits).iter().map(|r| r.timestamp_ns).collect()
     }
 
     #[test]
@@ -222,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_that_cannot_be_sent_stays_in_order() {
+    fn a_batch_put_back_keeps_its_place() {
         let limits = BufferLimits {
             max_buffer: 64,
             max_buffer_bytes: 1 << 20,
@@ -233,7 +243,9 @@ mod tests {
         for n in 0..5 {
             pending.push(numbered(n, 10), &limits).expect("room");
         }
-        assert_eq!(pending.send_batch(&limits, |_, _| Err("receiver gone")), Err("receiver gone"));
+        let batch = pending.take_batch(&limits);
+        assert_eq!(pending.bytes, 20);
+        pending.put_back(batch);
         assert_eq!(pending.bytes, 50);
         assert_eq!(sent(&mut pending, &limits), [0, 1, 2]);
         assert_eq!(sent(&mut pending, &limits), [3, 4]);

@@ -26,6 +26,8 @@ rustler::atoms! {
     // Messages to the receiving process.
     snakepit_telemetry_batch,
     snakepit_telemetry_stream,
+    more,
+    done,
     not_streaming,
     connecting,
     connected,

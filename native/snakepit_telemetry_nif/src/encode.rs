@@ -1,25 +1,32 @@
-//! Event batches to terms, for the receiving process. A batch of [`EventRecord`]s becomes
-//! one message:
+//! Event batches to terms. The stream task sends the receiving process one small message per
+//! batch ([`TermEncoder::envelope`]):
 //!
 //! ```text
-//! {:snakepit_telemetry_batch, ticket, worker_id, generation, node,
-//!  [{event_name :: [atom], measurements :: map | [{key, value}], metadata :: map | [{key, value}]}, ...]}
+//! {:snakepit_telemetry_batch, batch, worker_id, generation, node}
+//! ```
+//!
+//! and the receiver has the events made into terms on its own heap (`event_batch.rs`,
+//! [`TermEncoder::encode_events`]), a chunk per call:
+//!
+//! ```text
+//! [{event_name :: [atom], measurements :: map | [{key, value}], metadata :: map | [{key, value}]}, ...]
 //! ```
 //!
 //! Every atom comes from the [`AtomTable`]; worker-sent strings stay binaries. The worker's
 //! registration metadata (and `worker_id`, `node`, `timestamp_ns`, `correlation_id`) win over
 //! keys of the same name the worker sends, so a worker cannot pose as another.
 //!
-//! An event whose metadata (or measurement keys) match the previous event's in the batch,
+//! An event whose metadata (or measurement keys) match the previous event's in the chunk,
 //! as a tool emitting the same event over and over sends them, gets its maps as updates of
 //! the previous event's maps (`enif_make_map_update`): only the values that differ
 //! (the timestamp, say) are written, the keys tuple is shared and the key strings are not
 //! made again, and the VM skips sorting and checking the keys.
 //!
-//! Maps of more than 32 keys are hash maps, and building those in a process-independent env
-//! off the schedulers crashes OTP 25 (erlang/otp#8208). So a map is built here only up to 32
-//! keys (a flat map); a larger one is sent as a list of pairs and the receiving process makes
-//! the map on its scheduler (`:maps.from_list/1`).
+//! A map is built here only up to 32 keys (a flat map); a larger one is a list of pairs,
+//! which the receiver makes into a map (`:maps.from_list/1`). Larger maps are hash maps, and
+//! the NIF API has built those wrongly: OTP 25 crashed building them in a process-independent
+//! env (erlang/otp#8208, where the terms were made before) and `enif_make_map_from_arrays`
+//! returns a broken one when keys repeat (erlang/otp#10975).
 
 use std::mem::MaybeUninit;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -28,7 +35,7 @@ use rustler::sys::{enif_make_map_from_arrays, ErlNifTerm};
 use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 
 use crate::atoms::{self, AtomTable};
-use crate::flow::BatchTicket;
+use crate::event_batch::EventBatch;
 use snakepit_telemetry_core::catalog::{Catalog, NameId};
 use snakepit_telemetry_core::translate::{EventRecord, MetaKey, Value};
 
@@ -115,20 +122,34 @@ impl TermEncoder {
         fixed.into_iter().chain(registered).flatten().collect()
     }
 
-    pub fn encode_batch<'a, 'r>(
+    /// The message that hands `batch` to the receiving process, which makes its events'
+    /// terms itself ([`TermEncoder::encode_events`], `event_batch.rs`).
+    pub fn envelope<'a>(
         &self,
         env: Env<'a>,
-        ticket: &ResourceArc<BatchTicket>,
+        batch: &ResourceArc<EventBatch>,
         worker: &WorkerMeta,
-        events: impl Iterator<Item = &'r EventRecord>,
     ) -> Term<'a> {
+        let tag = atoms::snakepit_telemetry_batch();
+        (tag, batch.clone(), worker.worker_id.as_str(), worker.generation, self.node()).encode(env)
+    }
+
+    /// The list of `records`' events, in order, while `more` allows another after the one
+    /// just made (the first is always made); returns it with the number of records made.
+    pub fn encode_events<'a>(
+        &self,
+        env: Env<'a>,
+        worker: &WorkerMeta,
+        records: &[EventRecord],
+        mut more: impl FnMut(&EventRecord) -> bool,
+    ) -> (Term<'a>, usize) {
         let shared = SharedTerms::new(env, self, worker);
         let mut names: Vec<Option<Term<'a>>> = vec![None; self.catalog.events().len()];
         // Key and value lists reused by every map of the batch.
         let mut scratch = Scratch::new(self.catalog.names().len());
-        let mut list: Vec<Term<'a>> = Vec::with_capacity(events.size_hint().0);
-        let mut previous: Option<Previous<'a, 'r>> = None;
-        for record in events {
+        let mut list: Vec<Term<'a>> = Vec::with_capacity(records.len());
+        let mut previous: Option<Previous<'a, '_>> = None;
+        for record in records {
             let name = *names[record.event as usize].get_or_insert_with(|| self.event_name(env, record));
             let like = previous.as_ref();
             let measurements = like
@@ -139,9 +160,12 @@ impl TermEncoder {
                 .unwrap_or_else(|| self.metadata(env, &shared, worker, record, &mut scratch));
             list.push((name, measurements, metadata).encode(env));
             previous = Some(Previous { record, measurements, metadata });
+            if !more(record) {
+                break;
+            }
         }
-        let batch = atoms::snakepit_telemetry_batch();
-        (batch, ticket.clone(), shared.worker_id, worker.generation, shared.node, list).encode(env)
+        let made = list.len();
+        (list.encode(env), made)
     }
 
     fn event_name<'a>(&self, env: Env<'a>, record: &EventRecord) -> Term<'a> {
@@ -292,8 +316,6 @@ impl Scratch {
 
 /// Terms shared by every event of a batch, made once per batch.
 struct SharedTerms<'a> {
-    worker_id: Term<'a>,
-    node: Term<'a>,
     /// The metadata keys every event carries, in term order.
     keys: Vec<SharedKey<'a>>,
     /// The keys of the two shared values that differ from event to event.
@@ -348,7 +370,7 @@ impl<'a> SharedTerms<'a> {
         // Stable: of equal keys, the later one still comes later.
         keys.sort_by(|a, b| (a.binary, &a.name).cmp(&(b.binary, &b.name)));
         let nil = rustler::types::atom::nil().encode(env);
-        SharedTerms { worker_id, node, keys, timestamp_key, correlation_key, nil }
+        SharedTerms { keys, timestamp_key, correlation_key, nil }
     }
 
     /// The metadata of `record` as an update of the previous event's map: when the worker

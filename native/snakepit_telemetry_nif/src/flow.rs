@@ -2,7 +2,7 @@
 //! accounting of every event handed over.
 //!
 //! At most `max` batches of a stream are in flight. Each batch travels with a
-//! [`BatchTicket`] (a resource); the receiver acknowledges it (`Native.ack/1`) after its
+//! [`BatchTicket`] (inside its `EventBatch` resource); the receiver acknowledges it (`Native.ack/1`) after its
 //! handlers ran, which counts the batch's events as emitted and frees a slot. A ticket that
 //! dies unacknowledged (the receiving process was killed with the batch in its mailbox) counts
 //! them as `undeliverable` and frees the slot all the same, so no crash can leak credit or
@@ -53,9 +53,6 @@ pub struct BatchTicket {
     events: u64,
     settled: AtomicBool,
 }
-
-#[rustler::resource_impl]
-impl rustler::Resource for BatchTicket {}
 
 impl BatchTicket {
     /// A ticket for `events` events; the caller has acquired a slot of `credit`.

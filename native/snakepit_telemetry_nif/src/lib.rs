@@ -4,9 +4,11 @@
 //! - `nif`: the functions Elixir calls (`Snakepit.Telemetry.Native`), and nothing else
 //! - `decode`, `terms`: terms in (options, settings, metadata) and out (errors, reports)
 //! - `runtime`, `manager`: the resource with its runtime, and the registry of streams
-//! - `stream_task`, `buffer`, `flow`, `status`: one worker's stream (reconnected with
-//!   backoff), its bounded buffer, flow control towards Elixir, and its status messages
-//! - `encode`, `atoms`: checked events to terms, with atoms handed over at start
+//! - `stream_task`, `flow`, `status`: one worker's stream (reconnected with backoff), flow
+//!   control towards Elixir, and its status messages (its bounded buffer is the core's
+//!   `pending`)
+//! - `event_batch`, `encode`, `atoms`: a batch in flight, made into terms by the process that
+//!   receives it, with atoms handed over at start
 //! - `tool_call`, `json`: tool calls on the runtime, and their JSON (dirty NIFs)
 //! - `allocator`: the NIF's Rust allocator (mimalloc, chosen by measurement)
 //!
@@ -16,6 +18,7 @@ mod allocator;
 mod atoms;
 mod decode;
 mod encode;
+mod event_batch;
 mod flow;
 mod json;
 mod manager;

@@ -20,7 +20,7 @@ use snakepit_telemetry_core::translate::{EventLimits, NativeTime};
 use crate::atoms::{self, AtomTable};
 use crate::decode::{self, option, positive};
 use crate::encode::{TermEncoder, WorkerMeta};
-use crate::flow::BatchTicket;
+use crate::event_batch::EventBatch;
 use crate::runtime::{RuntimeOptions, TelemetryRuntime};
 use crate::status::StatusTicket;
 use crate::stream_task::{ConnectOptions, StderrLine, StreamLimits, StreamTask};
@@ -287,10 +287,17 @@ fn update_settings(runtime: ResourceArc<TelemetryRuntime>, changes: Vec<(String,
         .map_err(|_| ApiError::UnknownWorker)
 }
 
-/// `ack(ticket)`: the receiver ran the handlers of one batch.
+/// `take_events(batch)`: `{:more, events}` or `{:done, events}`, the next of the batch's
+/// events as terms of the calling process (`event_batch.rs`).
 #[rustler::nif]
-fn ack(ticket: ResourceArc<BatchTicket>) -> Atom {
-    ticket.acknowledge();
+fn take_events(env: Env, batch: ResourceArc<EventBatch>) -> Term {
+    batch.take_events(env)
+}
+
+/// `ack(batch)`: the receiver ran the handlers of one batch.
+#[rustler::nif]
+fn ack(batch: ResourceArc<EventBatch>) -> Atom {
+    batch.ticket.acknowledge();
     atoms::ok()
 }
 

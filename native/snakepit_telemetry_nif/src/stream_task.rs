@@ -40,6 +40,7 @@ use snakepit_telemetry_core::wire::Incoming;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::encode::{TermEncoder, WorkerMeta};
+use crate::event_batch::EventBatch;
 use crate::flow::{BatchTicket, FlowCredit};
 use crate::status::{SendOutcome, StatusMessage, StatusQueue};
 use crate::tool_call::ToolTarget;
@@ -628,6 +629,7 @@ impl StreamTask {
         // Counted once per message: an atomic add per event costs more than checking it
         // (its cache line is shared with the counters that acknowledgements update).
         counters.add_received(events.len() as u64);
+        pending.make_room(events.len());
         for event in events {
             if event.len() > self.limits.max_event_bytes {
                 counters.add_dropped(DropReason::Oversize, 1);
@@ -699,20 +701,19 @@ impl StreamTask {
         }
         while !flow.blocked && !flow.pending.is_empty() && flow.credit.try_acquire() {
             let pid = *receiver.borrow();
-            let env = &mut flow.env;
-            // Encoded in place; the events leave the buffer only once the batch is sent.
-            let sent = flow.pending.send_batch(&self.limits.buffer, |first, second| {
-                let events = first.len() + second.len();
-                let ticket =
-                    ResourceArc::new(BatchTicket::new(flow.credit.clone(), self.state.clone(), events));
-                let sent = env.send_and_clear(&pid, |env| {
-                    self.encoder.encode_batch(env, &ticket, &self.worker, first.iter().chain(second))
-                });
-                sent.map_err(|_| ticket.cancel())
-            });
-            match sent {
-                Ok(events) => flow.sent += events as u64,
-                Err(()) => flow.blocked = true,
+            let records = flow.pending.take_batch(&self.limits.buffer);
+            let events = records.len();
+            let ticket = BatchTicket::new(flow.credit.clone(), self.state.clone(), events);
+            let batch =
+                ResourceArc::new(EventBatch::new(ticket, self.encoder.clone(), self.worker.clone(), records));
+            match flow.env.send_and_clear(&pid, |env| self.encoder.envelope(env, &batch, &self.worker)) {
+                Ok(()) => flow.sent += events as u64,
+                Err(_) => {
+                    // The receiver is gone: the events go back, in their place, for the next.
+                    batch.ticket.cancel();
+                    flow.pending.put_back(batch.take_back());
+                    flow.blocked = true;
+                }
             }
         }
     }

@@ -256,7 +256,7 @@ defmodule Snakepit.Telemetry.GrpcStreamTest do
   # stream (and their status messages), which are not this test's business.
   defp sample_mailbox(pid, id, max) do
     {:messages, messages} = Process.info(pid, :messages)
-    len = Enum.count(messages, &match?({:snakepit_telemetry_batch, _, ^id, _, _, _}, &1))
+    len = Enum.count(messages, &match?({:snakepit_telemetry_batch, _, ^id, _, _}, &1))
     info = stream(id)
 
     if info.received == 6000 and info.emitted + info.dropped.overflow == 6000 do

@@ -1,0 +1,103 @@
+defmodule Snakepit.Telemetry.EventBatchTest do
+  # A batch reaches its receiver as a resource, and the receiver makes the terms itself
+  # (`Native.take_events/1`), at most about 200 µs of them per call (event_batch.rs). This
+  # process stands in for the Dispatcher of a worker's partition and takes the batches.
+  use ExUnit.Case, async: false
+
+  alias Snakepit.Telemetry.{Dispatcher, GrpcStream, Native}
+  alias Snakepit.Telemetry.Test.PythonWorker
+
+  import Snakepit.Telemetry.Test.Streams
+
+  @timeout 10_000
+  @events 1_000
+
+  setup do
+    # One batch may hold every event, so that a batch has more than one call's worth.
+    restart_app_for_test(max_batch_size: @events, max_in_flight_batches: 1)
+    {worker, id} = start_worker()
+    partition = Dispatcher.partition(id)
+    {:ok, :ok} = Native.set_receiver(GrpcStream.runtime(), partition, self())
+    register!(id, worker)
+    %{worker: worker, id: id}
+  end
+
+  test "a batch of wide events is taken in several calls, every event once, in order", %{
+    worker: worker,
+    id: id
+  } do
+    # 120 metadata keys: sent as lists of pairs and made whole for every event, tens of
+    # µs each, so 1,000 of them take several calls.
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 5},
+      "wide" => 120,
+      "count" => @events
+    })
+
+    calls = take_batches(id, @events, [])
+    events = calls |> Enum.flat_map(fn {_more, events} -> events end)
+
+    assert length(events) == @events
+    assert Enum.any?(calls, &match?({:more, _}, &1))
+    # Every call returns at least one event, and a batch ends with :done.
+    assert Enum.all?(calls, fn {_, events} -> events != [] end)
+    assert {:done, _} = List.last(calls)
+
+    for {event, measurements, metadata} <- events do
+      assert event == [:snakepit, :python, :tool, :execution, :stop]
+      assert measurements == %{duration: 5}
+      assert length(metadata) == 120 + 4
+    end
+
+    timestamps = for {_, _, metadata} <- events, do: :proplists.get_value(:timestamp_ns, metadata)
+    assert timestamps == Enum.sort(timestamps)
+
+    wait_until(fn -> stream(id).emitted == @events end)
+    assert stream(id).dropped |> Map.values() |> Enum.sum() == 0
+  end
+
+  test "a batch taken whole answers {:done, []} after", %{worker: worker, id: id} do
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 5},
+      "count" => 3
+    })
+
+    assert_receive {:snakepit_telemetry_batch, batch, ^id, _generation, node}, @timeout
+    assert node == node()
+    assert {:done, [_, _, _]} = Native.take_events(batch)
+    assert {:done, []} = Native.take_events(batch)
+    assert :ok = Native.ack(batch)
+    wait_until(fn -> stream(id).emitted == 3 end)
+  end
+
+  # Takes batches of `id` until `left` events came, acknowledging each; every call's answer
+  # in order. Status messages are acknowledged and otherwise ignored.
+  defp take_batches(_id, 0, calls), do: Enum.reverse(calls)
+
+  defp take_batches(id, left, calls) do
+    receive do
+      {:snakepit_telemetry_batch, batch, ^id, _generation, _node} ->
+        batch_calls = take_all(batch, [])
+        :ok = Native.ack(batch)
+        taken = batch_calls |> Enum.map(fn {_, events} -> length(events) end) |> Enum.sum()
+        take_batches(id, left - taken, Enum.reverse(batch_calls) ++ calls)
+
+      {:snakepit_telemetry_stream, _, _, _, _, ticket} ->
+        Native.ack_status(ticket)
+        take_batches(id, left, calls)
+    after
+      @timeout -> flunk("#{left} events did not come")
+    end
+  end
+
+  defp take_all(batch, calls) do
+    case Native.take_events(batch) do
+      {:more, _} = call -> take_all(batch, [call | calls])
+      {:done, _} = call -> Enum.reverse([call | calls])
+    end
+  end
+end
