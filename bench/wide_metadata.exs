@@ -1,6 +1,6 @@
-# Wide metadata: what maps over 32 keys cost, built on a scheduler (the Dispatcher's
-# `:maps.from_list/1`) instead of by the NIF off the schedulers (which crashes OTP 25 for
-# hash maps, Erlang/OTP issue 8208), against capping the keys.
+# Wide metadata: what maps over 32 keys cost. The NIF makes them as lists of pairs (it
+# builds flat maps only, see encode.rs) and the Dispatcher makes the map
+# (`:maps.from_list/1`); against capping the keys.
 #
 #     MIX_ENV=test ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 #       mix run bench/wide_metadata.exs [--events 20000] [--runs 5] [--widths 0,16,27,28,64,120,480]
@@ -17,17 +17,21 @@
 # emit `--events` events up front, then registers it and times until a `:telemetry`
 # handler (a `:counters` increment) has seen them all. Widths run interleaved, `--runs`
 # rounds after one warm-up round. Per event: the NIF runtime's threads' CPU (receive,
-# check, build terms), the normal schedulers' CPU (Dispatcher, map building for wide
-# events, `:telemetry.execute/3`, acks) and wall time; medians over the runs.
+# check, batch) and the normal schedulers' CPU (the Dispatcher: making the terms in
+# `Native.take_events/1`, maps for wide events, `:telemetry.execute/3`, acks) and wall
+# time; medians over the runs.
+#
+# Then one run per width with the script's own process standing in for the Dispatcher
+# times every `Native.take_events/1` call and collects its `long_schedule` (1 ms) reports:
+# a call makes terms for about 200 µs at most (event_batch.rs), however wide the events.
 #
 # Capping instead (dropping keys beyond 32, or the event) would cost what the widest
-# NIF-built row costs, or nothing, and lose the data: the difference between the rows
-# just below and just above 32 keys is the price of building on a scheduler.
+# flat-map row costs, or nothing, and lose the data.
 
 defmodule Bench.WideMetadata do
   @moduledoc false
 
-  alias Snakepit.Telemetry.GrpcStream
+  alias Snakepit.Telemetry.{Dispatcher, GrpcStream, Native}
   alias Snakepit.Telemetry.Test.{BenchStats, PythonWorker, Streams, ThreadCpu}
 
   import BenchStats, only: [fmt: 1, median: 1]
@@ -60,30 +64,91 @@ defmodule Bench.WideMetadata do
       end
 
     print_table(widths, results)
+    print_take_calls(for w <- widths, do: {w, take_calls(w, opts[:events], opts)})
+  end
+
+  # One more run per width with this process standing in for the worker's Dispatcher: every
+  # `Native.take_events/1` call timed, and `long_schedule` (1 ms) reports of this process
+  # collected. The times are wall time around the call: an upper bound, since they include
+  # the OS preempting the scheduler thread and this process waiting to run again after it.
+  defp take_calls(width, events, opts) do
+    {worker, id} = emitting_worker(width, events)
+    partition = Dispatcher.partition(id)
+    runtime = GrpcStream.runtime()
+    {:ok, :ok} = Native.set_receiver(runtime, partition, self())
+
+    try do
+      :ok = GrpcStream.register_worker(id, worker.endpoint)
+      deadline = System.monotonic_time(:millisecond) + opts[:timeout_s] * 1000
+      :erlang.system_monitor(self(), [{:long_schedule, 1}])
+      times = take_timed(id, events, deadline, [])
+      :erlang.system_monitor(:undefined)
+      {times, own_long_schedules(self())}
+    after
+      :erlang.system_monitor(:undefined)
+      GrpcStream.unregister_worker(id)
+      Native.set_receiver(runtime, partition, Process.whereis(Dispatcher.name(partition)))
+      PythonWorker.stop(worker)
+    end
+  end
+
+  # The durations (ms) of this process's `long_schedule` reports; others' are dropped.
+  defp own_long_schedules(me) do
+    receive do
+      {:monitor, ^me, :long_schedule, info} -> [info[:timeout] | own_long_schedules(me)]
+      {:monitor, _pid, :long_schedule, _info} -> own_long_schedules(me)
+    after
+      0 -> []
+    end
+  end
+
+  defp take_timed(_id, left, _deadline, times) when left <= 0, do: times
+
+  defp take_timed(id, left, deadline, times) do
+    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {:snakepit_telemetry_batch, batch, ^id, _generation, _node} ->
+        {taken, times} = take_batch(batch, 0, times)
+        :ok = Native.ack(batch)
+        take_timed(id, left - taken, deadline, times)
+
+      {:snakepit_telemetry_stream, _, _, _, _, ticket} ->
+        Native.ack_status(ticket)
+        take_timed(id, left, deadline, times)
+    after
+      wait -> raise "timed out taking events: #{left} left"
+    end
+  end
+
+  defp take_batch(batch, taken, times) do
+    {us, {more, events}} = :timer.tc(fn -> Native.take_events(batch) end)
+    taken = taken + length(events)
+    if more == :more, do: take_batch(batch, taken, [us | times]), else: {taken, [us | times]}
+  end
+
+  defp print_take_calls(rows) do
+    IO.puts("""
+
+    `Native.take_events/1` calls, timed by the receiving process (one run per width):
+
+    | extra keys | calls | median µs | 99th percentile µs | longest µs | long_schedule ≥ 1 ms of the receiver (longest ms) |
+    |---|---|---|---|---|---|\
+    """)
+
+    for {width, {times, longs}} <- rows do
+      sorted = Enum.sort(times)
+      p99 = Enum.at(sorted, min(length(sorted) - 1, trunc(length(sorted) * 0.99)))
+
+      IO.puts(
+        "| #{width} | #{length(sorted)} | #{median(sorted)} | #{p99} | #{List.last(sorted)} | " <>
+          "#{length(longs)} (#{Enum.max(longs, fn -> "–" end)}) |"
+      )
+    end
   end
 
   defp run_case(width, events, opts) do
-    worker =
-      PythonWorker.start([
-        "--max-buffer",
-        "1000000",
-        "--max-buffer-bytes",
-        "1073741824",
-        "--max-event-bytes",
-        "1048576"
-      ])
-
-    id = "wide-#{width}-#{System.unique_integer([:positive])}"
-
-    PythonWorker.run(worker, %{
-      "op" => "emit",
-      "event" => "tool.execution.stop",
-      "measurements" => %{"duration" => 123_456},
-      "metadata" => %{"tool" => "resize", "operation" => "run"},
-      "wide" => width,
-      "count" => events
-    })
-
+    {worker, id} = emitting_worker(width, events)
     counter = :counters.new(2, [])
     handler = "bench-wide-#{id}"
     :ok = :telemetry.attach(handler, @event, &__MODULE__.handle_event/4, {counter, id})
@@ -107,6 +172,32 @@ defmodule Bench.WideMetadata do
       GrpcStream.unregister_worker(id)
       PythonWorker.stop(worker)
     end
+  end
+
+  # A fresh worker that has emitted `events` events of `width` extra keys, not yet registered.
+  defp emitting_worker(width, events) do
+    worker =
+      PythonWorker.start([
+        "--max-buffer",
+        "1000000",
+        "--max-buffer-bytes",
+        "1073741824",
+        "--max-event-bytes",
+        "1048576"
+      ])
+
+    id = "wide-#{width}-#{System.unique_integer([:positive])}"
+
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 123_456},
+      "metadata" => %{"tool" => "resize", "operation" => "run"},
+      "wide" => width,
+      "count" => events
+    })
+
+    {worker, id}
   end
 
   def handle_event(_event, _measurements, metadata, {counter, id}) do
@@ -145,7 +236,7 @@ defmodule Bench.WideMetadata do
 
     IO.puts("""
 
-    | metadata keys delivered | built by | events/s median (min–max) | NIF CPU µs/ev | scheduler CPU µs/ev | scheduler CPU vs narrowest |
+    | metadata keys delivered | made as | events/s median (min–max) | NIF CPU µs/ev | scheduler CPU µs/ev | scheduler CPU vs narrowest |
     |---|---|---|---|---|---|\
     """)
 
@@ -155,7 +246,7 @@ defmodule Bench.WideMetadata do
       sched = median(Enum.map(rs, &us(&1.sched_ns, &1)))
 
       IO.puts(
-        "| #{keys} | #{if keys > 32, do: "scheduler (Dispatcher)", else: "NIF"} | " <>
+        "| #{keys} | #{if keys > 32, do: "list of pairs + `:maps.from_list/1`", else: "flat map"} | " <>
           "#{round(median(rates))} (#{round(Enum.min(rates))}–#{round(Enum.max(rates))}) | " <>
           "#{fmt(median(Enum.map(rs, &us(&1.nif_ns, &1))))} | #{fmt(sched)} | #{fmt(sched / base_sched)} |"
       )
