@@ -260,7 +260,7 @@ impl StreamTask {
     pub async fn run(self, mut stop: oneshot::Receiver<CloseReason>, mut lines: mpsc::Receiver<StderrLine>) {
         let mut flow = Flow {
             credit: Arc::new(FlowCredit::new(self.limits.max_in_flight)),
-            pending: Pending::default(),
+            pending: Pending::new(self.limits.buffer),
             env: OwnedEnv::new(),
             statuses: StatusQueue::default(),
             blocked: false,
@@ -422,7 +422,7 @@ impl StreamTask {
                     None => Wake::Credit,
                 },
                 // A batched stream is not read while the buffer is full: back-pressure.
-                wake = link.next(), if !(link.is_batched() && flow.pending.is_full(&self.limits.buffer)) => wake,
+                wake = link.next(), if !(link.is_batched() && flow.pending.is_full()) => wake,
             };
             let lost = match wake {
                 Wake::Stop(reason) => {
@@ -513,7 +513,7 @@ impl StreamTask {
                 Err(StreamEnd::Failed(text)) => return Some(CloseReason::StreamError(text)),
             }
             taken += 1;
-            let room = protocol == Protocol::Single || !pending.is_full(&self.limits.buffer);
+            let room = protocol == Protocol::Single || !pending.is_full();
             next = if taken < self.limits.buffer.max_batch && room {
                 events.next().now_or_never()
             } else {
@@ -629,7 +629,6 @@ impl StreamTask {
         // Counted once per message: an atomic add per event costs more than checking it
         // (its cache line is shared with the counters that acknowledgements update).
         counters.add_received(events.len() as u64);
-        pending.make_room(events.len());
         for event in events {
             if event.len() > self.limits.max_event_bytes {
                 counters.add_dropped(DropReason::Oversize, 1);
@@ -669,9 +668,9 @@ impl StreamTask {
                 if stands_for != count {
                     shape.set_count(&mut record, stands_for);
                 }
-                pending.push_report(record, &self.limits.buffer)
+                pending.push_report(record)
             }
-            _ => pending.push(record, &self.limits.buffer),
+            _ => pending.push(record),
         }
     }
 
@@ -701,7 +700,7 @@ impl StreamTask {
         }
         while !flow.blocked && !flow.pending.is_empty() && flow.credit.try_acquire() {
             let pid = *receiver.borrow();
-            let records = flow.pending.take_batch(&self.limits.buffer);
+            let records = flow.pending.take_batch();
             let events = records.len();
             let ticket = BatchTicket::new(flow.credit.clone(), self.state.clone(), events);
             let batch =
