@@ -69,7 +69,7 @@ fn main() {
         let started = Instant::now();
         for (i, bytes) in events.iter().cycle().take(events_per_round).enumerate() {
             let checked = translate(&catalog, limits, bytes, &mut names, |_| Ok(()))
-                .and_then(|record| pending.push_from_batch(record));
+                .and_then(|record| pending.push_from_batch(record, 512 - i % 512));
             assert!(checked.is_ok(), "a benchmark event was refused: {checked:?}");
             if i % 512 == 511 {
                 let batch = pending.take_batch();

@@ -30,9 +30,10 @@ pub struct BufferLimits {
 const REPORT_ALLOWANCE: usize = 64;
 const REPORT_ALLOWANCE_BYTES: usize = 64 * 1024;
 
-/// The most slots a new batch reserves at once: `max_batch_size` may be large, and a batch
-/// may never fill.
-const RESERVE_MAX: usize = 1024;
+/// Slots a new batch reserves for events that come one at a time (single messages, stderr
+/// lines); it grows from there. One that starts inside a batched message reserves for the
+/// rest of the message, up to `max_batch_size`.
+const RESERVE_SINGLE: usize = 16;
 
 /// Events checked and waiting for the receiver, bounded in count and bytes, in batches.
 pub struct Pending {
@@ -61,7 +62,7 @@ impl Pending {
         {
             return Err(DropReason::Overflow);
         }
-        self.append(record);
+        self.append(record, RESERVE_SINGLE);
         Ok(())
     }
 
@@ -72,8 +73,9 @@ impl Pending {
 
     /// Buffers an event of a batched message read while the buffer was not full: the
     /// message's events all go in, so the bounds are exceeded by at most one message.
-    pub fn push_from_batch(&mut self, record: EventRecord) -> Result<(), DropReason> {
-        self.append(record);
+    /// `coming`: this event and those after it in the message (room is made for them).
+    pub fn push_from_batch(&mut self, record: EventRecord, coming: usize) -> Result<(), DropReason> {
+        self.append(record, coming);
         Ok(())
     }
 
@@ -83,13 +85,13 @@ impl Pending {
         {
             return Err(DropReason::Overflow);
         }
-        self.append(record);
+        self.append(record, RESERVE_SINGLE);
         Ok(())
     }
 
     /// Adds `record` to the last batch, or to a new one when the last has no room (a batch
-    /// holds at least one event, however large).
-    fn append(&mut self, record: EventRecord) {
+    /// holds at least one event, however large), with room for `coming` events.
+    fn append(&mut self, record: EventRecord, coming: usize) {
         let limits = &self.limits;
         let bytes = record.wire_bytes;
         self.events += 1;
@@ -101,7 +103,7 @@ impl Pending {
                 return;
             }
         }
-        let mut events = Vec::with_capacity(limits.max_batch.clamp(1, RESERVE_MAX));
+        let mut events = Vec::with_capacity(coming.clamp(1, limits.max_batch.max(1)));
         events.push(record);
         self.batches.push_back(Batch { events, bytes });
     }
@@ -215,7 +217,7 @@ mod tests {
         assert_eq!(pending.push(numbered(3, 10)), Err(DropReason::Overflow));
         assert_eq!(pending.push_report(numbered(4, 10)), Ok(()));
         // A batched message goes in whole, past the bound.
-        assert_eq!(pending.push_from_batch(numbered(5, 10)), Ok(()));
+        assert_eq!(pending.push_from_batch(numbered(5, 10), 1), Ok(()));
         assert_eq!(pending.events, 5);
         let bytes_limits =
             BufferLimits { max_buffer: 64, max_buffer_bytes: 100, max_batch: 8, max_batch_bytes: 1 << 20 };

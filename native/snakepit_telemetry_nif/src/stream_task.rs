@@ -629,7 +629,8 @@ impl StreamTask {
         // Counted once per message: an atomic add per event costs more than checking it
         // (its cache line is shared with the counters that acknowledgements update).
         counters.add_received(events.len() as u64);
-        for event in events {
+        let count = events.len();
+        for (i, event) in events.into_iter().enumerate() {
             if event.len() > self.limits.max_event_bytes {
                 counters.add_dropped(DropReason::Oversize, 1);
                 continue;
@@ -638,7 +639,7 @@ impl StreamTask {
                 translate(&self.encoder.catalog, self.limits.event, event, names, |event| gate.check(event))
                     .and_then(|record| match gate.reports {
                         Some(shape) if shape.event == record.event => self.admit(record, gate, pending, true),
-                        _ => pending.push_from_batch(record),
+                        _ => pending.push_from_batch(record, count - i),
                     });
             if let Err(reason) = checked {
                 counters.add_dropped(reason, 1);
