@@ -2,11 +2,11 @@
 //! accounting of every event handed over.
 //!
 //! At most `max` batches of a stream are in flight. Each batch travels with a
-//! [`BatchTicket`] (inside its `EventBatch` resource); the receiver acknowledges it (`Native.ack/1`) after its
-//! handlers ran, which counts the batch's events as emitted and frees a slot. A ticket that
-//! dies unacknowledged (the receiving process was killed with the batch in its mailbox) counts
-//! them as `undeliverable` and frees the slot all the same, so no crash can leak credit or
-//! lose an event uncounted.
+//! [`BatchTicket`] (inside its `EventBatch` resource); the receiver acknowledges it
+//! (`Native.ack/1`) after its handlers ran, which counts the batch's events as emitted and
+//! frees a slot. A ticket that dies unacknowledged (the receiving process was killed with the
+//! batch in its mailbox, or while its handlers ran) counts them as `undeliverable` and frees
+//! the slot all the same, so no crash can leak credit or lose an event uncounted.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
