@@ -1,6 +1,6 @@
-# Wide metadata: what maps over 32 keys cost. The NIF makes them as lists of pairs (it
-# builds flat maps only, see encode.rs) and the Dispatcher makes the map
-# (`:maps.from_list/1`); against capping the keys.
+# Wide metadata: what maps over 32 keys (hash maps) cost against flat maps, and against
+# capping the keys. The NIF makes both kinds in the Dispatcher's `Native.take_events/1`
+# (encode.rs), as updates of the previous event's map when only the timestamp differs.
 #
 #     MIX_ENV=test ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 #       mix run bench/wide_metadata.exs [--events 20000] [--runs 5] [--widths 0,16,27,28,64,120,480]
@@ -246,7 +246,7 @@ defmodule Bench.WideMetadata do
       sched = median(Enum.map(rs, &us(&1.sched_ns, &1)))
 
       IO.puts(
-        "| #{keys} | #{if keys > 32, do: "list of pairs + `:maps.from_list/1`", else: "flat map"} | " <>
+        "| #{keys} | #{if keys > 32, do: "hash map", else: "flat map"} | " <>
           "#{round(median(rates))} (#{round(Enum.min(rates))}–#{round(Enum.max(rates))}) | " <>
           "#{fmt(median(Enum.map(rs, &us(&1.nif_ns, &1))))} | #{fmt(sched)} | #{fmt(sched / base_sched)} |"
       )

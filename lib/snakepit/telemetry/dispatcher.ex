@@ -133,25 +133,16 @@ defmodule Snakepit.Telemetry.Dispatcher do
 
     if renamed_to == nil do
       Enum.each(events, fn {event, measurements, metadata} ->
-        :telemetry.execute(event, as_map(measurements), as_map(metadata))
+        :telemetry.execute(event, measurements, metadata)
       end)
     else
       Enum.each(events, fn {event, measurements, metadata} ->
-        :telemetry.execute(
-          event,
-          as_map(measurements),
-          Map.put(as_map(metadata), :node, renamed_to)
-        )
+        :telemetry.execute(event, measurements, Map.put(metadata, :node, renamed_to))
       end)
     end
 
     if more == :more, do: execute_batch(batch, renamed_to)
   end
-
-  # Maps of more than 32 keys come as lists of pairs: the NIF API builds those (hash maps)
-  # wrongly in some cases (see `encode.rs`).
-  defp as_map(map) when is_map(map), do: map
-  defp as_map(pairs) when is_list(pairs), do: :maps.from_list(pairs)
 
   defp update_node(state, batch_node, node) when batch_node != node and state.node != node do
     case GrpcStream.runtime() do

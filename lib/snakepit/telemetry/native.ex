@@ -15,8 +15,7 @@ defmodule Snakepit.Telemetry.Native do
       (call again: one call makes terms for at most about 200 µs) or `{:done, events}`, each
       event `{event, measurements, metadata}`. Then it calls `ack(batch)` once it has run
       the handlers (a batch dropped unacknowledged counts its events as `:undeliverable`).
-      `measurements` and `metadata` are maps, or lists of pairs when they have more than 32
-      keys.
+      `measurements` and `metadata` are maps.
     * `{:snakepit_telemetry_stream, worker_id, generation, status, sent, ticket}` with `status`
       `{:opened, :established | {:reconnected, downtime_ms, attempts}}`,
       `{:lost, reason, uptime_ms}` (a retry follows), and last `{:closed, reason}` (a stream

@@ -9,7 +9,7 @@
 //! [`TermEncoder::encode_events`]), a chunk per call:
 //!
 //! ```text
-//! [{event_name :: [atom], measurements :: map | [{key, value}], metadata :: map | [{key, value}]}, ...]
+//! [{event_name :: [atom], measurements :: map, metadata :: map}, ...]
 //! ```
 //!
 //! Every atom comes from the [`AtomTable`]; worker-sent strings stay binaries. The worker's
@@ -22,11 +22,11 @@
 //! (the timestamp, say) are written, the keys tuple is shared and the key strings are not
 //! made again, and the VM skips sorting and checking the keys.
 //!
-//! A map is built here only up to 32 keys (a flat map); a larger one is a list of pairs,
-//! which the receiver makes into a map (`:maps.from_list/1`). Larger maps are hash maps, and
-//! the NIF API has built those wrongly: OTP 25 crashed building them in a process-independent
-//! env (erlang/otp#8208, where the terms were made before) and `enif_make_map_from_arrays`
-//! returns a broken one when keys repeat (erlang/otp#10975).
+//! Maps of any size are made here, in the receiver's env: maps of more than 32 keys are hash
+//! maps, which OTP 25 crashes building in a process-independent env (erlang/otp#8208), where
+//! the terms were made before 3e64b61 (a larger map then came as a list of pairs), and which
+//! `enif_make_map_from_arrays` builds wrongly when keys repeat (erlang/otp#10975; see
+//! [`map_of`]). Wide events get the updates above as well.
 
 use std::mem::MaybeUninit;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -39,7 +39,7 @@ use crate::event_batch::EventBatch;
 use snakepit_telemetry_core::catalog::{Catalog, NameId};
 use snakepit_telemetry_core::translate::{EventRecord, MetaKey, Value};
 
-/// The most keys of a map built off the schedulers: larger maps are hash maps.
+/// The most keys of a flat map: larger maps are hash maps.
 pub const FLATMAP_MAX_KEYS: usize = 32;
 
 /// A registration metadata value (from `register_worker/3` opts).
@@ -245,7 +245,13 @@ impl TermEncoder {
                             self.atoms.get(id).encode(env),
                         )
                     }
-                    MetaKey::Other(name) if binaries => (shared.position(true, name), name.encode(env)),
+                    // A key the catalog does not know may still name a fixed key that is a
+                    // binary here (a catalog without `timestamp_ns`): the fixed one wins.
+                    MetaKey::Other(name) if binaries => match shared.position(true, name) {
+                        0 => (0, name.encode(env)),
+                        at if shared_keys[at - 1].binary && shared_keys[at - 1].name == name => continue,
+                        at => (at, name.encode(env)),
+                    },
                     _ => continue,
                 };
                 while next < before {
@@ -419,30 +425,30 @@ impl<'a> SharedTerms<'a> {
     }
 }
 
-/// A map from parallel key and value lists (terms of `env`), or, past [`FLATMAP_MAX_KEYS`],
-/// the list of pairs the receiver turns into a map. If two keys are equal (which the callers
-/// rule out), the later one wins instead of the event being lost.
+/// A map from parallel key and value lists (terms of `env`, a process-bound env). If two keys
+/// are equal (which the callers rule out), the later one wins instead of the event being lost.
+///
+/// A map of more than [`FLATMAP_MAX_KEYS`] keys is a hash map, which `enif_make_map_from_arrays`
+/// builds wrongly when keys repeat (erlang/otp#10975: duplicates are skipped instead of
+/// refused, and a result of 32 keys or fewer is not a valid map), so its size is checked.
 fn map_of<'a>(env: Env<'a>, keys: &[ErlNifTerm], values: &[ErlNifTerm]) -> Term<'a> {
     let count = keys.len().min(values.len());
-    if count <= FLATMAP_MAX_KEYS {
-        let mut map = MaybeUninit::uninit();
-        // SAFETY: both lists hold at least `count` terms, all made in `env`;
-        // enif_make_map_from_arrays reads `count` of each and writes `map` when it returns
-        // non-zero (zero: two keys are equal, `map` is not read).
-        let made = unsafe {
-            enif_make_map_from_arrays(env.as_c_arg(), keys.as_ptr(), values.as_ptr(), count, map.as_mut_ptr())
-        };
-        if made != 0 {
-            // SAFETY: written by the call above, a term of `env`.
-            return unsafe { Term::new(env, map.assume_init()) };
+    let mut map = MaybeUninit::uninit();
+    // SAFETY: both lists hold at least `count` terms, all made in `env`;
+    // enif_make_map_from_arrays reads `count` of each and writes `map` when it returns
+    // non-zero (zero: two keys are equal, `map` is not read).
+    let made = unsafe {
+        enif_make_map_from_arrays(env.as_c_arg(), keys.as_ptr(), values.as_ptr(), count, map.as_mut_ptr())
+    };
+    if made != 0 {
+        // SAFETY: written by the call above, a term of `env`.
+        let map = unsafe { Term::new(env, map.assume_init()) };
+        if count <= FLATMAP_MAX_KEYS || map.map_size().ok() == Some(count) {
+            return map;
         }
     }
     // SAFETY: every raw term in the lists was made in `env`.
     let term = |raw: &ErlNifTerm| unsafe { Term::new(env, *raw) };
     let pairs = keys.iter().map(term).zip(values.iter().map(term));
-    if count > FLATMAP_MAX_KEYS {
-        let pairs: Vec<Term<'a>> = pairs.map(|(k, v)| (k, v).encode(env)).collect();
-        return pairs.encode(env);
-    }
     pairs.fold(Term::map_new(env), |map, (k, v)| map.map_put(k, v).unwrap_or(map))
 }
