@@ -433,7 +433,10 @@ defmodule Snakepit.Telemetry.GrpcStream do
     end
   end
 
-  defp runtime_options(%Config{} = config) do
+  # The options of `Native.start/2` for `config` (public for the tests that start a runtime
+  # of their own).
+  @doc false
+  def runtime_options(%Config{} = config) do
     %{
       catalog: Catalog.native_spec(config.events),
       partitions: Dispatcher.partition_count(),

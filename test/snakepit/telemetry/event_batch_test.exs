@@ -5,7 +5,7 @@ defmodule Snakepit.Telemetry.EventBatchTest do
   use ExUnit.Case, async: false
 
   alias Snakepit.Telemetry.{Dispatcher, GrpcStream, Native}
-  alias Snakepit.Telemetry.Test.PythonWorker
+  alias Snakepit.Telemetry.Test.{Proto, PythonWorker}
 
   import Snakepit.Telemetry.Test.Streams
 
@@ -72,6 +72,44 @@ defmodule Snakepit.Telemetry.EventBatchTest do
     assert {:done, []} = Native.take_events(batch)
     assert :ok = Native.ack(batch)
     wait_until(fn -> stream(id).emitted == 3 end)
+  end
+
+  test "a fixed key held as a binary (the catalog lacks it) wins over the worker's key of that name",
+       %{worker: worker, id: registered} do
+    # A runtime of its own, with this process as its receiver and a catalog without
+    # `timestamp_ns` and `correlation_id`: those two fixed keys are binaries in its events.
+    # The worker serves one telemetry stream: the application's lets go of it first.
+    :ok = GrpcStream.unregister_worker(registered)
+    config = Snakepit.Telemetry.Config.load!()
+    options = GrpcStream.runtime_options(config)
+    catalog = options.catalog
+    fixed = ~w(timestamp_ns correlation_id)a
+    catalog = %{catalog | metadata_keys: Enum.reject(catalog.metadata_keys, &(&1 in fixed))}
+    options = %{options | catalog: catalog, partitions: 1} |> Map.put(:node, node())
+    {:ok, runtime} = Native.start([self()], options)
+    on_exit(fn -> Native.stop(runtime) end)
+    settings = Snakepit.Telemetry.Settings.to_native(Snakepit.Telemetry.Settings.new(config))
+    id = "binary-fixed-#{System.unique_integer([:positive])}"
+
+    {:ok, _generation} =
+      Native.register_worker(runtime, id, worker.endpoint, [], settings, nil, 0)
+
+    bytes =
+      Proto.event(
+        "tool.execution.stop",
+        %{duration: 1},
+        %{"timestamp_ns" => "forged", "correlation_id" => "forged", "tool" => "t"},
+        timestamp_ns: 1_234,
+        correlation_id: "real"
+      )
+
+    PythonWorker.run(worker, %{"op" => "raw_hex", "hex" => Proto.hex(bytes)})
+    [{:done, [{_event, _measurements, metadata}]}] = take_batches(id, 1, [])
+
+    assert metadata["timestamp_ns"] == 1_234
+    assert metadata["correlation_id"] == "real"
+    assert metadata[:tool] == "t"
+    refute Map.has_key?(metadata, :timestamp_ns)
   end
 
   # Takes batches of `id` until `left` events came, acknowledging each; every call's answer
