@@ -36,6 +36,9 @@ defmodule Snakepit.Telemetry.EventBatchTest do
       "count" => @events
     })
 
+    # Nothing is taken until every event is in the NIF: one batch in flight at most, so the
+    # rest wait in the buffer and leave as one large batch, however they came on the wire.
+    wait_until(fn -> stream(id).received >= @events end)
     calls = take_batches(id, @events, [])
     events = calls |> Enum.flat_map(fn {_more, events} -> events end)
 
@@ -93,6 +96,11 @@ defmodule Snakepit.Telemetry.EventBatchTest do
 
     {:ok, _generation} =
       Native.register_worker(runtime, id, worker.endpoint, [], settings, nil, 0)
+
+    # The event is sent once this runtime's stream is open, not on the one being closed.
+    wait_until(fn ->
+      Enum.any?(Native.stream_info(runtime), &(&1.worker_id == id and &1.status == :connected))
+    end)
 
     bytes =
       Proto.event(
