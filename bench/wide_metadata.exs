@@ -83,22 +83,12 @@ defmodule Bench.WideMetadata do
       :erlang.system_monitor(self(), [{:long_schedule, 1}])
       times = take_timed(id, events, deadline, [])
       :erlang.system_monitor(:undefined)
-      {times, own_long_schedules(self())}
+      {times, for(info <- BenchStats.long_schedules(self()), do: info[:timeout])}
     after
       :erlang.system_monitor(:undefined)
       GrpcStream.unregister_worker(id)
       Native.set_receiver(runtime, partition, Process.whereis(Dispatcher.name(partition)))
       PythonWorker.stop(worker)
-    end
-  end
-
-  # The durations (ms) of this process's `long_schedule` reports; others' are dropped.
-  defp own_long_schedules(me) do
-    receive do
-      {:monitor, ^me, :long_schedule, info} -> [info[:timeout] | own_long_schedules(me)]
-      {:monitor, _pid, :long_schedule, _info} -> own_long_schedules(me)
-    after
-      0 -> []
     end
   end
 

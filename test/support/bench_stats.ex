@@ -32,6 +32,19 @@ defmodule Snakepit.Telemetry.Test.BenchStats do
     end
   end
 
+  @doc """
+  The `long_schedule` reports of `pid` in the mailbox (their info lists, oldest first); the
+  others' are taken out of it too, and dropped.
+  """
+  def long_schedules(pid) do
+    receive do
+      {:monitor, ^pid, :long_schedule, info} -> [info | long_schedules(pid)]
+      {:monitor, _other, :long_schedule, _info} -> long_schedules(pid)
+    after
+      0 -> []
+    end
+  end
+
   @doc "The `key=integer` fields of a `count_stream` result line, as a map."
   def count_stream_fields(line) do
     for [k, v] <- Regex.scan(~r/(\w+)=(\d+)/, line, capture: :all_but_first), into: %{} do

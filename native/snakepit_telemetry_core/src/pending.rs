@@ -173,6 +173,11 @@ mod tests {
         record
     }
 
+    /// Bounds that only `max_batch` reaches.
+    fn batches_of(max_batch: usize) -> BufferLimits {
+        BufferLimits { max_buffer: 64, max_buffer_bytes: 1 << 20, max_batch, max_batch_bytes: 1 << 20 }
+    }
+
     fn sent(pending: &mut Pending) -> Vec<i64> {
         pending.take_batch().iter().map(|r| r.timestamp_ns).collect()
     }
@@ -229,13 +234,7 @@ mod tests {
 
     #[test]
     fn a_batch_put_back_keeps_its_place() {
-        let limits = BufferLimits {
-            max_buffer: 64,
-            max_buffer_bytes: 1 << 20,
-            max_batch: 3,
-            max_batch_bytes: 1 << 20,
-        };
-        let mut pending = Pending::new(limits);
+        let mut pending = Pending::new(batches_of(3));
         for n in 0..5 {
             pending.push(numbered(n, 10)).expect("room");
         }
@@ -249,13 +248,7 @@ mod tests {
 
     #[test]
     fn retain_and_clear_keep_the_counts_right() {
-        let limits = BufferLimits {
-            max_buffer: 64,
-            max_buffer_bytes: 1 << 20,
-            max_batch: 2,
-            max_batch_bytes: 1 << 20,
-        };
-        let mut pending = Pending::new(limits);
+        let mut pending = Pending::new(batches_of(2));
         for n in 0..7 {
             pending.push(numbered(n, 10 + n as usize)).expect("room");
         }

@@ -145,7 +145,7 @@ impl TermEncoder {
     ) -> (Term<'a>, usize) {
         let shared = SharedTerms::new(env, self, worker);
         let mut names: Vec<Option<Term<'a>>> = vec![None; self.catalog.events().len()];
-        // Key and value lists reused by every map of the batch.
+        // Key and value lists reused by every map of the chunk.
         let mut scratch = Scratch::new(self.catalog.names().len());
         let mut list: Vec<Term<'a>> = Vec::with_capacity(records.len());
         let mut previous: Option<Previous<'a, '_>> = None;
