@@ -40,6 +40,13 @@
 #   * busy: all schedulers' busy time (`:scheduler_wall_time`) over wall time, in
 #     schedulers (each Dispatcher is one process: at most 1.0 each), and, in brackets, the
 #     Dispatchers' share of all reductions in the run (how much of that busy time is theirs).
+#   * cores busy: the whole machine's busy CPU time (/proc/stat) over the run's wall time, in
+#     cores (of `logical_processors`), and in brackets what the hypervisor stole;
+#   * all cores: the rate the run's CPU per event (python + client + schedulers) would give
+#     if every core did nothing else, and its ratio to the bare client's median rate. For
+#     the full path this is its ceiling on this machine: when it is under 0.95 of the bare
+#     client, no scheduling of the same work can reach 95 % of it; when it is over, the
+#     gap is cores left idle.
 #
 # A run whose stream fails (`count_stream` exits non-zero, or a NIF stream closes early) is
 # printed as FAILED and left out of the medians. Every run is bounded by `--timeout-s` (the
@@ -159,6 +166,7 @@ defmodule Bench.StreamThroughput do
         Enum.map(pool, & &1.worker.endpoint)
 
     python_before = python_ticks(pool)
+    machine_before = OsStats.machine_ticks()
 
     case System.cmd(opts[:count_stream], args, stderr_to_stdout: true) do
       {"count_stream " <> _ = line, 0} ->
@@ -169,7 +177,8 @@ defmodule Bench.StreamThroughput do
            events: events,
            wall_ns: fields["elapsed_ns"],
            client_cpu_ns: fields["cpu_ns"],
-           python_ticks: python_ticks(pool) - python_before
+           python_ticks: python_ticks(pool) - python_before,
+           machine: machine_diff(machine_before, OsStats.machine_ticks())
          }}
 
       # A stream that fails is a result too (the run is left out of the medians).
@@ -277,7 +286,8 @@ defmodule Bench.StreamThroughput do
       sched: Enum.sort(:erlang.statistics(:scheduler_wall_time)),
       reductions: total,
       dispatcher_reductions: dispatcher,
-      python_ticks: python_ticks(pool)
+      python_ticks: python_ticks(pool),
+      machine: OsStats.machine_ticks()
     }
   end
 
@@ -295,9 +305,31 @@ defmodule Bench.StreamThroughput do
       scheduler_busy: Enum.sum(busy),
       dispatcher_share:
         (b.dispatcher_reductions - a.dispatcher_reductions) / max(b.reductions - a.reductions, 1),
-      python_ticks: b.python_ticks - a.python_ticks
+      python_ticks: b.python_ticks - a.python_ticks,
+      machine: machine_diff(a.machine, b.machine)
     }
   end
+
+  # Cores busy and cores stolen by the hypervisor over a run: the machine's busy (and steal)
+  # ticks over all its ticks, times its CPUs.
+  defp machine_diff(a, b) do
+    total = max(b.total - a.total, 1)
+    cpus = :erlang.system_info(:logical_processors)
+
+    %{
+      cores_busy: (b.busy - a.busy) / total * cpus,
+      cores_stolen: (b.steal - a.steal) / total * cpus
+    }
+  end
+
+  # The run's CPU per event in all (worker, client or NIF, schedulers), in ns, and the rate
+  # that CPU would allow if every core did nothing else: what the run could reach on this
+  # machine were no core ever idle.
+  defp cpu_ns_per_event(r),
+    do: (r.python_cpu_ns + r.client_cpu_ns + Map.get(r, :scheduler_cpu_ns, 0)) / r.events
+
+  defp all_cores_rate(r),
+    do: :erlang.system_info(:logical_processors) * 1.0e9 / cpu_ns_per_event(r)
 
   # utime + stime of the worker processes in clock ticks (includes exited threads).
   defp python_ticks(pool), do: OsStats.cpu_ticks(for %{os_pid: pid} <- pool, do: pid)
@@ -330,14 +362,16 @@ defmodule Bench.StreamThroughput do
 
   defp format_common(r) do
     "#{round(rate(r))} events/s, python #{fmt(per_event_us(r.python_cpu_ns, r))} µs/ev, " <>
-      "client #{fmt(per_event_us(r.client_cpu_ns, r))} µs/ev"
+      "client #{fmt(per_event_us(r.client_cpu_ns, r))} µs/ev, cores busy " <>
+      "#{fmt(r.machine.cores_busy)} (stolen #{fmt(r.machine.cores_stolen)}), all cores " <>
+      "#{round(all_cores_rate(r))} events/s"
   end
 
   defp print_table(cases, results) do
     IO.puts("""
 
-    | case | events/s median (min–max) | full / bare | Python CPU µs/ev | client CPU µs/ev | scheduler CPU µs/ev | schedulers busy (Dispatcher % of red.) | NIF drops median (max) |
-    |---|---|---|---|---|---|---|---|\
+    | case | events/s median (min–max) | full / bare | Python CPU µs/ev | client CPU µs/ev | scheduler CPU µs/ev | schedulers busy (Dispatcher % of red.) | NIF drops median (max) | cores busy (stolen) | all cores: events/s (/ bare) |
+    |---|---|---|---|---|---|---|---|---|---|\
     """)
 
     for {_kind, workers} = c <- cases do
@@ -362,9 +396,16 @@ defmodule Bench.StreamThroughput do
       fmt(med.(&per_event_us(&1.client_cpu_ns, &1)))
     ]
 
+    all_cores = med.(&all_cores_rate/1)
+
+    machine = [
+      "#{fmt(med.(& &1.machine.cores_busy))} (#{fmt(med.(& &1.machine.cores_stolen))})",
+      "#{round(all_cores)} (#{ratio(all_cores, bare_rates)})"
+    ]
+
     case kind do
       :bare ->
-        common ++ ["–", "–", "–"]
+        common ++ ["–", "–", "–"] ++ machine
 
       :full ->
         drops = Enum.map(rs, & &1.nif_dropped)
@@ -374,7 +415,7 @@ defmodule Bench.StreamThroughput do
             fmt(med.(&per_event_us(&1.scheduler_cpu_ns, &1))),
             "#{fmt(med.(& &1.scheduler_busy))} (#{round(med.(& &1.dispatcher_share) * 100)}%)",
             "#{round(median(drops))} (#{Enum.max(drops)})"
-          ]
+          ] ++ machine
     end
   end
 

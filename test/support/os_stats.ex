@@ -38,6 +38,28 @@ defmodule Snakepit.Telemetry.Test.OsStats do
     )
   end
 
+  @doc """
+  The whole machine's CPU time so far, from the first line of /proc/stat, in clock ticks
+  summed over all CPUs: `busy` (user, nice, system, irq, softirq), `steal` (time the
+  hypervisor ran something else on our virtual CPUs) and `total` (those and idle, iowait).
+  """
+  @spec machine_ticks() :: %{
+          busy: non_neg_integer(),
+          steal: non_neg_integer(),
+          total: non_neg_integer()
+        }
+  def machine_ticks do
+    ["cpu" | fields] =
+      "/proc/stat" |> File.read!() |> String.split("\n", parts: 2) |> hd() |> String.split()
+
+    # user nice system idle iowait irq softirq steal (guest time is already in user and nice)
+    [user, nice, system, idle, iowait, irq, softirq, steal | _] =
+      Enum.map(fields, &String.to_integer/1)
+
+    busy = user + nice + system + irq + softirq
+    %{busy: busy, steal: steal, total: busy + steal + idle + iowait}
+  end
+
   @doc "Clock ticks per second (`getconf CLK_TCK`), the unit of `cpu_ticks/1`."
   @spec clock_ticks_per_second() :: pos_integer()
   def clock_ticks_per_second do
