@@ -17,7 +17,7 @@ defmodule Snakepit.Telemetry.ConfigTest do
              excluded_events: [],
              grpc_stream: true,
              events: [],
-             max_batch_size: 256,
+             max_batch_size: 1024,
              max_in_flight_batches: 4,
              # Resolved at load: one Dispatcher per scheduler, NIF threads for half of them.
              dispatchers: System.schedulers_online(),
