@@ -11,6 +11,9 @@ DROP_REASONS: list[str]
 def encode_record(
     measurement_value: Callable[[object], object], record: tuple[object, ...], /
 ) -> bytes: ...
+def pack_bytes(
+    buffer: deque[object], count: int, total: int, max_events: int, max_bytes: int, /
+) -> tuple[bytes, int, int, int, bool]: ...
 
 class StreamProducer:
     def __init__(

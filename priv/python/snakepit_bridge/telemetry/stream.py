@@ -151,6 +151,21 @@ _ONE_BYTE_ENTRY_PREFIX: Final = tuple(bytes((_BATCH_TAG, size)) for size in rang
 
 _Out = TypeVar("_Out")
 
+PackBytes = Callable[[deque[BufferEntry], int, int, int, int], tuple[bytes, int, int, int, bool]]
+
+
+def _native_pack_bytes() -> PackBytes | None:
+    """``_wire.pack_bytes`` when streams use the native producer (whose entries are bytes)."""
+    if not NATIVE_PRODUCER:
+        return None
+    from snakepit_bridge.telemetry import _wire  # noqa: PLC0415 - optional extension
+
+    return getattr(_wire, "pack_bytes", None)  # None in an extension built from older sources
+
+
+_PACK_BYTES: Final = _native_pack_bytes()
+"""The native inner loop of batch packing, or None (see ``TelemetryStream._pack_buffered``)."""
+
 
 def serialize_entry(entry: BufferEntry) -> bytes:
     """The wire bytes of a buffered entry.
@@ -572,14 +587,30 @@ class TelemetryStream:
     def _pack_buffered(
         self, parts: list[bytes], count: int, total: int, max_events: int, max_bytes: int
     ) -> int:
-        """Append buffered events to ``parts`` (framed) while they fit; return the count."""
+        """Append buffered events to ``parts`` (framed) while they fit; return the count.
+
+        Runs of entries that are bytes (all of them, with the native producer) are framed
+        by ``_wire.pack_bytes`` when it is built, into one part, by the same rules as the
+        loop below, which handles records (and everything without the extension).
+        """
         append = parts.append
         buffer = self._buffer
         one_byte = _ONE_BYTE_ENTRY_PREFIX
         popleft = buffer.popleft
         encode = self._encode
+        pack_bytes = _PACK_BYTES
         charged = 0
         while count < max_events and buffer:
+            if pack_bytes is not None:
+                packed, count, total, taken, full = pack_bytes(
+                    buffer, count, total, max_events, max_bytes
+                )
+                if packed:
+                    append(packed)
+                    charged += taken
+                if full or not buffer:
+                    break
+                # The front entry is a record: serialized below.
             item = popleft()
             charged += entry_charge(item)
             message = encode(item)
