@@ -18,8 +18,9 @@ defmodule Snakepit.Telemetry.Dispatcher do
   for any other event.
 
   If one crashes or is killed, it is restarted and registers itself with the NIF again;
-  events of the batches that were in its mailbox are counted as `:undeliverable`, and the
-  streams go on. Stream and connection events of its workers are not lost: those that happen
+  events of the batches that were in its mailbox are counted as `:undeliverable` (of the
+  batch it was running, those from the chunk it was on: the earlier chunks' handlers ran
+  and count as emitted), and the streams go on. Stream and connection events of its workers are not lost: those that happen
   while it is down wait in the NIF, and those that were in its mailbox come back (each
   travels with a ticket it acknowledges), and its successor gets them in order.
 

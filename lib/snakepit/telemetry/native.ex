@@ -14,7 +14,9 @@ defmodule Snakepit.Telemetry.Native do
       `take_events(batch)` for the events, as terms made on its own heap: `{:more, events}`
       (call again: one call makes terms for at most about 200 µs) or `{:done, events}`, each
       event `{event, measurements, metadata}`. Then it calls `ack(batch)` once it has run
-      the handlers (a batch dropped unacknowledged counts its events as `:undeliverable`).
+      the handlers. A batch dropped unacknowledged counts as emitted the events of the
+      chunks taken before the last call (asking for more says their handlers ran) and the
+      rest as `:undeliverable`.
       `measurements` and `metadata` are maps.
     * `{:snakepit_telemetry_stream, worker_id, generation, status, sent, ticket}` with `status`
       `{:opened, :established | {:reconnected, downtime_ms, attempts}}`,

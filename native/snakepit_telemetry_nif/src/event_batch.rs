@@ -63,9 +63,16 @@ impl EventBatch {
 
     /// `{:more, events}` or `{:done, events}`: terms for the next records, in order, made in
     /// the caller's env for at most about [`CHUNK_TIME`]. After `:done`, `{:done, []}`.
+    ///
+    /// A call after `{:more, _}` confirms that the handlers of every event handed out before
+    /// ran (the receiver runs a chunk's handlers before it asks for the next): should the
+    /// batch then die unacknowledged, those count as emitted, not `undeliverable`.
     pub fn take_events<'a>(&self, env: Env<'a>) -> Term<'a> {
         let mut unread = self.unread.lock().unwrap_or_else(PoisonError::into_inner);
         let Unread { records, next } = &mut *unread;
+        if !records.is_empty() {
+            self.ticket.confirm(*next);
+        }
         let mut budget = Budget::new();
         let rest = records.get(*next..).unwrap_or_default();
         let (events, made) = self.encoder.encode_events(env, &self.worker, rest, |r| budget.allows(r));

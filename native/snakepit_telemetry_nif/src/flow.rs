@@ -5,10 +5,12 @@
 //! [`BatchTicket`] (inside its `EventBatch` resource); the receiver acknowledges it
 //! (`Native.ack/1`) after its handlers ran, which counts the batch's events as emitted and
 //! frees a slot. A ticket that dies unacknowledged (the receiving process was killed with the
-//! batch in its mailbox, or while its handlers ran) counts them as `undeliverable` and frees
-//! the slot all the same, so no crash can leak credit or lose an event uncounted.
+//! batch in its mailbox, or while its handlers ran) counts as emitted the events its
+//! receiver confirmed (`confirm`: those of the chunks it took before the last one, whose
+//! handlers ran before it asked for more) and the rest as `undeliverable`, and frees the slot
+//! all the same, so no crash can leak credit or lose an event uncounted.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use snakepit_telemetry_core::counters::DropReason;
@@ -51,13 +53,21 @@ pub struct BatchTicket {
     credit: Arc<FlowCredit>,
     state: Arc<StreamState>,
     events: u64,
+    /// Events whose handlers ran, as far as the receiver has told (`confirm`).
+    confirmed: AtomicU64,
     settled: AtomicBool,
 }
 
 impl BatchTicket {
     /// A ticket for `events` events; the caller has acquired a slot of `credit`.
     pub fn new(credit: Arc<FlowCredit>, state: Arc<StreamState>, events: usize) -> BatchTicket {
-        BatchTicket { credit, state, events: events as u64, settled: AtomicBool::new(false) }
+        BatchTicket {
+            credit,
+            state,
+            events: events as u64,
+            confirmed: AtomicU64::new(0),
+            settled: AtomicBool::new(false),
+        }
     }
 
     fn settle(&self) -> bool {
@@ -72,6 +82,13 @@ impl BatchTicket {
         }
     }
 
+    /// The handlers of the batch's first `events` events ran (the receiver asked for the
+    /// events after them). Counts only if the batch then dies unacknowledged; never lowers
+    /// an earlier confirmation.
+    pub fn confirm(&self, events: usize) {
+        self.confirmed.fetch_max((events as u64).min(self.events), Ordering::AcqRel);
+    }
+
     /// The batch was never sent (the receiver was gone): its events stay buffered.
     pub fn cancel(&self) {
         if self.settle() {
@@ -83,7 +100,13 @@ impl BatchTicket {
 impl Drop for BatchTicket {
     fn drop(&mut self) {
         if self.settle() {
-            self.state.counters.add_dropped(DropReason::Undeliverable, self.events);
+            let confirmed = self.confirmed.load(Ordering::Acquire);
+            if confirmed > 0 {
+                self.state.counters.add_emitted(confirmed);
+            }
+            if self.events > confirmed {
+                self.state.counters.add_dropped(DropReason::Undeliverable, self.events - confirmed);
+            }
             self.credit.release();
         }
     }

@@ -61,6 +61,55 @@ defmodule Snakepit.Telemetry.EventBatchTest do
     assert stream(id).dropped |> Map.values() |> Enum.sum() == 0
   end
 
+  test "a receiver that dies mid-batch: the chunks it asked past count as emitted, the rest as :undeliverable",
+       %{worker: worker, id: id} do
+    # A receiver of its own, which acknowledges whole batches until it gets one of several
+    # calls; of that one it takes two chunks and dies without acknowledging: it ran the
+    # first chunk's handlers (it asked for more), not the second's.
+    test = self()
+
+    receiver =
+      spawn(fn ->
+        receive do
+          :go -> die_in_second_chunk(id, test, 0)
+        end
+      end)
+
+    partition = Dispatcher.partition(id)
+    {:ok, :ok} = Native.set_receiver(GrpcStream.runtime(), partition, receiver)
+
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 5},
+      "wide" => 120,
+      "count" => @events
+    })
+
+    # Every event in the NIF first, so that after a first batch the rest leave as one.
+    wait_until(fn -> stream(id).received >= @events end)
+    ref = Process.monitor(receiver)
+    send(receiver, :go)
+    assert_receive {:took, acked, first_chunk, second_chunk}, @timeout
+    assert_receive {:DOWN, ^ref, :process, _, _}, @timeout
+    assert first_chunk > 0 and second_chunk > 0
+
+    # The rest of the batch and whatever followed, taken here.
+    {:ok, :ok} = Native.set_receiver(GrpcStream.runtime(), partition, self())
+    undeliverable_at_least = second_chunk
+    wait_until(fn -> Map.get(stream(id).dropped, :undeliverable, 0) >= undeliverable_at_least end)
+    undeliverable = stream(id).dropped.undeliverable
+    after_death = @events - acked - first_chunk - undeliverable
+    seen = take_batches(id, after_death, []) |> Enum.flat_map(fn {_, events} -> events end)
+    assert length(seen) == after_death
+
+    # Handlers ran for acked + first_chunk + after_death events: exactly what is emitted.
+    wait_until(fn -> stream(id).emitted == acked + first_chunk + after_death end)
+    assert stream(id).emitted + undeliverable == @events
+    assert undeliverable >= second_chunk
+    assert stream(id).dropped |> Map.delete(:undeliverable) |> Map.values() |> Enum.sum() == 0
+  end
+
   test "a batch taken whole answers {:done, []} after", %{worker: worker, id: id} do
     PythonWorker.run(worker, %{
       "op" => "emit",
@@ -137,6 +186,29 @@ defmodule Snakepit.Telemetry.EventBatchTest do
         take_batches(id, left, calls)
     after
       @timeout -> flunk("#{left} events did not come")
+    end
+  end
+
+  # Acknowledges whole batches of `id` (counting their events) until one needs more than one
+  # call; takes two calls of that one, reports, and returns (the process then ends).
+  defp die_in_second_chunk(id, test, acked) do
+    receive do
+      {:snakepit_telemetry_batch, batch, ^id, _generation, _node} ->
+        case Native.take_events(batch) do
+          {:done, events} ->
+            :ok = Native.ack(batch)
+            die_in_second_chunk(id, test, acked + length(events))
+
+          {:more, first} ->
+            {_more_or_done, second} = Native.take_events(batch)
+            send(test, {:took, acked, length(first), length(second)})
+        end
+
+      {:snakepit_telemetry_stream, _, _, _, _, ticket} ->
+        Native.ack_status(ticket)
+        die_in_second_chunk(id, test, acked)
+    after
+      @timeout -> send(test, {:gave_up, acked})
     end
   end
 
