@@ -151,10 +151,10 @@ _ONE_BYTE_ENTRY_PREFIX: Final = tuple(bytes((_BATCH_TAG, size)) for size in rang
 
 _Out = TypeVar("_Out")
 
-PackBytes = Callable[[deque[BufferEntry], int, int, int, int], tuple[bytes, int, int, int, bool]]
+_PackBytes = Callable[[deque[BufferEntry], int, int, int, int], tuple[bytes, int, int, int, bool]]
 
 
-def _native_pack_bytes() -> PackBytes | None:
+def _native_pack_bytes() -> _PackBytes | None:
     """``_wire.pack_bytes`` when streams use the native producer (whose entries are bytes)."""
     if not NATIVE_PRODUCER:
         return None
