@@ -26,19 +26,7 @@ defmodule Snakepit.Telemetry.EventBatchTest do
     worker: worker,
     id: id
   } do
-    # 120 metadata keys: hash maps, made whole for the first event of each call and as
-    # updates after it; 1,000 of them still take several calls.
-    PythonWorker.run(worker, %{
-      "op" => "emit",
-      "event" => "tool.execution.stop",
-      "measurements" => %{"duration" => 5},
-      "wide" => 120,
-      "count" => @events
-    })
-
-    # Nothing is taken until every event is in the NIF: one batch in flight at most, so the
-    # rest wait in the buffer and leave as one large batch, however they came on the wire.
-    wait_until(fn -> stream(id).received >= @events end)
+    emit_wide_into_nif(worker, id)
     calls = take_batches(id, @events, [])
     events = calls |> Enum.flat_map(fn {_more, events} -> events end)
 
@@ -78,16 +66,7 @@ defmodule Snakepit.Telemetry.EventBatchTest do
     partition = Dispatcher.partition(id)
     {:ok, :ok} = Native.set_receiver(GrpcStream.runtime(), partition, receiver)
 
-    PythonWorker.run(worker, %{
-      "op" => "emit",
-      "event" => "tool.execution.stop",
-      "measurements" => %{"duration" => 5},
-      "wide" => 120,
-      "count" => @events
-    })
-
-    # Every event in the NIF first, so that after a first batch the rest leave as one.
-    wait_until(fn -> stream(id).received >= @events end)
+    emit_wide_into_nif(worker, id)
     ref = Process.monitor(receiver)
     send(receiver, :go)
     assert_receive {:took, acked, first_chunk, second_chunk}, @timeout
@@ -167,6 +146,23 @@ defmodule Snakepit.Telemetry.EventBatchTest do
     assert metadata["correlation_id"] == "real"
     assert metadata[:tool] == "t"
     refute Map.has_key?(metadata, :timestamp_ns)
+  end
+
+  # Has the worker emit @events events of 120 metadata keys (hash maps, made whole for the
+  # first event of each call and as updates after it: 1,000 of them take several calls) and
+  # waits until the NIF has all of them. Nothing is taken before: with one batch in flight
+  # at most, the rest wait in the buffer and leave as one large batch, however they came on
+  # the wire.
+  defp emit_wide_into_nif(worker, id) do
+    PythonWorker.run(worker, %{
+      "op" => "emit",
+      "event" => "tool.execution.stop",
+      "measurements" => %{"duration" => 5},
+      "wide" => 120,
+      "count" => @events
+    })
+
+    wait_until(fn -> stream(id).received >= @events end)
   end
 
   # Takes batches of `id` until `left` events came, acknowledging each; every call's answer
