@@ -4,6 +4,7 @@
 //! ```text
 //! cargo build --release --example count_stream -p snakepit_telemetry_core
 //! target/release/examples/count_stream --count 100000 [--timeout-ms 120000] [--batched] 127.0.0.1:PORT [...]
+//! target/release/examples/count_stream --until-end [--batched] 127.0.0.1:PORT [...]
 //! ```
 //!
 //! With `--batched` it opens StreamTelemetryBatched and counts the events in each message
@@ -12,13 +13,19 @@
 //! All streams are read concurrently (on a tokio multi-thread runtime with one thread per
 //! core), each until it has delivered `--count` messages. No control message is sent and no
 //! message is decoded: this is the least any client of the Python worker's gRPC server does.
+//! With `--until-end` (and no `--count`) each stream is read until the worker ends the call
+//! with status OK (`bench/tool_throughput.exs` closes the worker's stream when its tool is
+//! done), and the line `count_stream open` is printed (and flushed) once every stream is
+//! open, so that a caller can start the worker's tool only then.
+//!
 //! On success it prints one line and exits 0:
 //!
 //! ```text
 //! count_stream streams=S events=E elapsed_ns=T cpu_ns=C
 //! ```
 //!
-//! `elapsed_ns` runs from just before the first connect until the last stream has its count;
+//! `elapsed_ns` runs from just before the first connect until the last stream has its count (or
+//! has ended, with `--until-end`);
 //! `cpu_ns` is the CPU time of this process's threads over the whole run (from
 //! `/proc/self/task/*/schedstat`, 0 where that is unavailable). A stream that fails or ends
 //! early, or the timeout passing, prints the reason on stderr and exits 1.
@@ -31,7 +38,8 @@ use snakepit_telemetry_core::client::{open_stream, Protocol, StreamEnd, WorkerAd
 use snakepit_telemetry_core::wire::Incoming;
 
 struct Args {
-    count: u64,
+    /// `None` with `--until-end`: read each stream until the worker ends it.
+    count: Option<u64>,
     timeout: Duration,
     protocol: Protocol,
     endpoints: Vec<WorkerAddress>,
@@ -42,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
     let mut timeout = Duration::from_secs(120);
     let mut endpoints = Vec::new();
     let mut protocol = Protocol::Single;
+    let mut until_end = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -52,20 +61,32 @@ fn parse_args() -> Result<Args, String> {
                 timeout = Duration::from_millis(ms);
             }
             "--batched" => protocol = Protocol::Batched,
+            "--until-end" => until_end = true,
             endpoint => {
                 endpoints.push(WorkerAddress::parse(endpoint).map_err(|e| format!("{endpoint}: {e}"))?)
             }
         }
     }
-    let count = count.filter(|&n| n > 0).ok_or("--count N (N > 0) is required")?;
+    let count = match (count, until_end) {
+        (None, true) => None,
+        (Some(n), false) if n > 0 => Some(n),
+        _ => return Err("give either --count N (N > 0) or --until-end".into()),
+    };
     if endpoints.is_empty() {
         return Err("give at least one endpoint (host:port)".into());
     }
     Ok(Args { count, timeout, protocol, endpoints })
 }
 
-/// Connects, opens the stream and counts messages until `count`. Returns how many arrived.
-async fn drain(address: WorkerAddress, protocol: Protocol, count: u64) -> Result<u64, String> {
+/// Connects, opens the stream and counts events until `count` (or, with `None`, until the
+/// worker ends the call with status OK); `opened` is told once the stream is open. Returns
+/// how many arrived.
+async fn drain(
+    address: WorkerAddress,
+    protocol: Protocol,
+    count: Option<u64>,
+    opened: std::sync::Arc<OpenStreams>,
+) -> Result<u64, String> {
     let channel = address.connect(std::time::Duration::from_secs(5)).await?;
     // Kept open and empty: the request stream stays up and carries nothing.
     let controls = futures_util::stream::pending();
@@ -73,20 +94,39 @@ async fn drain(address: WorkerAddress, protocol: Protocol, count: u64) -> Result
         .await
         .map_err(|e| format!("{e:?}"))?
         .events;
+    opened.one_more();
     let mut received = 0;
-    while received < count {
+    while count.is_none_or(|count| received < count) {
         match events.next().await {
             Ok(Incoming::Message(bytes)) if protocol == Protocol::Batched => {
                 received += batch::events(&bytes).map_err(|_| "a malformed batch")?.len() as u64
             }
             Ok(_message) => received += 1,
-            Err(StreamEnd::Closed) => {
-                return Err(format!("stream ended after {received} of {count} messages"))
-            }
+            Err(StreamEnd::Closed) => match count {
+                None => return Ok(received),
+                Some(count) => return Err(format!("stream ended after {received} of {count} messages")),
+            },
             Err(StreamEnd::Failed(status)) => return Err(format!("after {received} messages: {status}")),
         }
     }
     Ok(received)
+}
+
+/// Counts open streams and prints `count_stream open` when the last one opens.
+struct OpenStreams {
+    open: std::sync::atomic::AtomicUsize,
+    total: usize,
+}
+
+impl OpenStreams {
+    fn one_more(&self) {
+        use std::io::Write;
+        if self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1 == self.total {
+            let mut stdout = std::io::stdout().lock();
+            // A caller that is gone cannot be told; the count still follows.
+            let _ = writeln!(stdout, "count_stream open").and_then(|()| stdout.flush());
+        }
+    }
 }
 
 /// CPU time of all threads of this process so far, in nanoseconds.
@@ -111,9 +151,13 @@ fn main() -> ExitCode {
     let streams = args.endpoints.len();
     let cpu_before = process_cpu_ns();
     let started = Instant::now();
+    let opened = std::sync::Arc::new(OpenStreams { open: 0.into(), total: streams });
     let outcome = runtime.block_on(async {
-        let tasks: Vec<_> =
-            args.endpoints.into_iter().map(|a| tokio::spawn(drain(a, args.protocol, args.count))).collect();
+        let tasks: Vec<_> = args
+            .endpoints
+            .into_iter()
+            .map(|a| tokio::spawn(drain(a, args.protocol, args.count, opened.clone())))
+            .collect();
         tokio::time::timeout(args.timeout, async {
             let mut total = 0;
             for task in tasks {

@@ -292,6 +292,7 @@ def test_close_drains_in_batches_then_sends_the_final_drop_report() -> None:
     stats = stream.stats()
     assert stats.sent == 5
     assert stats.sent_batches == len(batches)
+    assert stats.sent_reports == 1
 
 
 # -- over gRPC ------------------------------------------------------------------------------

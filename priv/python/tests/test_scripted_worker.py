@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.message import DecodeError
-from stream_client import StreamClient, toggle, wait_until
+from stream_client import StreamClient, StreamEnded, toggle, wait_until
 from worker_process import WorkerProcess
 
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
@@ -213,3 +213,49 @@ def test_byte_bound_flags_are_honoured(start_scripted: StartScripted) -> None:
     assert stats["sent"] == 2
     assert stats["buffered_bytes"] == 0
     assert stats["controls_rejected"] == 0
+
+
+@pytest.mark.parametrize("kind", ["busy", "native"])
+def test_tool_runs_for_its_time_and_close_ends_the_call(
+    start_scripted: StartScripted, kind: str
+) -> None:
+    # What bench/tool_throughput.exs relies on: the tool's figures in stats, a close that
+    # drains the queue and ends the call with OK, and sent / sent_reports that match
+    # what the client got.
+    worker, client = start_scripted("--max-buffer", "64")
+    reply = _command(
+        worker,
+        op="tool",
+        id=1,
+        kind=kind,
+        seconds=0.2,
+        event="tool.execution.stop",
+        measurements={"duration": 1},
+        block_bytes=4096,
+    )
+    assert reply == "ACK 1"
+    assert _command(worker, op="close", id=2) == "ACK 2"
+    names: list[str] = []
+    while not isinstance(item := client.messages.get(timeout=10), StreamEnded):
+        names.append(_name(pb.TelemetryEvent.FromString(item)))
+    assert item.code == grpc.StatusCode.OK
+    stats = _stats(worker)
+    tool = stats["tool"]
+    assert isinstance(tool, dict)
+    assert tool["kind"] == kind
+    assert tool["seconds"] >= 0.2
+    assert tool["cpu_ns"] > 0
+    assert stats["emitted"] == tool["iterations"] > 0
+    assert stats["sent"] == len(names)
+    assert stats["sent_reports"] == names.count("telemetry.dropped")
+    assert names.count("tool.execution.stop") == stats["enqueued"]
+    if kind == "busy":
+        # Flat out into a queue of 64: most of it overflowed, and the close reported it.
+        assert stats["dropped_total"] > 0
+        assert stats["sent_reports"] >= 1
+
+
+def test_tool_rejects_an_unknown_kind(start_scripted: StartScripted) -> None:
+    worker, _ = start_scripted()
+    reply = _command(worker, op="tool", id=3, kind="lazy", seconds=1, event="a.b")
+    assert reply.startswith("ERROR 3 CommandError: kind must be busy or native")

@@ -192,6 +192,7 @@ def test_stats_to_dict_is_json_ready() -> None:
         "buffered_bytes": entry_charge(stream.buffer[0]),
         "sent": 0,
         "sent_batches": 0,
+        "sent_reports": 0,
         "dropped_total": 1,
         "dropped": {
             "disabled": 0,

@@ -18,6 +18,16 @@ Commands (``op``):
   ``seconds``: a background thread calls ``telemetry.emit`` at that pace (in bursts every
   10 ms, against a monotonic schedule, so it does not drift) for that long; acknowledged
   at once. ``paced_done`` in ``stats`` counts the finished ones.
+* ``tool``: ``kind`` (``busy`` or ``native``), ``seconds``, ``event``, ``measurements``,
+  ``metadata``, ``block_bytes`` (16384): runs a tool on the command thread for that long
+  and is acknowledged when it is done. ``busy`` calls ``telemetry.emit`` flat out in pure
+  Python (it holds the GIL but for the interpreter's switches); ``native`` hashes
+  ``block_bytes`` with SHA-256 (``hashlib`` releases the GIL for it) and emits one event
+  per block, as a tool doing its work in native code does. ``tool`` in ``stats`` gives the
+  last run's ``kind``, ``iterations`` (= events emitted), ``seconds`` and ``cpu_ns`` (the
+  tool thread's own CPU time).
+* ``close``: ends the stream gracefully (``TelemetryStream.close``): the sender drains
+  the buffer, sends the last drop report and ends the call with status OK.
 * ``span``: ``operation``, ``metadata``, ``correlation_id``, ``sleep_ms`` (0), ``raise``
   (false): runs ``telemetry.span``; with ``raise`` a ``RuntimeError("boom")`` is raised
   inside and swallowed after the span re-raised it.
@@ -41,6 +51,7 @@ leave out the capability header.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -136,9 +147,12 @@ class ScriptRunner:
         self._worker = worker
         self._paced_lock = threading.Lock()
         self._paced_done = 0
+        self._last_tool: dict[str, object] | None = None
         self._handlers: dict[str, Callable[[Command], None]] = {
             "emit": self._emit,
             "emit_paced": self._emit_paced,
+            "tool": self._tool,
+            "close": self._close,
             "span": self._span,
             "raw_hex": self._raw_hex,
             "bad_utf8": self._bad_utf8,
@@ -212,6 +226,43 @@ class ScriptRunner:
 
         threading.Thread(target=run, name="emit-paced", daemon=True).start()
 
+    def _tool(self, command: Command) -> None:
+        kind = str(command["kind"])
+        seconds = float(command["seconds"])
+        if kind not in ("busy", "native") or seconds <= 0:
+            raise CommandError("kind must be busy or native and seconds > 0")
+        event = str(command["event"])
+        measurements = command.get("measurements") or {}
+        metadata = command.get("metadata")
+        block = os.urandom(int(command.get("block_bytes", 16384)))
+        emit = telemetry.emit
+        monotonic = time.monotonic
+        sha256 = hashlib.sha256
+        iterations = 0
+        cpu_before = time.thread_time_ns()
+        started = monotonic()
+        deadline = started + seconds
+        if kind == "busy":
+            while monotonic() < deadline:
+                for _ in range(100):
+                    emit(event, measurements, metadata)
+                iterations += 100
+        else:
+            while monotonic() < deadline:
+                for _ in range(10):
+                    sha256(block)
+                    emit(event, measurements, metadata)
+                iterations += 10
+        self._last_tool = {
+            "kind": kind,
+            "iterations": iterations,
+            "seconds": monotonic() - started,
+            "cpu_ns": time.thread_time_ns() - cpu_before,
+        }
+
+    def _close(self, command: Command) -> None:
+        self.stream.close()
+
     def _span(self, command: Command) -> None:
         sleep_seconds = float(command.get("sleep_ms", 0)) / 1000.0
         should_raise = bool(command.get("raise", False))
@@ -264,6 +315,7 @@ class ScriptRunner:
         stats["controls_received"] = service.controls_received
         stats["controls_applied"] = service.controls_applied
         stats["api_dropped"] = telemetry.dropped_counts()
+        stats["tool"] = self._last_tool
         reply(f"STATS {json.dumps(stats, separators=(',', ':'))}")
 
     def _wait_sent(self, command: Command) -> None:

@@ -199,6 +199,8 @@ class StreamStats:
     ``StreamTelemetry`` message or many per ``StreamTelemetryBatched`` message."""
     sent_batches: int
     """``TelemetryEventBatch`` messages handed to a ``StreamTelemetryBatched`` call."""
+    sent_reports: int
+    """Drop reports (``telemetry.dropped`` events) among ``sent``."""
     dropped: Mapping[str, int]
     """Events not enqueued, by reason (see :data:`DROP_REASONS`)."""
     controls_rejected: int
@@ -223,6 +225,7 @@ class StreamStats:
             "buffered_bytes": self.buffered_bytes,
             "sent": self.sent,
             "sent_batches": self.sent_batches,
+            "sent_reports": self.sent_reports,
             "dropped_total": self.dropped_total,
             "dropped": dict(self.dropped),
             "controls_rejected": self.controls_rejected,
@@ -864,6 +867,7 @@ class TelemetryStream:
                 buffered_bytes=self.buffered_bytes,
                 sent=self._sent["events"].value,
                 sent_batches=self._sent["batches"].value,
+                sent_reports=self._sent["reports"].value,
                 dropped=self._producer.dropped_counts(),
                 controls_rejected=self._controls_rejected.value,
             )
