@@ -190,8 +190,8 @@ class TelemetryService:
             max_batch_bytes: most bytes of one serialized ``TelemetryEventBatch``,
                 framing included (>= 1); a single event larger than that goes alone.
             min_batch_interval: least seconds from one batch message to the next unless
-                a full batch is buffered (>= 0; 0 sends whenever anything is buffered; see
-                :mod:`snakepit_bridge.telemetry.stream`).
+                a full batch (or half the stream's bound) is buffered (>= 0; 0 sends
+                whenever anything is buffered; see :mod:`snakepit_bridge.telemetry.stream`).
             serve_batched: serve ``StreamTelemetryBatched`` (False: only
                 ``StreamTelemetry``, as Snakepit's own workers; clients fall back to it).
 
@@ -227,7 +227,10 @@ class TelemetryService:
 
     @property
     def min_batch_interval(self) -> float:
-        """Least seconds between batch messages unless a full batch is buffered."""
+        """Least seconds between batch messages unless a full batch is buffered.
+
+        Or half the stream's bound, whichever comes first.
+        """
         return self._min_batch_interval
 
     @property

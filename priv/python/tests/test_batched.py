@@ -176,6 +176,43 @@ def test_pacing_first_event_goes_at_once_the_next_waits_the_interval() -> None:
     assert stream.stats().sent_batches == 2
 
 
+def test_pacing_half_the_buffer_ends_the_wait_before_it_fills() -> None:
+    # A batch bound as large as the buffer's (the defaults: 8192 both) must not leave the
+    # wait to end only when the buffer is full, which dropped events while the consumer
+    # woke up: half the buffer ends it.
+    stream = TelemetryStream(max_buffer=8)
+    batches = stream.attach().batches(max_events=8, min_interval=30.0)
+    stream.emit("first", {})
+    assert _next_timed(batches)[0] == ["first"]
+    later = _emit_later(stream, 0.1, ["a", "b", "c", "d"])
+    names, waited = _next_timed(batches)
+    later.join()
+    assert names[:4] == ["a", "b", "c", "d"]
+    assert waited < 10.0
+    assert stream.stats().dropped_total == 0
+
+
+def test_pacing_half_the_byte_bound_ends_the_wait() -> None:
+    stream = TelemetryStream(max_buffer_bytes=4000)
+    batches = stream.attach().batches(max_events=1000, min_interval=30.0)
+    stream.emit("first", {})
+    assert _next_timed(batches)[0] == ["first"]
+    pad = {"tool": "z" * 900}
+
+    def emit_three() -> None:
+        for _ in range(3):
+            stream.emit("big", {}, pad)
+
+    later = threading.Timer(0.1, emit_three)
+    later.start()
+    names, waited = _next_timed(batches)
+    later.join()
+    # 3 events of about 900 bytes pass 2000 bytes, half the bound, long before 30 s.
+    assert names[:3] == ["big", "big", "big"]
+    assert waited < 10.0
+    assert stream.stats().dropped_total == 0
+
+
 def test_pacing_a_full_batch_or_close_ends_the_wait() -> None:
     stream = TelemetryStream()
     batches = stream.attach().batches(max_events=4, min_interval=30.0)

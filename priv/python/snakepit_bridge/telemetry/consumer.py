@@ -32,16 +32,18 @@ first, up to ``max_batch_events`` events (default 8192) and ``max_batch_bytes`` 
 ``x-snakepit-max-message-bytes``); an event whose own entry is larger than
 ``max_batch_bytes`` goes alone. The consumer never waits to fill a batch: a lone event
 leaves at once. It does pace messages: after one is sent, the next one waits until
-``min_batch_interval`` (default 200 ms) has passed since, unless a full batch (by count or
-by bytes) is buffered (or drop reports, or :meth:`TelemetryStream.close`, are waiting, or a
-control message changed the settings: :meth:`StreamConsumer.flush_soon`).
+``min_batch_interval`` (default 200 ms) has passed since, unless a full batch (by count
+or by bytes) or half the stream's bound (``max_buffer`` events or ``max_buffer_bytes``,
+so that the buffer never fills while the consumer wakes up) is buffered (or drop
+reports, or :meth:`TelemetryStream.close`, are waiting, or a control message changed the
+settings: :meth:`StreamConsumer.flush_soon`).
 Each message costs the gRPC server hundreds of µs of the worker's CPU whatever it carries,
 so a worker emitting 500 events/s in small bursts would otherwise spend tens of µs per
 event; paced, it sends at most 5 messages/s until it has full batches to send
 (``bench/RESULTS.md``). The first
 event after a quiet spell goes at once; an event during a busy spell waits at most the
-interval. While the consumer lingers like that, producers wake it only when a full batch is
-buffered (``lingering``, with the same ordering argument as ``waiting`` above).
+interval. While the consumer lingers like that, producers wake it only when a full batch (or
+half the bound) is buffered (``lingering``, with the same ordering argument as ``waiting`` above).
 
 A batch is the concatenation of the events' serialized bytes, each framed as field 1,
 length-delimited (``0x0A``, varint length, the event's bytes), so no batch message
@@ -106,9 +108,11 @@ class StreamConsumer:
         self.lingering = False
         """True while the consumer paces its next batch; producers wake it at a full batch."""
         self.full_batch = DEFAULT_MAX_BATCH_EVENTS
-        """Buffered events that end a linger (the count bound of :meth:`batches`)."""
+        """Buffered events that end a linger (the count bound of :meth:`batches`, or half
+        the stream's ``max_buffer`` if lower)."""
         self.full_batch_bytes = DEFAULT_MAX_BATCH_BYTES
-        """Buffered bytes that end a linger (the byte bound of :meth:`batches`)."""
+        """Buffered bytes that end a linger (the byte bound of :meth:`batches`, or half the
+        stream's ``max_buffer_bytes`` if lower)."""
         self.flush_requested = False
         """Set by :meth:`flush_soon`: the next batch goes without waiting out the interval."""
 
@@ -241,8 +245,11 @@ class StreamConsumer:
         monotonic = time.monotonic
         next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         reports: list[bytes] = []  # drop reports taken, not yet in a batch
-        self.full_batch = max_events
-        self.full_batch_bytes = max_bytes
+        # The wait ends at a full batch, or at half the buffer's bounds if that comes first:
+        # a wait that ended only with the buffer full (the default batch holds as many
+        # events as the default buffer) dropped what came while the consumer woke up.
+        self.full_batch = min(max_events, max(1, stream.max_buffer // 2))
+        self.full_batch_bytes = min(max_bytes, max(1, stream.max_buffer_bytes // 2))
         sent_at = -math.inf  # when the last batch went out
         try:
             while self.is_current:

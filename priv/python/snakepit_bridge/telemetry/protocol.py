@@ -98,8 +98,8 @@ about 106 k events/s, 8192 / 1 MiB about 186 k/s in the same run)."""
 
 DEFAULT_MIN_BATCH_INTERVAL: Final = 0.2
 """Default least time, in seconds, from one batch message to the next unless a full batch
-is buffered (see :mod:`snakepit_bridge.telemetry.consumer`); 0 sends whenever anything is
-buffered.
+(or half the stream's bound) is buffered (see :mod:`snakepit_bridge.telemetry.consumer`); 0
+sends whenever anything is buffered.
 
 Each message costs the sync gRPC server about 1-1.7 ms of the worker's CPU on this project's
 2-core machine whatever it carries (thread wake-ups, gRPC's Python layer). 100 workers at
