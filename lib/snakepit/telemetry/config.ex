@@ -70,6 +70,15 @@ defmodule Snakepit.Telemetry.Config do
     * `:max_in_flight_batches` (positive integer, default `4`) - most batches
       per stream sent to `Snakepit.Telemetry.Dispatcher` and not yet
       acknowledged; while that many are pending, the stream's buffer fills.
+    * `:min_batch_interval_us` (non-negative integer, microseconds, default `1000`) -
+      while the Dispatcher holds none of a stream's batches (it is idle, maybe asleep),
+      a batch that is not full (and with the buffer less than half full) leaves no
+      sooner than this long after the stream's previous batch. Events that come one per
+      gRPC message (Snakepit's `StreamTelemetry`) then wake a scheduler once per
+      interval rather than once per event. The first event after a quiet spell leaves
+      at once, a busy Dispatcher gets batches as soon as it can take them, and settings
+      that remove events (`toggle/2`, filters, sampling) apply to waiting ones too; the
+      cost is up to this much latency for an event. `0` sends every batch at once.
     * `:max_patterns` (positive integer, default `64`) - most patterns one
       worker's settings may hold, counting allow, deny and every pattern-scoped
       sampling rule; a control call beyond it returns
@@ -134,6 +143,7 @@ defmodule Snakepit.Telemetry.Config do
           events: [app_event()],
           max_batch_size: pos_integer(),
           max_in_flight_batches: pos_integer(),
+          min_batch_interval_us: non_neg_integer(),
           dispatchers: pos_integer() | nil,
           connect_timeout: pos_integer(),
           reconnect: [initial_ms: pos_integer(), max_ms: pos_integer()]
@@ -147,6 +157,7 @@ defmodule Snakepit.Telemetry.Config do
             events: [],
             max_batch_size: 1024,
             max_in_flight_batches: 4,
+            min_batch_interval_us: 1000,
             max_buffer_bytes: 4_194_304,
             max_event_bytes: 262_144,
             max_metadata_keys: 128,
@@ -166,6 +177,7 @@ defmodule Snakepit.Telemetry.Config do
     :events,
     :max_batch_size,
     :max_in_flight_batches,
+    :min_batch_interval_us,
     :max_buffer_bytes,
     :max_event_bytes,
     :max_metadata_keys,
@@ -186,7 +198,8 @@ defmodule Snakepit.Telemetry.Config do
                          :events,
                          :reconnect,
                          :dispatchers,
-                         :runtime_threads
+                         :runtime_threads,
+                         :min_batch_interval_us
                        ]
   @worker_names MapSet.new(Catalog.worker_events(), & &1.worker_name)
   @catalog_events MapSet.new(Catalog.events(), & &1.event)
@@ -300,6 +313,12 @@ defmodule Snakepit.Telemetry.Config do
     if is_integer(value) and value > 0,
       do: value,
       else: invalid!(key, value, "a positive integer")
+  end
+
+  defp validate!(:min_batch_interval_us, value) do
+    if is_integer(value) and value >= 0,
+      do: value,
+      else: invalid!(:min_batch_interval_us, value, "a non-negative integer (microseconds)")
   end
 
   defp validate!(:dispatchers, nil), do: System.schedulers_online()

@@ -455,6 +455,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
       max_event_bytes: config.max_event_bytes,
       max_metadata_keys: config.max_metadata_keys,
       max_in_flight_batches: config.max_in_flight_batches,
+      min_batch_interval_us: config.min_batch_interval_us,
       runtime_threads: config.runtime_threads,
       connect_timeout_ms: config.connect_timeout,
       reconnect_initial_ms: config.reconnect[:initial_ms],

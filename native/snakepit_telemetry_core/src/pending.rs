@@ -161,6 +161,18 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         self.events == 0
     }
+
+    /// True when a batch should not wait to grow: the next one taken would be full
+    /// (`max_batch_size` events or `max_batch_bytes`, or a later batch has begun behind it),
+    /// or half the buffer's bounds are used (so that it never fills while a batch waits).
+    pub fn is_batch_ready(&self) -> bool {
+        let Some(front) = self.batches.front() else { return false };
+        self.batches.len() > 1
+            || front.events.len() >= self.limits.max_batch
+            || front.bytes >= self.limits.max_batch_bytes
+            || self.events >= (self.limits.max_buffer / 2).max(1)
+            || self.bytes >= (self.limits.max_buffer_bytes / 2).max(1)
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +192,49 @@ mod tests {
 
     fn sent(pending: &mut Pending) -> Vec<i64> {
         pending.take_batch().iter().map(|r| r.timestamp_ns).collect()
+    }
+
+    #[test]
+    fn a_batch_is_ready_when_full_or_when_half_the_buffer_is_used() {
+        let mut pending = Pending::new(batches_of(3));
+        assert!(!pending.is_batch_ready(), "nothing buffered");
+        pending.push(numbered(0, 10)).expect("room");
+        pending.push(numbered(1, 10)).expect("room");
+        assert!(!pending.is_batch_ready(), "2 of 3");
+        pending.push(numbered(2, 10)).expect("room");
+        assert!(pending.is_batch_ready(), "3 of 3: full");
+        pending.push(numbered(3, 10)).expect("room");
+        assert_eq!(sent(&mut pending), [0, 1, 2]);
+        assert!(!pending.is_batch_ready(), "1 of 3 left");
+        // By bytes: a batch of 100 bytes at most.
+        let limits =
+            BufferLimits { max_buffer: 64, max_buffer_bytes: 1 << 20, max_batch: 64, max_batch_bytes: 100 };
+        let mut pending = Pending::new(limits);
+        pending.push(numbered(0, 60)).expect("room");
+        assert!(!pending.is_batch_ready());
+        pending.push(numbered(1, 60)).expect("room");
+        assert!(pending.is_batch_ready(), "the second event began a batch behind the first");
+        // Half the buffer's bounds, before any batch is full: 4 of 8 events, 500 of 1000 bytes.
+        let limits = BufferLimits {
+            max_buffer: 8,
+            max_buffer_bytes: 1 << 20,
+            max_batch: 64,
+            max_batch_bytes: 1 << 20,
+        };
+        let mut pending = Pending::new(limits);
+        for n in 0..3 {
+            pending.push(numbered(n, 10)).expect("room");
+        }
+        assert!(!pending.is_batch_ready(), "3 of 8");
+        pending.push(numbered(3, 10)).expect("room");
+        assert!(pending.is_batch_ready(), "4 of 8");
+        let limits =
+            BufferLimits { max_buffer: 64, max_buffer_bytes: 1000, max_batch: 64, max_batch_bytes: 1 << 20 };
+        let mut pending = Pending::new(limits);
+        pending.push(numbered(0, 499)).expect("room");
+        assert!(!pending.is_batch_ready(), "499 of 1000 bytes");
+        pending.push(numbered(1, 1)).expect("room");
+        assert!(pending.is_batch_ready(), "500 of 1000 bytes");
     }
 
     #[test]

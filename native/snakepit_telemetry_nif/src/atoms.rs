@@ -62,6 +62,7 @@ rustler::atoms! {
     max_event_bytes,
     max_metadata_keys,
     max_in_flight_batches,
+    min_batch_interval_us,
     runtime_threads,
     receivers,
     partition,

@@ -28,6 +28,11 @@ pub fn positive(options: Term, key: Atom) -> Result<usize, ApiError> {
     Ok(value)
 }
 
+/// A required option that must be a non-negative integer.
+pub fn non_negative(options: Term, key: Atom) -> Result<u64, ApiError> {
+    options.map_get(key).and_then(|v| v.decode()).map_err(|_| ApiError::InvalidOption(key))
+}
+
 /// The catalog Elixir read from the catalog file (plus the app events of the config):
 /// `%{measurement_keys: [{atom, native_time?}], metadata_keys: [atom],
 /// events: [{worker_name, [atom], [atom]}]}`. Returns it with the atom of every name.

@@ -41,6 +41,11 @@ impl FlowCredit {
         self.freed.notify_one();
     }
 
+    /// Batches sent and not yet acknowledged or cancelled.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
     /// Waits until a slot may have been freed. A release that happens before this is awaited
     /// is not lost (`Notify` keeps one permit).
     pub async fn freed(&self) {

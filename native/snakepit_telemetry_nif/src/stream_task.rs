@@ -11,7 +11,13 @@
 //!
 //! Batches form by themselves: after a wake-up the task takes every message that is already
 //! there (up to a batch) before sending, and while the receiver holds `max_in_flight` batches
-//! the buffer fills. Nothing waits on a timer, so an idle receiver gets each event at once.
+//! the buffer fills. A batch never waits to fill while the receiver holds one of this
+//! stream's batches, nor when it is full or the buffer half full. Only when the receiver has none (it is idle, and
+//! may be asleep) does a batch that is not full wait until `min_batch_interval` has passed
+//! since the previous one: events that come one per message (Snakepit's `StreamTelemetry`)
+//! then wake the receiver's scheduler once per interval, not once per event. The first event
+//! after a quiet spell leaves at once; a setting that removes events applies to the waiting
+//! ones too.
 //!
 //! The receiving process (`Snakepit.Telemetry.Dispatcher`) may be restarted: its pid is
 //! watched, and a batch it could not take stays buffered until the next one registers.
@@ -51,6 +57,8 @@ pub struct StreamLimits {
     pub buffer: BufferLimits,
     pub max_event_bytes: usize,
     pub max_in_flight: usize,
+    /// Zero: a batch leaves as soon as the receiver may take it.
+    pub min_batch_interval: Duration,
     pub event: EventLimits,
 }
 
@@ -142,6 +150,10 @@ struct Flow {
     blocked: bool,
     /// Events handed to a receiver on this stream.
     sent: u64,
+    /// When the last batch was sent.
+    last_batch_at: Option<Instant>,
+    /// A batch waits (`min_batch_interval`) until then; `flush` runs again at that time.
+    hold_until: Option<Instant>,
 }
 
 impl Flow {
@@ -265,6 +277,8 @@ impl StreamTask {
             statuses: StatusQueue::default(),
             blocked: false,
             sent: 0,
+            last_batch_at: None,
+            hold_until: None,
         };
         let mut backoff = Backoff { random: Sampler::new(sampler_seed(self.worker.generation)), streak: 0 };
         let mut transit = TransitLedger::default();
@@ -414,6 +428,7 @@ impl StreamTask {
                     Err(_) => Wake::Stop(CloseReason::Shutdown),
                 },
                 _ = flow.credit.freed(), if !flow.pending.is_empty() && !flow.blocked => Wake::Credit,
+                _ = sleep_until_some(flow.hold_until), if flow.hold_until.is_some() => Wake::Credit,
                 // A status message was acknowledged, or came back from a Dispatcher that died
                 // with it unread (then it is sent again).
                 _ = returned.changed() => Wake::Credit,
@@ -699,6 +714,10 @@ impl StreamTask {
         if !flow.send_statuses(receiver, &self.worker) {
             return;
         }
+        flow.hold_until = self.hold_until(flow);
+        if flow.hold_until.is_some() {
+            return;
+        }
         while !flow.blocked && !flow.pending.is_empty() && flow.credit.try_acquire() {
             let pid = *receiver.borrow();
             let records = flow.pending.take_batch();
@@ -707,7 +726,10 @@ impl StreamTask {
             let batch =
                 ResourceArc::new(EventBatch::new(ticket, self.encoder.clone(), self.worker.clone(), records));
             match flow.env.send_and_clear(&pid, |env| self.encoder.envelope(env, &batch, &self.worker)) {
-                Ok(()) => flow.sent += events as u64,
+                Ok(()) => {
+                    flow.sent += events as u64;
+                    flow.last_batch_at = Some(Instant::now());
+                }
                 Err(_) => {
                     // The receiver is gone: the events go back, in their place, for the next.
                     batch.ticket.cancel();
@@ -716,6 +738,37 @@ impl StreamTask {
                 }
             }
         }
+    }
+}
+
+impl StreamTask {
+    /// When the next batch may leave, if it has to wait: only while the receiver holds none
+    /// of this stream's batches, the batch is not ready (`Pending::is_batch_ready`: not full,
+    /// the buffer less than half full), and the previous one left less than half of
+    /// `min_batch_interval` ago; then it leaves `min_batch_interval` after the previous one.
+    fn hold_until(&self, flow: &Flow) -> Option<Instant> {
+        let interval = self.limits.min_batch_interval;
+        if interval.is_zero()
+            || flow.blocked
+            || flow.pending.is_empty()
+            || flow.pending.is_batch_ready()
+            || flow.credit.in_flight() > 0
+        {
+            return None;
+        }
+        // Only events that come within half the interval of the previous batch wait: then at
+        // least two share the receiver's wake-up. One that comes later goes at once, so a
+        // stream with an event about every interval gets no timer wake-ups for nothing.
+        let last = flow.last_batch_at?;
+        (last.elapsed() < interval / 2).then_some(last + interval)
+    }
+}
+
+/// Sleeps until `at` (never, for `None`: the branch using it is disabled then).
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

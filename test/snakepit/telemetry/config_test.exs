@@ -37,6 +37,19 @@ defmodule Snakepit.Telemetry.ConfigTest do
     end
   end
 
+  test "min_batch_interval_us: a non-negative integer, 0 turning the wait off" do
+    assert Config.load!([]).min_batch_interval_us == 1000
+    assert Config.load!(min_batch_interval_us: 0).min_batch_interval_us == 0
+    assert Config.load!(min_batch_interval_us: 250).min_batch_interval_us == 250
+
+    for bad <- [-1, 1.5, "1000", nil, :infinity] do
+      message = error(min_batch_interval_us: bad)
+      assert message =~ "invalid :min_batch_interval_us"
+      assert message =~ "a non-negative integer (microseconds)"
+      assert message =~ "got: #{inspect(bad)}"
+    end
+  end
+
   test "runtime_threads: a positive integer, or half the schedulers (at least 1) by default" do
     assert Config.load!(runtime_threads: 3).runtime_threads == 3
     assert Config.load!(runtime_threads: nil).runtime_threads >= 1
