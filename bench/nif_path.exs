@@ -6,7 +6,8 @@
 #     bench/run_all [--quick]            # runs this among the others
 #     MIX_ENV=test ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 #       mix run bench/nif_path.exs [--events 1000000] [--streams 1] [--runs 5] [--nif-buffer 1000000]
-#                                  [--runtime-threads N] [--variants 1024] [--quick]
+#                                  [--runtime-threads N] [--min-batch-interval-us N]
+#                                  [--variants 1024] [--rate R] [--quick]
 #
 # (after `cargo build --release --examples -p snakepit_telemetry_core`).
 #
@@ -16,6 +17,12 @@
 # event's maps as updates of the previous event's, encode.rs); `--variants 1` sends one
 # event over and over, where the maps are reused whole (the runs recorded before that reuse
 # measured this case).
+#
+# `--rate R` paces each stream at R messages per second (events per second on the single
+# protocol; R × 512 on the batched one), as a worker emitting at a steady pace: the
+# events/s are then the rate, and what the run measures is the CPU per event of the NIF's
+# threads and of the schedulers at that rate (`--min-batch-interval-us` compares the NIF's
+# pacing of batches to the Dispatchers).
 #
 # Cases, interleaved per run, for each protocol (single: one event per message and per
 # HTTP/2 DATA frame; batched: 512 events per message):
@@ -63,6 +70,8 @@ defmodule Bench.NifPath do
     runs: :integer,
     nif_buffer: :integer,
     runtime_threads: :integer,
+    min_batch_interval_us: :integer,
+    rate: :integer,
     variants: :integer,
     timeout_s: :integer,
     quick: :boolean
@@ -84,19 +93,26 @@ defmodule Bench.NifPath do
 
     app_env =
       [max_buffer_size: opts[:nif_buffer]] ++
-        if(t = opts[:runtime_threads], do: [runtime_threads: t], else: [])
+        if(t = opts[:runtime_threads], do: [runtime_threads: t], else: []) ++
+        if(i = opts[:min_batch_interval_us], do: [min_batch_interval_us: i], else: [])
 
     Streams.restart_app(app_env)
 
     sources = %{
       single:
-        EventSource.start(events: opts[:events], protocol: :single, variants: opts[:variants]),
+        EventSource.start(
+          events: opts[:events],
+          protocol: :single,
+          variants: opts[:variants],
+          rate: opts[:rate] || 0
+        ),
       batched:
         EventSource.start(
           events: opts[:events],
           protocol: :batched,
           batch: 512,
-          variants: opts[:variants]
+          variants: opts[:variants],
+          rate: opts[:rate] || 0
         )
     }
 

@@ -6,6 +6,7 @@
 #     MIX_ENV=test ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 #       mix run bench/tool_throughput.exs [--seconds 5] [--runs 3] [--block-bytes 16384]
 #         [--kinds busy,native] [--protocols batched,single] [--timeout-s 60]
+#         [--min-batch-interval-us N]
 #
 # from the repository root (`bench/run_all` does both). MIX_ENV=test: the worker driver
 # `Snakepit.Telemetry.Test.PythonWorker` (test/support) is compiled only there, and
@@ -54,7 +55,8 @@
 #   * consumer µs/ev: `count_stream`'s CPU, or the NIF's threads + the BEAM's schedulers;
 #   * cores busy: the whole machine's busy time over the run's wall time (/proc/stat).
 #
-# Cases run interleaved (every case once per run). A run whose consumer fails is printed
+# `--min-batch-interval-us N` restarts the application with that `min_batch_interval_us`
+# (default: the config's). Cases run interleaved (every case once per run). A run whose consumer fails is printed
 # as FAILED and left out of the medians.
 
 defmodule Bench.ToolThroughput do
@@ -87,6 +89,7 @@ defmodule Bench.ToolThroughput do
     kinds: :string,
     protocols: :string,
     timeout_s: :integer,
+    min_batch_interval_us: :integer,
     count_stream: :string
   ]
 
@@ -100,6 +103,9 @@ defmodule Bench.ToolThroughput do
               "`cargo build --release --example count_stream -p snakepit_telemetry_core`"
     end
 
+    if interval = opts[:min_batch_interval_us],
+      do: Snakepit.Telemetry.Test.Streams.restart_app(min_batch_interval_us: interval)
+
     kinds = parse_list(opts[:kinds], ~w(busy native)a)
     protocols = parse_list(opts[:protocols], ~w(batched single)a)
     cases = for p <- protocols, k <- kinds, c <- [:bare, :full], do: {p, k, c}
@@ -108,7 +114,8 @@ defmodule Bench.ToolThroughput do
     IO.puts(
       "#{System.schedulers_online()} schedulers, #{:erlang.system_info(:logical_processors)} " <>
         "logical CPUs; tools run #{opts[:seconds]} s, #{opts[:runs]} runs; native tool " <>
-        "hashes #{opts[:block_bytes]} bytes per event"
+        "hashes #{opts[:block_bytes]} bytes per event; NIF min_batch_interval_us " <>
+        "#{Snakepit.Telemetry.Config.load!().min_batch_interval_us}"
     )
 
     results =

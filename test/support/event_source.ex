@@ -14,7 +14,9 @@ defmodule Snakepit.Telemetry.Test.EventSource do
   Starts a source: `events` per stream, `protocol` `:single` (each event its own message
   and DATA frame; the batched RPC answers UNIMPLEMENTED) or `:batched` (`batch` events per
   message). The events cycle through `variants` (default 1) that differ in timestamp and
-  duration. It stops when its port closes (the owner exits, or `stop/1`).
+  duration; `rate` (default 0: as fast as flow control allows) paces each stream's
+  messages at that many per second. It stops when its port closes (the owner exits, or
+  `stop/1`).
   """
   def start(opts \\ []) do
     unless File.exists?(@binary) do
@@ -29,7 +31,9 @@ defmodule Snakepit.Telemetry.Test.EventSource do
       "--batch",
       to_string(Keyword.get(opts, :batch, 512)),
       "--variants",
-      to_string(Keyword.get(opts, :variants, 1))
+      to_string(Keyword.get(opts, :variants, 1)),
+      "--rate",
+      to_string(Keyword.get(opts, :rate, 0))
     ]
 
     port =

@@ -5,7 +5,7 @@
 //! ```text
 //! cargo build --release --example event_source -p snakepit_telemetry_core
 //! target/release/examples/event_source [--events N] [--protocol single|batched] [--batch K]
-//!                                        [--variants V]
+//!                                        [--variants V] [--rate R]
 //! ```
 //!
 //! It listens on 127.0.0.1 (an ephemeral port) and prints one line,
@@ -22,6 +22,10 @@
 //!   as a Snakepit worker does.
 //! * `--protocol batched`: `StreamTelemetryBatched` with `--batch` events (default 512) per
 //!   message; `StreamTelemetry` is served too, one event per message.
+//!
+//! `--rate R` (default 0: as fast as flow control allows) sends each stream's messages at R
+//! per second, evenly spaced on a schedule that does not drift (a thread per stream), as a
+//! worker emitting at a steady pace does.
 //!
 //! The control stream the client sends is read and discarded.
 
@@ -57,6 +61,8 @@ struct Source {
     events: u64,
     protocol: Protocol,
     batch: u64,
+    /// Messages per second per stream; 0: as fast as flow control allows.
+    rate: u64,
     /// Each variant's `TelemetryEvent`, framed as a one-event gRPC message.
     single_messages: Vec<Bytes>,
     /// The same events as `TelemetryEventBatch` entries (field 1, length-delimited).
@@ -68,16 +74,19 @@ struct Args {
     protocol: Protocol,
     batch: u64,
     variants: u64,
+    rate: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let (mut events, mut protocol, mut batch, mut variants) = (100_000, Protocol::Single, 512, 1);
+    let (mut events, mut protocol, mut batch, mut variants, mut rate) =
+        (100_000, Protocol::Single, 512, 1, 0);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
             "--events" => events = value("--events")?.parse().map_err(|e| format!("--events: {e}"))?,
             "--batch" => batch = value("--batch")?.parse().map_err(|e| format!("--batch: {e}"))?,
+            "--rate" => rate = value("--rate")?.parse().map_err(|e| format!("--rate: {e}"))?,
             "--variants" => {
                 variants = value("--variants")?.parse().map_err(|e| format!("--variants: {e}"))?
             }
@@ -94,7 +103,7 @@ fn parse_args() -> Result<Args, String> {
     if batch == 0 || variants == 0 || variants > 1 << 16 {
         return Err("--batch must be > 0 and --variants in 1..=65536".into());
     }
-    Ok(Args { events, protocol, batch, variants })
+    Ok(Args { events, protocol, batch, variants, rate })
 }
 
 fn batch_entry(event: &[u8]) -> Bytes {
@@ -133,9 +142,37 @@ fn events_body(source: &Source, batched_rpc: bool) -> Body {
         let singles = source.single_messages.clone();
         Box::new((0..source.events as usize).map(move |n| singles[n % singles.len()].clone()))
     };
-    let frames =
-        stream::iter(messages).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes))).chain(stream::pending());
+    let frames: Box<dyn futures_util::Stream<Item = Bytes> + Send + Sync + Unpin> = match source.rate {
+        0 => Box::new(stream::iter(messages)),
+        rate => Box::new(paced(messages, rate)),
+    };
+    let frames = frames.map(|bytes| Ok::<_, Infallible>(Frame::data(bytes))).chain(stream::pending());
     BodyExt::boxed(StreamBody::new(frames))
+}
+
+/// The messages at `rate` per second: message n is due at start + n / rate. A thread of its
+/// own sleeps until each is due (tokio's timer has a 1 ms grain, which would send them in
+/// bursts) and hands it to the connection.
+fn paced(
+    messages: Box<dyn Iterator<Item = Bytes> + Send + Sync>,
+    rate: u64,
+) -> impl futures_util::Stream<Item = Bytes> + Send + Sync + Unpin {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(1024);
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        for (n, bytes) in (0u64..).zip(messages) {
+            let due = start + std::time::Duration::from_nanos(n.saturating_mul(1_000_000_000) / rate);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if sender.blocking_send(bytes).is_err() {
+                return; // the stream is gone
+            }
+        }
+    });
+    Box::pin(stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|bytes| (bytes, receiver))
+    }))
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -171,7 +208,7 @@ async fn serve(source: Source, request: Request<Incoming>) -> Result<Response<Bo
 }
 
 fn main() -> ExitCode {
-    let Args { events, protocol, batch, variants } = match parse_args() {
+    let Args { events, protocol, batch, variants, rate } = match parse_args() {
         Ok(args) => args,
         Err(message) => {
             eprintln!("event_source: {message}");
@@ -187,6 +224,7 @@ fn main() -> ExitCode {
         events,
         protocol,
         batch,
+        rate,
         single_messages: events_bytes.iter().map(|event| frame(event)).collect(),
         batch_entries: events_bytes.iter().map(|event| batch_entry(event)).collect(),
     };
