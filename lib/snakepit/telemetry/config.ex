@@ -70,7 +70,7 @@ defmodule Snakepit.Telemetry.Config do
     * `:max_in_flight_batches` (positive integer, default `4`) - most batches
       per stream sent to `Snakepit.Telemetry.Dispatcher` and not yet
       acknowledged; while that many are pending, the stream's buffer fills.
-    * `:min_batch_interval_us` (non-negative integer, microseconds, default `1000`) -
+    * `:min_batch_interval_us` (integer from `0` to `10_000_000`, microseconds, default `1000`) -
       while the Dispatcher holds none of a stream's batches (it is idle, maybe asleep),
       a batch that is not full (and with the buffer less than half full) leaves no
       sooner than this long after the stream's previous batch. Events that come one per
@@ -316,9 +316,14 @@ defmodule Snakepit.Telemetry.Config do
   end
 
   defp validate!(:min_batch_interval_us, value) do
-    if is_integer(value) and value >= 0,
+    if is_integer(value) and value in 0..10_000_000,
       do: value,
-      else: invalid!(:min_batch_interval_us, value, "a non-negative integer (microseconds)")
+      else:
+        invalid!(
+          :min_batch_interval_us,
+          value,
+          "an integer from 0 to 10_000_000 (microseconds, at most 10 s)"
+        )
   end
 
   defp validate!(:dispatchers, nil), do: System.schedulers_online()

@@ -760,7 +760,7 @@ impl StreamTask {
         // least two share the receiver's wake-up. One that comes later goes at once, so a
         // stream with an event about every interval gets no timer wake-ups for nothing.
         let last = flow.last_batch_at?;
-        (last.elapsed() < interval / 2).then_some(last + interval)
+        (last.elapsed() < interval / 2).then(|| last.checked_add(interval)).flatten()
     }
 }
 

@@ -37,15 +37,16 @@ defmodule Snakepit.Telemetry.ConfigTest do
     end
   end
 
-  test "min_batch_interval_us: a non-negative integer, 0 turning the wait off" do
+  test "min_batch_interval_us: an integer from 0 to 10 s in µs, 0 turning the wait off" do
     assert Config.load!([]).min_batch_interval_us == 1000
     assert Config.load!(min_batch_interval_us: 0).min_batch_interval_us == 0
     assert Config.load!(min_batch_interval_us: 250).min_batch_interval_us == 250
+    assert Config.load!(min_batch_interval_us: 10_000_000).min_batch_interval_us == 10_000_000
 
-    for bad <- [-1, 1.5, "1000", nil, :infinity] do
+    for bad <- [-1, 10_000_001, 2 ** 64, 1.5, "1000", nil, :infinity] do
       message = error(min_batch_interval_us: bad)
       assert message =~ "invalid :min_batch_interval_us"
-      assert message =~ "a non-negative integer (microseconds)"
+      assert message =~ "an integer from 0 to 10_000_000 (microseconds, at most 10 s)"
       assert message =~ "got: #{inspect(bad)}"
     end
   end
