@@ -47,6 +47,10 @@
 #
 #   * tool/s: the tool's iterations (= `emit` calls) per second of its own run;
 #   * delivered/s: tool events the consumer counted per second, and full / bare (medians);
+#   * sent while the tool ran: the tool events the worker had sent when the tool ended, per
+#     second of the tool's run (the rest of the delivered events is what was still queued
+#     then: up to the worker's bound of 8,192, which on the one-event-per-message wire is
+#     most of them with the busy tool);
 #   * source drops: what the worker's queue dropped (every run checks that the consumer
 #     counted exactly the tool events the worker sent, less what the NIF counted as
 #     dropped, and that emitted = enqueued + source drops);
@@ -173,7 +177,7 @@ defmodule Bench.ToolThroughput do
 
     with :ok <- await_count_stream(port, "count_stream open", opts) do
       before = snapshot(worker)
-      PythonWorker.run(worker, tool)
+      during = run_tool(worker, tool)
       PythonWorker.run(worker, %{"op" => "close"})
 
       with {:ok, line} <- await_count_stream(port, "count_stream streams=", opts) do
@@ -183,6 +187,7 @@ defmodule Bench.ToolThroughput do
         {:ok,
          %{
            consumer: :bare,
+           sent_during_tool: during,
            events: fields["events"],
            nif_dropped: 0,
            wall_ns: finished.t - before.t,
@@ -206,7 +211,7 @@ defmodule Bench.ToolThroughput do
 
       with :ok <- await_connected(id, opts) do
         before = snapshot(worker)
-        PythonWorker.run(worker, tool)
+        during = run_tool(worker, tool)
         PythonWorker.run(worker, %{"op" => "close"})
         PythonWorker.run(worker, %{"op" => "wait_sent", "timeout_ms" => 30_000})
         stats = PythonWorker.stats(worker)
@@ -219,6 +224,7 @@ defmodule Bench.ToolThroughput do
           {:ok,
            %{
              consumer: :full,
+             sent_during_tool: during,
              delivered: seen,
              nif_dropped: nif_dropped,
              wall_ns: last_ns - before.t,
@@ -237,6 +243,14 @@ defmodule Bench.ToolThroughput do
       Process.unlink(poller.pid)
       Process.exit(poller.pid, :kill)
     end
+  end
+
+  # Runs the tool; returns the tool events the worker had sent when it ended (before the
+  # close, which drains what is still queued).
+  defp run_tool(worker, tool) do
+    PythonWorker.run(worker, tool)
+    stats = PythonWorker.stats(worker)
+    stats["sent"] - stats["sent_reports"]
   end
 
   @doc false
@@ -381,6 +395,7 @@ defmodule Bench.ToolThroughput do
 
   defp delivered_rate(r), do: r.delivered * 1.0e9 / r.wall_ns
   defp tool_rate(r), do: r.tool_iterations / r.tool_seconds
+  defp during_rate(r), do: r.sent_during_tool / r.tool_seconds
   defp per_delivered_us(ns, r), do: ns / max(r.delivered, 1) / 1000
   defp worker_us(r), do: per_delivered_us(r.worker_cpu_ns, r)
   defp sender_us(r), do: per_delivered_us(max(r.worker_cpu_ns - r.tool_cpu_ns, 0), r)
@@ -393,7 +408,8 @@ defmodule Bench.ToolThroughput do
   defp format_result({:failed, reason}), do: "FAILED: #{reason}"
 
   defp format_result({:ok, r}) do
-    "tool #{round(tool_rate(r))}/s, delivered #{r.delivered} (#{round(delivered_rate(r))}/s), " <>
+    "tool #{round(tool_rate(r))}/s, delivered #{r.delivered} (#{round(delivered_rate(r))}/s; " <>
+      "sent while the tool ran #{round(during_rate(r))}/s), " <>
       "source drops #{r.source_dropped}, NIF drops #{r.nif_dropped}, worker " <>
       "#{fmt(worker_us(r))} µs/ev (#{fmt(sender_us(r))} without the tool), consumer " <>
       "#{fmt(consumer_us(r))} µs/ev#{nif_share(r)}, cores busy #{fmt(r.machine.cores_busy)} (stolen " <>
@@ -409,6 +425,7 @@ defmodule Bench.ToolThroughput do
       "tool/s",
       "delivered/s (min–max)",
       "full / bare",
+      "sent while the tool ran, /s",
       "source drops",
       "NIF drops",
       "worker µs/ev (without tool)",
@@ -451,6 +468,7 @@ defmodule Bench.ToolThroughput do
       "#{round(med.(&tool_rate/1))}",
       "#{round(median(rates))} (#{round(lo)}–#{round(hi)})",
       ratio,
+      "#{round(med.(&during_rate/1))}",
       "#{round(med.(& &1.source_dropped))}",
       "#{round(med.(& &1.nif_dropped))}",
       "#{fmt(med.(&worker_us/1))} (#{fmt(med.(&sender_us/1))})",
