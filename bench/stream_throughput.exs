@@ -81,12 +81,7 @@ defmodule Bench.StreamThroughput do
   def main(argv) do
     {opts, []} = OptionParser.parse!(argv, strict: @switches)
     opts = Keyword.merge(@defaults, opts)
-    opts = Keyword.put_new_lazy(opts, :count_stream, &default_count_stream/0)
-
-    unless File.regular?(opts[:count_stream]) do
-      raise "#{opts[:count_stream]} not found: run " <>
-              "`cargo build --release --example count_stream -p snakepit_telemetry_core`"
-    end
+    opts = Keyword.put(opts, :count_stream, BenchStats.count_stream!(opts[:count_stream]))
 
     if buffer = opts[:nif_buffer],
       do: Snakepit.Telemetry.Test.Streams.restart_app(max_buffer_size: buffer)
@@ -178,7 +173,7 @@ defmodule Bench.StreamThroughput do
            wall_ns: fields["elapsed_ns"],
            client_cpu_ns: fields["cpu_ns"],
            python_ticks: python_ticks(pool) - python_before,
-           machine: machine_diff(machine_before, OsStats.machine_ticks())
+           machine: OsStats.machine_diff(machine_before, OsStats.machine_ticks())
          }}
 
       # A stream that fails is a result too (the run is left out of the medians).
@@ -256,15 +251,7 @@ defmodule Bench.StreamThroughput do
 
   defp stop_worker(%{worker: worker, os_pid: os_pid}) do
     PythonWorker.stop(worker)
-    await_exit(os_pid, 1000)
-  end
-
-  # Waits (at most 10 s) until the worker has exited, so it takes no CPU from the next run.
-  defp await_exit(os_pid, tries) do
-    if tries > 0 and File.exists?("/proc/#{os_pid}") do
-      Process.sleep(10)
-      await_exit(os_pid, tries - 1)
-    end
+    OsStats.await_exit(os_pid)
   end
 
   ## Measurements
@@ -306,19 +293,7 @@ defmodule Bench.StreamThroughput do
       dispatcher_share:
         (b.dispatcher_reductions - a.dispatcher_reductions) / max(b.reductions - a.reductions, 1),
       python_ticks: b.python_ticks - a.python_ticks,
-      machine: machine_diff(a.machine, b.machine)
-    }
-  end
-
-  # Cores busy and cores stolen by the hypervisor over a run: the machine's busy (and steal)
-  # ticks over all its ticks, times its CPUs.
-  defp machine_diff(a, b) do
-    total = max(b.total - a.total, 1)
-    cpus = :erlang.system_info(:logical_processors)
-
-    %{
-      cores_busy: (b.busy - a.busy) / total * cpus,
-      cores_stolen: (b.steal - a.steal) / total * cpus
+      machine: OsStats.machine_diff(a.machine, b.machine)
     }
   end
 
@@ -335,11 +310,6 @@ defmodule Bench.StreamThroughput do
   defp python_ticks(pool), do: OsStats.cpu_ticks(for %{os_pid: pid} <- pool, do: pid)
 
   ## Parsing and output
-
-  defp default_count_stream do
-    target = System.get_env("CARGO_TARGET_DIR") || Path.expand("../target", __DIR__)
-    Path.join([target, "release", "examples", "count_stream"])
-  end
 
   defp rate(%{events: n, wall_ns: ns}), do: n * 1.0e9 / ns
   defp per_event_us(ns, %{events: n}), do: ns / n / 1000

@@ -100,12 +100,7 @@ defmodule Bench.ToolThroughput do
   def main(argv) do
     {opts, []} = OptionParser.parse!(argv, strict: @switches)
     opts = Keyword.merge(@defaults, opts)
-    opts = Keyword.put_new_lazy(opts, :count_stream, &default_count_stream/0)
-
-    unless File.regular?(opts[:count_stream]) do
-      raise "#{opts[:count_stream]} not found: run " <>
-              "`cargo build --release --example count_stream -p snakepit_telemetry_core`"
-    end
+    opts = Keyword.put(opts, :count_stream, BenchStats.count_stream!(opts[:count_stream]))
 
     if interval = opts[:min_batch_interval_us],
       do: Snakepit.Telemetry.Test.Streams.restart_app(min_batch_interval_us: interval)
@@ -159,7 +154,7 @@ defmodule Bench.ToolThroughput do
       end
     after
       PythonWorker.stop(worker)
-      await_exit(worker.os_pid, 1000)
+      OsStats.await_exit(worker.os_pid)
     end
   end
 
@@ -193,7 +188,7 @@ defmodule Bench.ToolThroughput do
            wall_ns: finished.t - before.t,
            consumer_cpu_ns: fields["cpu_ns"],
            worker_ticks: finished.worker_ticks - before.worker_ticks,
-           machine: machine_diff(before.machine, finished.machine)
+           machine: OsStats.machine_diff(before.machine, finished.machine)
          }}
       end
     end
@@ -233,7 +228,7 @@ defmodule Bench.ToolThroughput do
                  (finished.threads.schedulers - before.threads.schedulers),
              nif_cpu_ns: finished.threads.nif - before.threads.nif,
              worker_ticks: finished.worker_ticks - before.worker_ticks,
-             machine: machine_diff(before.machine, finished.machine)
+             machine: OsStats.machine_diff(before.machine, finished.machine)
            }}
         end
       end
@@ -328,13 +323,6 @@ defmodule Bench.ToolThroughput do
     end
   end
 
-  defp await_exit(os_pid, tries) do
-    if tries > 0 and File.exists?("/proc/#{os_pid}") do
-      Process.sleep(10)
-      await_exit(os_pid, tries - 1)
-    end
-  end
-
   ## Measurements
 
   defp snapshot(worker) do
@@ -343,16 +331,6 @@ defmodule Bench.ToolThroughput do
       threads: ThreadCpu.beam(),
       worker_ticks: OsStats.cpu_ticks([worker.os_pid]),
       machine: OsStats.machine_ticks()
-    }
-  end
-
-  defp machine_diff(a, b) do
-    total = max(b.total - a.total, 1)
-    cpus = :erlang.system_info(:logical_processors)
-
-    %{
-      cores_busy: (b.busy - a.busy) / total * cpus,
-      cores_stolen: (b.steal - a.steal) / total * cpus
     }
   end
 
@@ -387,11 +365,6 @@ defmodule Bench.ToolThroughput do
   end
 
   ## Output
-
-  defp default_count_stream do
-    target = System.get_env("CARGO_TARGET_DIR") || Path.expand("../target", __DIR__)
-    Path.join([target, "release", "examples", "count_stream"])
-  end
 
   defp delivered_rate(r), do: r.delivered * 1.0e9 / r.wall_ns
   defp tool_rate(r), do: r.tool_iterations / r.tool_seconds

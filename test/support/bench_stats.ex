@@ -45,6 +45,22 @@ defmodule Snakepit.Telemetry.Test.BenchStats do
     end
   end
 
+  @doc """
+  The `count_stream` binary (the bare-client baseline): `given`, or the release build under
+  `CARGO_TARGET_DIR` (default `target/`); raises with the command that builds it if missing.
+  """
+  def count_stream!(given \\ nil) do
+    target = System.get_env("CARGO_TARGET_DIR") || Path.expand("../../target", __DIR__)
+    path = given || Path.join([target, "release", "examples", "count_stream"])
+
+    unless File.regular?(path) do
+      raise "#{path} not found: run " <>
+              "`cargo build --release --example count_stream -p snakepit_telemetry_core`"
+    end
+
+    path
+  end
+
   @doc "The `key=integer` fields of a `count_stream` result line, as a map."
   def count_stream_fields(line) do
     for [k, v] <- Regex.scan(~r/(\w+)=(\d+)/, line, capture: :all_but_first), into: %{} do

@@ -60,6 +60,32 @@ defmodule Snakepit.Telemetry.Test.OsStats do
     %{busy: busy, steal: steal, total: busy + steal + idle + iowait}
   end
 
+  @doc """
+  Cores busy and cores stolen by the hypervisor between two `machine_ticks/0` readings: the
+  machine's busy (and steal) ticks over all its ticks, times its CPUs.
+  """
+  @spec machine_diff(map(), map()) :: %{cores_busy: float(), cores_stolen: float()}
+  def machine_diff(a, b) do
+    total = max(b.total - a.total, 1)
+    cpus = :erlang.system_info(:logical_processors)
+
+    %{
+      cores_busy: (b.busy - a.busy) / total * cpus,
+      cores_stolen: (b.steal - a.steal) / total * cpus
+    }
+  end
+
+  @doc "Waits (at most `timeout_ms`) until the OS process `os_pid` has exited."
+  @spec await_exit(non_neg_integer(), non_neg_integer()) :: :ok
+  def await_exit(os_pid, timeout_ms \\ 10_000) do
+    if timeout_ms > 0 and File.exists?("/proc/#{os_pid}") do
+      Process.sleep(10)
+      await_exit(os_pid, timeout_ms - 10)
+    else
+      :ok
+    end
+  end
+
   @doc "Clock ticks per second (`getconf CLK_TCK`), the unit of `cpu_ticks/1`."
   @spec clock_ticks_per_second() :: pos_integer()
   def clock_ticks_per_second do
