@@ -12,12 +12,12 @@
 //! Batches form by themselves: after a wake-up the task takes every message that is already
 //! there (up to a batch) before sending, and while the receiver holds `max_in_flight` batches
 //! the buffer fills. A batch never waits to fill while the receiver holds one of this
-//! stream's batches, nor when it is full or the buffer half full. Only when the receiver has none (it is idle, and
-//! may be asleep) does a batch that is not full wait until `min_batch_interval` has passed
-//! since the previous one: events that come one per message (Snakepit's `StreamTelemetry`)
-//! then wake the receiver's scheduler once per interval, not once per event. The first event
-//! after a quiet spell leaves at once; a setting that removes events applies to the waiting
-//! ones too.
+//! stream's batches, nor when it is full or the buffer half full. Only when the receiver has
+//! none (it is idle, and may be asleep) and the previous batch left less than half of
+//! `min_batch_interval` ago does a batch wait, until the interval has passed: events that
+//! come one per message (Snakepit's `StreamTelemetry`) faster than that then share the
+//! receiver's wake-ups instead of one each. The first event after a quiet spell leaves at
+//! once; a setting that removes events applies to the waiting ones too.
 //!
 //! The receiving process (`Snakepit.Telemetry.Dispatcher`) may be restarted: its pid is
 //! watched, and a batch it could not take stays buffered until the next one registers.
@@ -739,9 +739,7 @@ impl StreamTask {
             }
         }
     }
-}
 
-impl StreamTask {
     /// When the next batch may leave, if it has to wait: only while the receiver holds none
     /// of this stream's batches, the batch is not ready (`Pending::is_batch_ready`: not full,
     /// the buffer less than half full), and the previous one left less than half of
@@ -756,9 +754,10 @@ impl StreamTask {
         {
             return None;
         }
-        // Only events that come within half the interval of the previous batch wait: then at
-        // least two share the receiver's wake-up. One that comes later goes at once, so a
-        // stream with an event about every interval gets no timer wake-ups for nothing.
+        // Only events that come within half the interval of the previous batch wait: at a
+        // steady pace, two or more then share the receiver's wake-up. One that comes later
+        // goes at once, so a stream with an event about every interval gets no timer wake-up
+        // per event for nothing (`bench/RESULTS.md`).
         let last = flow.last_batch_at?;
         (last.elapsed() < interval / 2).then(|| last.checked_add(interval)).flatten()
     }
