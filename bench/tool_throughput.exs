@@ -6,7 +6,7 @@
 #     MIX_ENV=test ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 #       mix run bench/tool_throughput.exs [--seconds 5] [--runs 3] [--block-bytes 16384]
 #         [--kinds busy,native] [--protocols batched,single] [--timeout-s 60]
-#         [--min-batch-interval-us N]
+#         [--min-batch-interval-us N] [--worker snakepit_style]
 #
 # from the repository root (`bench/run_all` does both). MIX_ENV=test: the worker driver
 # `Snakepit.Telemetry.Test.PythonWorker` (test/support) is compiled only there, and
@@ -59,6 +59,10 @@
 #   * consumer µs/ev: `count_stream`'s CPU, or the NIF's threads + the BEAM's schedulers;
 #   * cores busy: the whole machine's busy time over the run's wall time (/proc/stat).
 #
+# `--worker snakepit_style` runs `test/support/python/snakepit_style_worker.py` instead: a
+# `grpc.aio` server wired as Snakepit's `grpc_server.py` is, with this package's
+# `TelemetryStream` (Snakepit's bound, 1,024 events) and the tool on a thread of its own;
+# it serves StreamTelemetry only, so only the single protocol runs.
 # `--min-batch-interval-us N` restarts the application with that `min_batch_interval_us`
 # (default: the config's). Cases run interleaved (every case once per run). A run whose consumer fails is printed
 # as FAILED and left out of the medians.
@@ -94,6 +98,7 @@ defmodule Bench.ToolThroughput do
     protocols: :string,
     timeout_s: :integer,
     min_batch_interval_us: :integer,
+    worker: :string,
     count_stream: :string
   ]
 
@@ -106,7 +111,20 @@ defmodule Bench.ToolThroughput do
       do: Snakepit.Telemetry.Test.Streams.restart_app(min_batch_interval_us: interval)
 
     kinds = parse_list(opts[:kinds], ~w(busy native)a)
-    protocols = parse_list(opts[:protocols], ~w(batched single)a)
+
+    {protocols, opts} =
+      case opts[:worker] do
+        nil ->
+          {parse_list(opts[:protocols], ~w(batched single)a), Keyword.put(opts, :worker, :ours)}
+
+        # Snakepit's gRPC server (grpc.aio) with this package's stream: StreamTelemetry only.
+        "snakepit_style" ->
+          {[:single], Keyword.put(opts, :worker, :snakepit_style)}
+
+        other ->
+          raise ArgumentError, "unknown --worker #{inspect(other)}: expected snakepit_style"
+      end
+
     cases = for p <- protocols, k <- kinds, c <- [:bare, :full], do: {p, k, c}
     clk_tck = OsStats.clock_ticks_per_second()
 
@@ -139,7 +157,18 @@ defmodule Bench.ToolThroughput do
   ## One run of one case
 
   defp run_case({protocol, kind, consumer}, opts, clk_tck) do
-    worker = PythonWorker.start(if protocol == :single, do: ["--no-batched"], else: [])
+    worker =
+      case {opts[:worker], protocol} do
+        {:snakepit_style, :single} ->
+          PythonWorker.start([], [], "python/snakepit_style_worker.py")
+
+        {:ours, :single} ->
+          PythonWorker.start(["--no-batched"])
+
+        {:ours, :batched} ->
+          PythonWorker.start([])
+      end
+
     tool = Map.merge(@tool, %{"kind" => Atom.to_string(kind), "seconds" => opts[:seconds]})
     tool = Map.put(tool, "block_bytes", opts[:block_bytes])
 
@@ -208,8 +237,7 @@ defmodule Bench.ToolThroughput do
         before = snapshot(worker)
         during = run_tool(worker, tool)
         PythonWorker.run(worker, %{"op" => "close"})
-        PythonWorker.run(worker, %{"op" => "wait_sent", "timeout_ms" => 30_000})
-        stats = PythonWorker.stats(worker)
+        stats = await_drained(worker, System.monotonic_time(:millisecond) + 30_000)
         sent = stats["sent"] - stats["sent_reports"]
         deadline = System.monotonic_time(:millisecond) + opts[:timeout_s] * 1000
 
@@ -246,6 +274,23 @@ defmodule Bench.ToolThroughput do
     PythonWorker.run(worker, tool)
     stats = PythonWorker.stats(worker)
     stats["sent"] - stats["sent_reports"]
+  end
+
+  # The worker's stats once its buffer is empty (everything handed to the call).
+  defp await_drained(worker, deadline) do
+    stats = PythonWorker.stats(worker)
+
+    cond do
+      stats["buffered"] == 0 ->
+        stats
+
+      System.monotonic_time(:millisecond) > deadline ->
+        raise "the worker did not drain: #{inspect(stats)}"
+
+      true ->
+        Process.sleep(2)
+        await_drained(worker, deadline)
+    end
   end
 
   @doc false

@@ -19,11 +19,8 @@ Commands (``op``):
   10 ms, against a monotonic schedule, so it does not drift) for that long; acknowledged
   at once. ``paced_done`` in ``stats`` counts the finished ones.
 * ``tool``: ``kind`` (``busy`` or ``native``), ``seconds``, ``event``, ``measurements``,
-  ``metadata``, ``block_bytes`` (16384): runs a tool on the command thread for that long
-  and is acknowledged when it is done. ``busy`` calls ``telemetry.emit`` flat out in pure
-  Python (it holds the GIL but for the interpreter's switches); ``native`` hashes
-  ``block_bytes`` with SHA-256 (``hashlib`` releases the GIL for it) and emits one event
-  per block, as a tool doing its work in native code does. ``tool`` in ``stats`` gives the
+  ``metadata``, ``block_bytes`` (16384): runs a tool (``bench_tools.py``) on the command
+  thread for that long and is acknowledged when it is done. ``tool`` in ``stats`` gives the
   last run's ``kind``, ``iterations`` (= events emitted), ``seconds`` and ``cpu_ns`` (the
   tool thread's own CPU time).
 * ``close``: ends the stream gracefully (``TelemetryStream.close``): the sender drains
@@ -51,7 +48,6 @@ leave out the capability header.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -83,6 +79,8 @@ from snakepit_bridge.worker import (  # noqa: E402
     start_worker,
     stream_bounds,
 )
+
+from bench_tools import run_tool  # noqa: E402 - beside this script
 
 Command = Mapping[str, Any]
 
@@ -227,38 +225,17 @@ class ScriptRunner:
         threading.Thread(target=run, name="emit-paced", daemon=True).start()
 
     def _tool(self, command: Command) -> None:
-        kind = str(command["kind"])
-        seconds = float(command["seconds"])
-        if kind not in ("busy", "native") or seconds <= 0:
-            raise CommandError("kind must be busy or native and seconds > 0")
-        event = str(command["event"])
-        measurements = command.get("measurements") or {}
-        metadata = command.get("metadata")
-        block = os.urandom(int(command.get("block_bytes", 16384)))
-        emit = telemetry.emit
-        monotonic = time.monotonic
-        sha256 = hashlib.sha256
-        iterations = 0
-        cpu_before = time.thread_time_ns()
-        started = monotonic()
-        deadline = started + seconds
-        if kind == "busy":
-            while monotonic() < deadline:
-                for _ in range(100):
-                    emit(event, measurements, metadata)
-                iterations += 100
-        else:
-            while monotonic() < deadline:
-                for _ in range(10):
-                    sha256(block)
-                    emit(event, measurements, metadata)
-                iterations += 10
-        self._last_tool = {
-            "kind": kind,
-            "iterations": iterations,
-            "seconds": monotonic() - started,
-            "cpu_ns": time.thread_time_ns() - cpu_before,
-        }
+        try:
+            self._last_tool = run_tool(
+                str(command["kind"]),
+                float(command["seconds"]),
+                event=str(command["event"]),
+                measurements=command.get("measurements") or {},
+                metadata=command.get("metadata"),
+                block_bytes=int(command.get("block_bytes", 16384)),
+            )
+        except ValueError as error:
+            raise CommandError(str(error)) from error
 
     def _close(self, command: Command) -> None:
         self.stream.close()

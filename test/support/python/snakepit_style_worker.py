@@ -27,11 +27,16 @@ Commands (``op``):
   ``inner`` (none): runs ``with telemetry.span(...)``; with ``inner`` (an event name) it
   also emits that event inside the span without a correlation id (measurement
   ``count``: 1), so it carries the span's.
+* ``tool``: as ``scripted_worker.py``'s (``bench_tools.py``), on a thread of its own
+  (``asyncio.to_thread``, as Snakepit runs tools); acknowledged when it is done.
+* ``close``: closes the stream (the call drains it and ends with status OK).
 * ``stats``: prints ``STATS {json}``: the stream's ``dropped_count``, ``enabled`` and
   ``sampling_rate`` (Snakepit's attributes), ``correlation_id`` (what
   ``telemetry.get_correlation_id()`` returns outside any span) and ``policy``: the
   settings the stream applies (``sampling_rules``, ``allow``, ``deny``), so tests can wait
-  until a control message has arrived.
+  until a control message has arrived; also the stream's counters as
+  ``scripted_worker.py`` gives them (``emitted``, ``enqueued``, ``sent``,
+  ``sent_reports``, ``dropped_total``, ...) and the last ``tool`` run.
 
 A command that fails prints ``ERROR <id or -> <message>`` on stdout.
 """
@@ -65,6 +70,8 @@ from snakepit_bridge.proto import snakepit_bridge_pb2 as pb  # noqa: E402
 from snakepit_bridge.telemetry.backends.grpc import GrpcBackend  # noqa: E402
 from snakepit_bridge.telemetry.manager import set_backend  # noqa: E402
 from snakepit_bridge.telemetry.stream import TelemetryStream  # noqa: E402
+
+from bench_tools import run_tool  # noqa: E402 - beside this script
 
 Command = Mapping[str, Any]
 
@@ -130,9 +137,12 @@ class ScriptRunner:
 
     def __init__(self, servicer: BridgeServiceServicer) -> None:
         self._servicer = servicer
+        self._last_tool: dict[str, object] | None = None
         self._handlers: dict[str, Callable[[Command], Awaitable[None]]] = {
             "emit": self._emit,
             "span": self._span,
+            "tool": self._tool,
+            "close": self._close,
             "stats": self._stats,
         }
 
@@ -189,10 +199,29 @@ class ScriptRunner:
         else:
             run_span()
 
+    async def _tool(self, command: Command) -> None:
+        try:
+            self._last_tool = await asyncio.to_thread(
+                run_tool,
+                str(command["kind"]),
+                float(command["seconds"]),
+                event=str(command["event"]),
+                measurements=command.get("measurements") or {},
+                metadata=command.get("metadata"),
+                block_bytes=int(command.get("block_bytes", 16384)),
+            )
+        except ValueError as error:
+            raise CommandError(str(error)) from error
+
+    async def _close(self, command: Command) -> None:
+        self._servicer.close()
+
     async def _stats(self, command: Command) -> None:
         stream = self._servicer.telemetry_stream
         policy = stream.policy
         stats: dict[str, object] = {
+            **stream.stats().to_dict(),
+            "tool": self._last_tool,
             "dropped_count": stream.dropped_count,
             "enabled": stream.enabled,
             "sampling_rate": stream.sampling_rate,
