@@ -58,8 +58,9 @@ defmodule Snakepit.Telemetry.Config do
       keys one worker event may carry; an event with more is dropped and
       counted as `:too_many_keys`.
     * `:max_batch_size` (positive integer, default `1024`) - most events per
-      batch sent from the NIF to `Snakepit.Telemetry.Dispatcher`. A batch leaves as
-      soon as it can, never waiting to fill; under load, larger batches mean fewer
+      batch sent from the NIF to `Snakepit.Telemetry.Dispatcher`. A batch never waits
+      to fill (only, to an idle Dispatcher, for `:min_batch_interval_us`); under load,
+      larger batches mean fewer
       messages, acknowledgements and scheduler wake-ups per event (1024 against 256:
       about a third more events/s on one stream, `bench/RESULTS.md`).
     * `:max_batch_bytes` (positive integer, default `1_048_576`, 1 MiB) - most
