@@ -69,8 +69,15 @@ defmodule Snakepit.Telemetry.LostInTransitTest do
       "count" => @events
     })
 
+    # Once the NIF has read some, the proxy holds what the worker sends (reads it and
+    # delivers nothing, as a stalled network does), so that some of it is lost at the cut
+    # for certain: without the hold, all of it could already sit in the NIF's socket and be
+    # read after the cut (the test failed so twice in CI, with lost_in_transit 0).
+    wait_until(fn -> stream(id).received > 0 end)
+    assert TcpProxy.hold(proxy) == 1
+
     # The worker has handed the call far more than the NIF has read: those bytes sit in
-    # HTTP/2 windows and socket buffers. Now the connection breaks.
+    # HTTP/2 windows, socket buffers and the proxy. Now the connection breaks.
     wait_until(fn -> PythonWorker.stats(worker)["sent"] - stream(id).received > 1_000 end)
     assert TcpProxy.cut(proxy) >= 1
 
