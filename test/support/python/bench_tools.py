@@ -65,3 +65,23 @@ def run_tool(
         "seconds": monotonic() - started,
         "cpu_ns": time.thread_time_ns() - cpu_before,
     }
+
+
+def run_tool_command(command: Mapping[str, Any]) -> dict[str, object]:
+    """Run the tool a worker's ``tool`` command names; see :func:`run_tool`.
+
+    Fields: ``kind``, ``seconds``, ``event``, ``measurements``, ``metadata``,
+    ``block_bytes`` (16384).
+
+    Raises:
+        ValueError: as :func:`run_tool`, or for a field of the wrong type.
+        KeyError: for a missing ``kind``, ``seconds`` or ``event``.
+    """
+    return run_tool(
+        str(command["kind"]),
+        float(command["seconds"]),
+        event=str(command["event"]),
+        measurements=command.get("measurements") or {},
+        metadata=command.get("metadata"),
+        block_bytes=int(command.get("block_bytes", 16384)),
+    )

@@ -80,7 +80,7 @@ from snakepit_bridge.worker import (  # noqa: E402
     stream_bounds,
 )
 
-from bench_tools import run_tool  # noqa: E402 - beside this script
+from bench_tools import run_tool_command  # noqa: E402 - beside this script
 
 Command = Mapping[str, Any]
 
@@ -226,14 +226,7 @@ class ScriptRunner:
 
     def _tool(self, command: Command) -> None:
         try:
-            self._last_tool = run_tool(
-                str(command["kind"]),
-                float(command["seconds"]),
-                event=str(command["event"]),
-                measurements=command.get("measurements") or {},
-                metadata=command.get("metadata"),
-                block_bytes=int(command.get("block_bytes", 16384)),
-            )
+            self._last_tool = run_tool_command(command)
         except ValueError as error:
             raise CommandError(str(error)) from error
 

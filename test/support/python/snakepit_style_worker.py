@@ -71,7 +71,7 @@ from snakepit_bridge.telemetry.backends.grpc import GrpcBackend  # noqa: E402
 from snakepit_bridge.telemetry.manager import set_backend  # noqa: E402
 from snakepit_bridge.telemetry.stream import TelemetryStream  # noqa: E402
 
-from bench_tools import run_tool  # noqa: E402 - beside this script
+from bench_tools import run_tool_command  # noqa: E402 - beside this script
 
 Command = Mapping[str, Any]
 
@@ -201,15 +201,7 @@ class ScriptRunner:
 
     async def _tool(self, command: Command) -> None:
         try:
-            self._last_tool = await asyncio.to_thread(
-                run_tool,
-                str(command["kind"]),
-                float(command["seconds"]),
-                event=str(command["event"]),
-                measurements=command.get("measurements") or {},
-                metadata=command.get("metadata"),
-                block_bytes=int(command.get("block_bytes", 16384)),
-            )
+            self._last_tool = await asyncio.to_thread(run_tool_command, command)
         except ValueError as error:
             raise CommandError(str(error)) from error
 
