@@ -42,7 +42,7 @@
 #
 # Per run, timed by this script from just before the `tool` command to the last event: for
 # bare, `count_stream`'s result line arriving; for full, the last change of the handler's
-# count (read every millisecond by a poller process) once it has reached every tool event
+# count (read every millisecond, once the tool has ended, by a poller process) once it has reached every tool event
 # the worker sent. Reported:
 #
 #   * tool/s: the tool's iterations (= `emit` calls) per second of its own run;
@@ -236,6 +236,7 @@ defmodule Bench.ToolThroughput do
       with :ok <- await_connected(id, opts) do
         before = snapshot(worker)
         during = run_tool(worker, tool)
+        send(poller.pid, :start)
         PythonWorker.run(worker, %{"op" => "close"})
         stats = await_drained(worker, System.monotonic_time(:millisecond) + 30_000)
         sent = stats["sent"] - stats["sent_reports"]
@@ -297,13 +298,24 @@ defmodule Bench.ToolThroughput do
   # The trivial handler; runs in the Dispatchers.
   def handle_event(_event, _measurements, _metadata, counter), do: :counters.add(counter, 1, 1)
 
-  # A process that reads the handler's count every millisecond and keeps the monotonic time
-  # (ns) of its last change in `last`: when the count is complete, that is when the last
-  # event reached the handler (to within the poll period).
+  # A process that, once sent `:start` (when the tool has ended), reads the handler's count
+  # every millisecond and keeps the monotonic time (ns) of its last change in `last`: when the
+  # count is complete, that is when the last event reached the handler (to within the poll
+  # period; the start time if none came after the tool). It sleeps while the tool runs, so
+  # that the bench's own wake-ups do not share the cores with the worker then.
   defp start_poller(counter) do
     last = :atomics.new(1, signed: true)
-    :atomics.put(last, 1, System.monotonic_time(:nanosecond))
-    pid = spawn_link(fn -> poll(counter, last, :counters.get(counter, 1)) end)
+
+    pid =
+      spawn_link(fn ->
+        receive do
+          :start -> :ok
+        end
+
+        :atomics.put(last, 1, System.monotonic_time(:nanosecond))
+        poll(counter, last, :counters.get(counter, 1))
+      end)
+
     %{pid: pid, counter: counter, last: last}
   end
 
