@@ -72,16 +72,18 @@ defmodule Snakepit.Telemetry.Config do
       per stream sent to `Snakepit.Telemetry.Dispatcher` and not yet
       acknowledged; while that many are pending, the stream's buffer fills.
     * `:min_batch_interval_us` (integer from `0` to `10_000_000`, microseconds, default
-      `1000`) - while the Dispatcher holds none of a stream's batches (it is idle, maybe
+      `5000`) - while the Dispatcher holds none of a stream's batches (it is idle, maybe
       asleep), a batch that is not full (with the buffer less than half full) and comes
       within half this interval of the stream's previous batch waits until the interval
       has passed. Events that come one per gRPC message (Snakepit's `StreamTelemetry`)
-      faster than that then share a scheduler's wake-ups instead of one each (at 5,000
-      events/s on one stream, 10 µs of scheduler time per event instead of 19,
-      `bench/RESULTS.md`). The first event after a quiet spell leaves at once, a busy
-      Dispatcher gets batches as soon as it can take them, and settings that remove events
-      (`toggle/2`, filters, sampling) apply to waiting ones too; the cost is up to this
-      much latency for an event. `0` sends every batch at once.
+      faster than that then share a scheduler's wake-ups instead of one each: at 5,000
+      events/s on one stream, 8.6–10.2 µs of scheduler time per event with 5 ms, against
+      14.7–16.2 with 1 ms and 19 with `0`; a Python worker whose tool emits as fast as the
+      wire takes it sends 10–20 % more with 5 ms than with 1 ms (`bench/RESULTS.md`). The
+      first event after a quiet spell leaves at once, a busy Dispatcher gets batches as
+      soon as it can take them, and settings that remove events (`toggle/2`, filters,
+      sampling) apply to waiting ones too; the cost is up to this much latency for an
+      event. `0` sends every batch at once.
     * `:max_patterns` (positive integer, default `64`) - most patterns one
       worker's settings may hold, counting allow, deny and every pattern-scoped
       sampling rule; a control call beyond it returns
@@ -160,7 +162,7 @@ defmodule Snakepit.Telemetry.Config do
             events: [],
             max_batch_size: 1024,
             max_in_flight_batches: 4,
-            min_batch_interval_us: 1000,
+            min_batch_interval_us: 5000,
             max_buffer_bytes: 4_194_304,
             max_event_bytes: 262_144,
             max_metadata_keys: 128,

@@ -38,7 +38,7 @@ defmodule Snakepit.Telemetry.ConfigTest do
   end
 
   test "min_batch_interval_us: an integer from 0 to 10 s in µs, 0 turning the wait off" do
-    assert Config.load!([]).min_batch_interval_us == 1000
+    assert Config.load!([]).min_batch_interval_us == 5000
     assert Config.load!(min_batch_interval_us: 0).min_batch_interval_us == 0
     assert Config.load!(min_batch_interval_us: 250).min_batch_interval_us == 250
     assert Config.load!(min_batch_interval_us: 10_000_000).min_batch_interval_us == 10_000_000
