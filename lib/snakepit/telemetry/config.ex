@@ -82,8 +82,9 @@ defmodule Snakepit.Telemetry.Config do
       wire takes it sends 10–20 % more with 5 ms than with 1 ms (`bench/RESULTS.md`). The
       first event after a quiet spell leaves at once, a busy Dispatcher gets batches as
       soon as it can take them, and settings that remove events (`toggle/2`, filters,
-      sampling) apply to waiting ones too; the cost is up to this much latency for an
-      event. `0` sends every batch at once.
+      sampling) apply to waiting ones too, and when a worker is unregistered its waiting
+      events are sent at once; the cost is up to this much latency for an event. `0` sends
+      every batch at once.
     * `:max_patterns` (positive integer, default `64`) - most patterns one
       worker's settings may hold, counting allow, deny and every pattern-scoped
       sampling rule; a control call beyond it returns

@@ -185,6 +185,11 @@ defmodule Snakepit.Telemetry.GrpcStream do
   @doc """
   Stops the worker's stream and forgets the worker and its settings.
 
+  Events the NIF has already checked and buffered for the worker (for example those waiting
+  for `:min_batch_interval_us`) are still handed to its Dispatcher, as far as
+  `:max_in_flight_batches` allows, and reach the handlers after this returns; the rest are
+  counted as `:undeliverable`.
+
       iex> Snakepit.Telemetry.GrpcStream.unregister_worker("never-registered")
       {:error, :unknown_worker}
   """

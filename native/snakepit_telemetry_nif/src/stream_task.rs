@@ -17,7 +17,8 @@
 //! `min_batch_interval` ago does a batch wait, until the interval has passed: events that
 //! come one per message (Snakepit's `StreamTelemetry`) faster than that then share the
 //! receiver's wake-ups instead of one each. The first event after a quiet spell leaves at
-//! once; a setting that removes events applies to the waiting ones too.
+//! once; a setting that removes events applies to the waiting ones too. When the
+//! registration ends, waiting events go at once (as far as flow control allows).
 //!
 //! The receiving process (`Snakepit.Telemetry.Dispatcher`) may be restarted: its pid is
 //! watched, and a batch it could not take stays buffered until the next one registers.
@@ -380,7 +381,7 @@ impl StreamTask {
                 if Instant::now() >= retry_at {
                     let opened = tokio::select! {
                         biased;
-                        reason = &mut *stop => return self.stop(flow, reason, None),
+                        reason = &mut *stop => return self.stop(flow, reason, false),
                         opened = tokio::time::timeout(self.connect.timeout, self.open(&mut single)) => opened,
                     };
                     let opened = opened.unwrap_or_else(|_| {
@@ -441,8 +442,7 @@ impl StreamTask {
             };
             let lost = match wake {
                 Wake::Stop(reason) => {
-                    let open = matches!(link, Link::Up { .. }).then_some(flow.sent);
-                    return self.stop(flow, Ok(reason), open);
+                    return self.stop(flow, Ok(reason), matches!(link, Link::Up { .. }));
                 }
                 Wake::Credit => None,
                 Wake::Receiver => {
@@ -487,17 +487,22 @@ impl StreamTask {
         }
     }
 
-    /// The registration ended (`reason` from the stop channel): what is still buffered cannot
-    /// be delivered any more and is counted.
+    /// The registration ended (`reason` from the stop channel; `stream_open`: a stream was
+    /// open then). What is buffered goes to the receiver now, without waiting for
+    /// `min_batch_interval`, as far as flow control allows (events already checked are not
+    /// lost to the interval); what is left cannot be delivered any more and is counted.
     fn stop(
         &self,
         flow: &mut Flow,
         reason: Result<CloseReason, oneshot::error::RecvError>,
-        open: Option<u64>,
+        stream_open: bool,
     ) -> TaskEnd {
+        if flow.send_statuses(&self.receiver, &self.worker) {
+            self.send_batches(flow, &self.receiver);
+        }
         let left = flow.pending.clear();
         self.state.counters.add_dropped(DropReason::Undeliverable, left as u64);
-        TaskEnd { reason: reason.unwrap_or(CloseReason::Shutdown), open }
+        TaskEnd { reason: reason.unwrap_or(CloseReason::Shutdown), open: stream_open.then_some(flow.sent) }
     }
 
     /// Takes one message, then every message that has already arrived (up to a batch), so a
@@ -709,15 +714,21 @@ impl StreamTask {
         }
     }
 
-    /// Sends batches while flow control allows and the receiver takes them.
+    /// Sends batches while flow control allows and the receiver takes them, unless the batch
+    /// interval holds them (`hold_until`).
     fn flush(&self, flow: &mut Flow, receiver: &watch::Receiver<LocalPid>) {
         if !flow.send_statuses(receiver, &self.worker) {
             return;
         }
         flow.hold_until = self.hold_until(flow);
-        if flow.hold_until.is_some() {
-            return;
+        if flow.hold_until.is_none() {
+            self.send_batches(flow, receiver);
         }
+    }
+
+    /// Sends what is buffered, batch by batch, while flow control allows and the receiver
+    /// takes them.
+    fn send_batches(&self, flow: &mut Flow, receiver: &watch::Receiver<LocalPid>) {
         while !flow.blocked && !flow.pending.is_empty() && flow.credit.try_acquire() {
             let pid = *receiver.borrow();
             let records = flow.pending.take_batch();

@@ -102,4 +102,36 @@ defmodule Snakepit.Telemetry.BatchIntervalTest do
     assert info.emitted == 1
     assert info.received == info.emitted + info.dropped.disabled
   end
+
+  test "unregistering sends the events waiting for the interval instead of dropping them" do
+    restart_app_for_test(min_batch_interval_us: 3_000_000)
+    {worker, id} = start_traced_worker()
+    closed = {__MODULE__, :closed, id}
+    test_pid = self()
+
+    :ok =
+      :telemetry.attach(
+        closed,
+        [:snakepit, :grpc, :stream, :closed],
+        fn _event, measurements, metadata, _config ->
+          if metadata.worker_id == id, do: send(test_pid, {:closed, measurements.message_count})
+        end,
+        nil
+      )
+
+    on_exit(fn -> :telemetry.detach(closed) end)
+    emit(worker, "first")
+    await_events(["first"])
+    emit(worker, "held-1")
+    emit(worker, "held-2")
+    wait_until(fn -> stream(id).received == 2 + 1 end)
+    # Still waiting: the interval (3 s) runs from the first event's batch.
+    refute_received {:event, "held-" <> _}
+    assert :ok = GrpcStream.unregister_worker(id)
+    # Far sooner than the interval: they left when the registration ended.
+    assert_receive {:event, "held-1"}, 1_000
+    assert_receive {:event, "held-2"}, 1_000
+    # The closed stream counts them as sent: none was dropped as undeliverable.
+    assert_receive {:closed, 3}, 1_000
+  end
 end
