@@ -46,7 +46,9 @@
 # the worker sent. Reported:
 #
 #   * tool/s: the tool's iterations (= `emit` calls) per second of its own run;
-#   * delivered/s: tool events the consumer counted per second, and full / bare (medians);
+#   * delivered/s: tool events the consumer counted per second, and full / bare: the ratio of
+#     the medians, then the median of the run-by-run ratios (each run's full path against
+#     that run's bare client; the two differ when the host's speed drifts between runs);
 #   * sent while the tool ran: the tool events the worker had sent when the tool ended, per
 #     second of the tool's run (the rest of the delivered events is what was still queued
 #     then: up to the worker's bound of 8,192, which on the one-event-per-message wire is
@@ -469,13 +471,22 @@ defmodule Bench.ToolThroughput do
         failed = Enum.count(results, &match?({{^p, ^k, ^c}, {:failed, _}}, &1))
         label = label({p, k, c}) <> if(failed > 0, do: " (#{failed} failed)", else: "")
         bare = for {{^p, ^k, :bare}, {:ok, r}} <- results, do: r
-        if rs == [], do: [label, "all runs failed"], else: [label | row(c, rs, bare)]
+        pairs = run_pairs(results, {p, k, :bare}, {p, k, c})
+        if rs == [], do: [label, "all runs failed"], else: [label | row(c, rs, bare, pairs)]
       end
 
     BenchStats.print_table(header, rows)
   end
 
-  defp row(consumer, rs, bare) do
+  # The runs' results of two cases side by side, run by run (every case runs once per run, in
+  # order), where both succeeded.
+  defp run_pairs(results, case_a, case_b) do
+    of = fn c -> for {^c, result} <- results, do: result end
+
+    for {{:ok, a}, {:ok, b}} <- Enum.zip(of.(case_a), of.(case_b)), do: {a, b}
+  end
+
+  defp row(consumer, rs, bare, pairs) do
     med = fn f -> rs |> Enum.map(f) |> median() end
     rates = Enum.map(rs, &delivered_rate/1)
     {lo, hi} = Enum.min_max(rates)
@@ -491,7 +502,14 @@ defmodule Bench.ToolThroughput do
         true ->
           bare_rate = bare |> Enum.map(&delivered_rate/1) |> median()
           bare_tool = bare |> Enum.map(&tool_rate/1) |> median()
-          "#{fmt(median(rates) / bare_rate)} (tool/s #{fmt(med.(&tool_rate/1) / bare_tool)})"
+
+          by_run =
+            if pairs == [],
+              do: "–",
+              else: fmt(median(for {b, f} <- pairs, do: delivered_rate(f) / delivered_rate(b)))
+
+          "#{fmt(median(rates) / bare_rate)} (run by run #{by_run}; " <>
+            "tool/s #{fmt(med.(&tool_rate/1) / bare_tool)})"
       end
 
     [
