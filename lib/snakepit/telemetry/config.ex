@@ -79,7 +79,7 @@ defmodule Snakepit.Telemetry.Config do
       faster than that then share a scheduler's wake-ups instead of one each: at 5,000
       events/s on one stream, 8.6–10.2 µs of scheduler time per event with 5 ms, against
       14.7–16.2 with 1 ms and 19 with `0`; a Python worker whose tool emits as fast as the
-      wire takes it sends 10–20 % more with 5 ms than with 1 ms (`bench/RESULTS.md`). The
+      wire takes it sends 10–25 % more with 5 ms than with 1 ms (`bench/RESULTS.md`). The
       first event after a quiet spell leaves at once, a busy Dispatcher gets batches as
       soon as it can take them, and settings that remove events (`toggle/2`, filters,
       sampling) apply to waiting ones too, and when a worker is unregistered its waiting
