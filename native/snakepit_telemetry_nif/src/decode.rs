@@ -20,16 +20,15 @@ pub fn option<'a, T: Decoder<'a>>(options: Term<'a>, key: Atom, default: T) -> R
 
 /// A required option that must be a positive integer.
 pub fn positive(options: Term, key: Atom) -> Result<usize, ApiError> {
-    let value: usize =
-        options.map_get(key).and_then(|v| v.decode()).map_err(|_| ApiError::InvalidOption(key))?;
+    let value: usize = required(options, key)?;
     if value == 0 {
         return Err(ApiError::InvalidOption(key));
     }
     Ok(value)
 }
 
-/// A required option that must be a non-negative integer.
-pub fn non_negative(options: Term, key: Atom) -> Result<u64, ApiError> {
+/// A required option, decoded as `T` (an unsigned integer type refuses negative values).
+pub fn required<'a, T: Decoder<'a>>(options: Term<'a>, key: Atom) -> Result<T, ApiError> {
     options.map_get(key).and_then(|v| v.decode()).map_err(|_| ApiError::InvalidOption(key))
 }
 

@@ -18,7 +18,7 @@ use snakepit_telemetry_core::registry::{StreamState, StreamStatus};
 use snakepit_telemetry_core::translate::{EventLimits, NativeTime};
 
 use crate::atoms::{self, AtomTable};
-use crate::decode::{self, non_negative, option, positive};
+use crate::decode::{self, option, positive, required};
 use crate::encode::{TermEncoder, WorkerMeta};
 use crate::event_batch::EventBatch;
 use crate::runtime::{RuntimeOptions, TelemetryRuntime};
@@ -66,7 +66,7 @@ fn start(env: Env, receivers: Vec<LocalPid>, options: Term) -> NifResult<Resourc
         },
         max_event_bytes: positive(options, atoms::max_event_bytes())?,
         max_in_flight: positive(options, atoms::max_in_flight_batches())?,
-        min_batch_interval: Duration::from_micros(non_negative(options, atoms::min_batch_interval_us())?),
+        min_batch_interval: Duration::from_micros(required::<u64>(options, atoms::min_batch_interval_us())?),
         event: EventLimits {
             native_time: NativeTime::new(native_per_second),
             max_metadata_keys: positive(options, atoms::max_metadata_keys())?,

@@ -229,7 +229,7 @@ class TelemetryService:
     def min_batch_interval(self) -> float:
         """Least seconds between batch messages unless a full batch is buffered.
 
-        Or half the stream's bound, whichever comes first.
+        A buffer half the stream's bound also ends the wait, if that comes first.
         """
         return self._min_batch_interval
 
