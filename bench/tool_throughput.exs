@@ -6,7 +6,7 @@
 #     MIX_ENV=test ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 #       mix run bench/tool_throughput.exs [--seconds 5] [--runs 3] [--block-bytes 16384]
 #         [--kinds busy,native] [--protocols batched,single] [--timeout-s 60]
-#         [--min-batch-interval-us N] [--worker snakepit_style]
+#         [--min-batch-interval-us N] [--worker snakepit_style] [--aa]
 #
 # from the repository root (`bench/run_all` does both). MIX_ENV=test: the worker driver
 # `Snakepit.Telemetry.Test.PythonWorker` (test/support) is compiled only there, and
@@ -66,7 +66,9 @@
 # `TelemetryStream` (Snakepit's bound, 1,024 events) and the tool on a thread of its own;
 # it serves StreamTelemetry only, so only the single protocol runs.
 # `--min-batch-interval-us N` restarts the application with that `min_batch_interval_us`
-# (default: the config's). Cases run interleaved (every case once per run). A run whose consumer fails is printed
+# (default: the config's). `--aa` runs the bare client once more in every run, after the full
+# path, and gives its ratio to the first bare client in the same column: an A/A test, the
+# spread that the host's noise alone gives a ratio. Cases run interleaved (every case once per run). A run whose consumer fails is printed
 # as FAILED and left out of the medians.
 
 defmodule Bench.ToolThroughput do
@@ -101,7 +103,8 @@ defmodule Bench.ToolThroughput do
     timeout_s: :integer,
     min_batch_interval_us: :integer,
     worker: :string,
-    count_stream: :string
+    count_stream: :string,
+    aa: :boolean
   ]
 
   def main(argv) do
@@ -127,7 +130,8 @@ defmodule Bench.ToolThroughput do
           raise ArgumentError, "unknown --worker #{inspect(other)}: expected snakepit_style"
       end
 
-    cases = for p <- protocols, k <- kinds, c <- [:bare, :full], do: {p, k, c}
+    consumers = consumers(opts)
+    cases = for p <- protocols, k <- kinds, c <- consumers, do: {p, k, c}
     clk_tck = OsStats.clock_ticks_per_second()
 
     IO.puts(
@@ -144,8 +148,12 @@ defmodule Bench.ToolThroughput do
         {c, result}
       end
 
-    print_table(protocols, kinds, results)
+    print_table(protocols, kinds, consumers, results)
   end
+
+  # `--aa` runs the bare client a second time in each run, after the full path: the ratio of
+  # the two bare cases is what the host's noise alone does to a ratio (an A/A test).
+  defp consumers(opts), do: if(opts[:aa], do: [:bare, :full, :bare_again], else: [:bare, :full])
 
   defp parse_list(string, allowed) do
     names = string |> String.split(",", trim: true) |> Enum.map(&String.trim/1)
@@ -188,6 +196,9 @@ defmodule Bench.ToolThroughput do
       OsStats.await_exit(worker.os_pid)
     end
   end
+
+  defp measure(:bare_again, protocol, worker, tool, opts),
+    do: measure(:bare, protocol, worker, tool, opts)
 
   defp measure(:bare, protocol, worker, tool, opts) do
     args = ["--until-end", "--timeout-ms", Integer.to_string(opts[:timeout_s] * 1000)]
@@ -434,8 +445,12 @@ defmodule Bench.ToolThroughput do
   defp consumer_us(r), do: per_delivered_us(r.consumer_cpu_ns, r)
 
   defp label({protocol, kind, consumer}) do
-    "#{kind} tool, #{protocol}, #{if consumer == :bare, do: "bare client", else: "full path"}"
+    "#{kind} tool, #{protocol}, #{consumer_label(consumer)}"
   end
+
+  defp consumer_label(:bare), do: "bare client"
+  defp consumer_label(:full), do: "full path"
+  defp consumer_label(:bare_again), do: "bare client again (A/A)"
 
   defp format_result({:failed, reason}), do: "FAILED: #{reason}"
 
@@ -451,7 +466,7 @@ defmodule Bench.ToolThroughput do
   defp nif_share(%{nif_cpu_ns: ns} = r), do: " (NIF threads #{fmt(per_delivered_us(ns, r))})"
   defp nif_share(_bare), do: ""
 
-  defp print_table(protocols, kinds, results) do
+  defp print_table(protocols, kinds, consumers, results) do
     header = [
       "tool, protocol, consumer",
       "tool/s",
@@ -466,7 +481,7 @@ defmodule Bench.ToolThroughput do
     ]
 
     rows =
-      for p <- protocols, k <- kinds, c <- [:bare, :full] do
+      for p <- protocols, k <- kinds, c <- consumers do
         rs = for {{^p, ^k, ^c}, {:ok, r}} <- results, do: r
         failed = Enum.count(results, &match?({{^p, ^k, ^c}, {:failed, _}}, &1))
         label = label({p, k, c}) <> if(failed > 0, do: " (#{failed} failed)", else: "")
