@@ -68,8 +68,8 @@
 # `--min-batch-interval-us N` restarts the application with that `min_batch_interval_us`
 # (default: the config's). `--aa` runs the bare client once more in every run, after the full
 # path, and gives its ratio to the first bare client in the same column: an A/A test, the
-# spread that the host's noise alone gives a ratio. Cases run interleaved (every case once per run). A run whose consumer fails is printed
-# as FAILED and left out of the medians.
+# spread that the host's noise alone gives a ratio. Cases run interleaved (every case once
+# per run). A run whose consumer fails is printed as FAILED and left out of the medians.
 
 defmodule Bench.ToolThroughput do
   @moduledoc false
@@ -471,7 +471,7 @@ defmodule Bench.ToolThroughput do
       "tool, protocol, consumer",
       "tool/s",
       "delivered/s (min–max)",
-      "full / bare",
+      "full / bare (A/A: again / bare)",
       "sent while the tool ran, /s",
       "source drops",
       "NIF drops",
