@@ -525,11 +525,35 @@ defmodule Snakepit.Telemetry.GrpcStream do
   defp change_workers(state, target, change) do
     with {:ok, current} <- current_settings(state.runtime, target),
          {:ok, changed} <- change_each(current, change, state.config.max_patterns) do
-      case Native.update_settings(state.runtime, changed) do
+      case update_settings(state.runtime, changed) do
         {:ok, _count} -> :ok
         {:error, _} = error -> error
       end
     end
+  end
+
+  # Up to @max_inline_changes changes are applied on this process's own scheduler, in
+  # chunks (about 25 µs each), each call charged to the process's time slice; more in one
+  # call on a dirty scheduler (milliseconds at thousands of workers). A dirty scheduler is
+  # not woken for a few: on a loaded machine, that wake-up took 20-90 ms, ten times the rest
+  # of a toggle (`bench/RESULTS.md`). The chunks are all or none together, as one call is:
+  # every change was validated by `change_each/3`, and the workers cannot change meanwhile,
+  # since only this process registers and unregisters them.
+  @max_inline_changes 256
+  @settings_chunk 32
+
+  defp update_settings(runtime, changed) when length(changed) > @max_inline_changes,
+    do: Native.update_settings_dirty(runtime, changed)
+
+  defp update_settings(runtime, changed) do
+    changed
+    |> Enum.chunk_every(@settings_chunk)
+    |> Enum.reduce_while({:ok, 0}, fn chunk, {:ok, count} ->
+      case Native.update_settings(runtime, chunk) do
+        {:ok, applied} -> {:cont, {:ok, count + applied}}
+        {:error, _} = error -> {:halt, error}
+      end
+    end)
   end
 
   defp current_settings(runtime, :all) do

@@ -107,6 +107,9 @@ defmodule Snakepit.Telemetry.Native do
   def update_settings(_runtime, _changes), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
+  def update_settings_dirty(_runtime, _changes), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
   def take_events(_batch), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false

@@ -269,9 +269,36 @@ fn worker_settings<'a>(
 /// `update_settings(runtime, [{worker_id, settings}])`: new settings for each worker, applied
 /// to all of them or, if any is invalid or unknown, to none. Each stream applies them to what
 /// arrives from now on and sends them to its worker; nothing waits. Returns `{:ok, count}`.
-/// On a dirty scheduler, as `:all` changes at thousands of workers take milliseconds.
+/// On the calling scheduler, for a few changes: `GrpcStream` sends up to 256 in chunks of 32
+/// (25 µs each, typically), and each call tells the scheduler what share of a time slice it
+/// took. More go to `update_settings_dirty`.
+#[rustler::nif]
+fn update_settings(
+    env: Env,
+    runtime: ResourceArc<TelemetryRuntime>,
+    changes: Vec<(String, Term)>,
+) -> NifResult<usize> {
+    let started = std::time::Instant::now();
+    let applied = apply_settings(&runtime, changes);
+    // A time slice is about 1 ms: 10 µs is 1 %.
+    let percent = (started.elapsed().as_micros() / 10).clamp(1, 100) as i32;
+    rustler::schedule::consume_timeslice(env, percent);
+    applied
+}
+
+/// `update_settings_dirty(runtime, changes)`: the same on a dirty scheduler, for `:all`
+/// changes at hundreds or thousands of workers (milliseconds). Not for a few: on a loaded
+/// machine, waking a dirty scheduler took 20-90 ms, ten times the rest of a toggle
+/// (`bench/RESULTS.md`).
 #[rustler::nif(schedule = "DirtyCpu")]
-fn update_settings(runtime: ResourceArc<TelemetryRuntime>, changes: Vec<(String, Term)>) -> NifResult<usize> {
+fn update_settings_dirty(
+    runtime: ResourceArc<TelemetryRuntime>,
+    changes: Vec<(String, Term)>,
+) -> NifResult<usize> {
+    apply_settings(&runtime, changes)
+}
+
+fn apply_settings(runtime: &TelemetryRuntime, changes: Vec<(String, Term)>) -> NifResult<usize> {
     let mut decoded = Vec::with_capacity(changes.len());
     for (worker_id, settings) in changes {
         decoded.push((worker_id, decode::settings(settings)?));

@@ -20,4 +20,22 @@ defmodule Snakepit.Telemetry.ScaleTest do
     assert Enum.all?(mine.(), &(&1.enabled == false and &1.deny == ["python.gc.*"]))
     assert :ok = GrpcStream.toggle(:all, true)
   end
+
+  # Up to 256 changes are applied on GrpcStream's own scheduler, 32 per NIF call (more on a
+  # dirty scheduler, above): every chunk must land, the last, short one too.
+  test "100 registrations: :all changes made in chunks reach every one" do
+    ids = for i <- 1..100, do: "chunks-#{i}-#{System.unique_integer([:positive])}"
+    on_exit(fn -> Enum.each(ids, &GrpcStream.unregister_worker/1) end)
+    for id <- ids, do: :ok = GrpcStream.register_worker(id, :none, pool_name: :chunks)
+
+    mine = fn -> Enum.filter(GrpcStream.list_streams(), &(&1.metadata[:pool_name] == :chunks)) end
+    assert length(mine.()) == 100
+
+    assert :ok = GrpcStream.update_sampling(:all, 0.25)
+    assert :ok = GrpcStream.toggle(:all, false)
+    assert Enum.all?(mine.(), &(&1.enabled == false and &1.sampling_rate == 0.25))
+    assert :ok = GrpcStream.toggle(:all, true)
+    assert :ok = GrpcStream.update_sampling(:all, 1.0)
+    assert Enum.all?(mine.(), &(&1.enabled == true and &1.sampling_rate == 1.0))
+  end
 end
