@@ -77,9 +77,7 @@ impl EventBatch {
         let rest = records.get(*next..).unwrap_or_default();
         let (events, made) = self.encoder.encode_events(env, &self.worker, rest, |r| budget.allows(r));
         *next += made;
-        // Tells the scheduler what share of a process's time slice (about 1 ms) this took.
-        let percent = (budget.started.elapsed().as_micros() / 10).clamp(1, 100) as i32;
-        rustler::schedule::consume_timeslice(env, percent);
+        crate::timeslice::charge_since(env, budget.started);
         if *next < records.len() {
             return (atoms::more(), events).encode(env);
         }

@@ -10,6 +10,7 @@
 //! - `event_batch`, `encode`, `atoms`: a batch in flight, made into terms by the process that
 //!   receives it, with atoms handed over at start
 //! - `tool_call`, `json`: tool calls on the runtime, and their JSON (dirty NIFs)
+//! - `timeslice`: what a NIF on a normal scheduler charges to the calling process
 //! - `allocator`: the NIF's Rust allocator (mimalloc, chosen by measurement)
 //!
 //! The catalog, event translation, gRPC client and counters live in `snakepit_telemetry_core`.
@@ -27,6 +28,7 @@ mod runtime;
 mod status;
 mod stream_task;
 mod terms;
+mod timeslice;
 mod tool_call;
 
 rustler::init!("Elixir.Snakepit.Telemetry.Native");

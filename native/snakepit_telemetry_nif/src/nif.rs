@@ -280,9 +280,7 @@ fn update_settings(
 ) -> NifResult<usize> {
     let started = std::time::Instant::now();
     let applied = apply_settings(&runtime, changes);
-    // A time slice is about 1 ms: 10 µs is 1 %.
-    let percent = (started.elapsed().as_micros() / 10).clamp(1, 100) as i32;
-    rustler::schedule::consume_timeslice(env, percent);
+    crate::timeslice::charge_since(env, started);
     applied
 }
 
