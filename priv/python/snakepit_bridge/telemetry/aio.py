@@ -59,11 +59,13 @@ from snakepit_bridge.auth import (
     resolve_token,
 )
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
-from snakepit_bridge.telemetry.consumer import IDLE_RECHECK_SECONDS
+from snakepit_bridge.telemetry.consumer import Wait
 from snakepit_bridge.telemetry.stream import (
     CAPABILITIES_HEADER,
     CAPABILITY_SAMPLING_PATTERNS,
-    DROP_REPORT_INTERVAL_SECONDS,
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_BATCH_EVENTS,
+    DEFAULT_MIN_BATCH_INTERVAL,
     SENT_HEADER,
     SINGLE_RPC_CAPABILITIES,
     STREAM_ID_HEADER,
@@ -113,25 +115,47 @@ class AsyncStreamConsumer(StreamConsumer):
         super().detach()
         self.wake()
 
-    async def _wait_for_event(self, next_report: float) -> None:
-        """Wait until an event arrives, the stream closes or the consumer is detached.
+    async def _wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def _pause_async(self, wait: Wait) -> None:
+        """Make one :class:`~snakepit_bridge.telemetry.consumer.Wait` on the event loop.
 
         The same protocol as the threaded consumer (see
-        :mod:`snakepit_bridge.telemetry.consumer`): ``waiting`` is set before the buffer is
-        re-checked, producers append before reading it.
+        :mod:`snakepit_bridge.telemetry.consumer`): ``waiting`` (or ``lingering``) is set
+        before the buffer is re-checked, producers append before reading it.
         """
-        stream = self._stream
         self._ready.clear()
-        self.waiting = True
+        if wait.linger:
+            self.lingering = True
+            try:
+                if self._should_linger():
+                    await self._wait(max(wait.deadline - time.monotonic(), 0.0))
+            finally:
+                self.lingering = False
+        else:
+            self.waiting = True
+            try:
+                if self._should_sleep():
+                    await self._wait(self._sleep_timeout(wait.deadline))
+            finally:
+                self.waiting = False
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        """Yield buffered events as serialized messages until detached, replaced or closed.
+
+        As :meth:`StreamConsumer.events`, on the event loop: for a servicer whose response
+        serializer passes bytes through.
+        """
         try:
-            if not stream.buffer and self.is_current and not stream.closed:
-                idle = IDLE_RECHECK_SECONDS
-                if stream.has_unreported_drops:
-                    idle = min(idle, max(next_report - time.monotonic(), 0.0))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._ready.wait(), idle)
+            for step in self.event_steps(self._stream.pop):
+                if type(step) is Wait:
+                    await self._pause_async(step)
+                else:
+                    yield step  # type: ignore[misc]
         finally:
-            self.waiting = False
+            self.detach()
 
     async def events(self) -> AsyncIterator[pb.TelemetryEvent]:  # type: ignore[override]
         """Yield buffered events as messages until detached, replaced or closed.
@@ -139,31 +163,37 @@ class AsyncStreamConsumer(StreamConsumer):
         After :meth:`TelemetryStream.close` the buffer is drained and the last drop report
         sent before the iterator ends.
         """
-        stream = self._stream
-        buffer = stream.buffer
-        pop_event = stream.pop_event
-        claim_drop_report = stream.claim_drop_report
-        monotonic = time.monotonic
-        next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
+        from_string = pb.TelemetryEvent.FromString
         try:
-            while self.is_current:
-                if stream.has_unreported_drops and monotonic() >= next_report:
-                    reports = claim_drop_report(self)
-                    if reports is None:
-                        return
-                    for report in reports:
-                        yield pb.TelemetryEvent.FromString(report)
-                    next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
-                try:
-                    message = pop_event(self)
-                except IndexError:
-                    if stream.closed and not buffer:
-                        for report in claim_drop_report(self) or ():
-                            yield pb.TelemetryEvent.FromString(report)
-                        return
-                    await self._wait_for_event(next_report)
-                    continue
-                yield message
+            for step in self.event_steps(self._stream.pop_event):
+                kind = type(step)
+                if kind is Wait:
+                    await self._pause_async(step)  # type: ignore[arg-type]
+                elif kind is bytes:  # a drop report
+                    yield from_string(step)  # type: ignore[arg-type]
+                else:
+                    yield step  # type: ignore[misc]
+        finally:
+            self.detach()
+
+    async def batches(  # type: ignore[override]
+        self,
+        max_events: int = DEFAULT_MAX_BATCH_EVENTS,
+        max_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        min_interval: float = DEFAULT_MIN_BATCH_INTERVAL,
+    ) -> AsyncIterator[bytes]:
+        """Yield serialized ``TelemetryEventBatch`` messages, as :meth:`StreamConsumer.batches`.
+
+        Raises:
+            ValueError: as :meth:`StreamConsumer.batches`, when the first batch is asked for.
+        """
+        steps = self.batch_steps(max_events, max_bytes, min_interval)
+        try:
+            for step in steps:
+                if type(step) is Wait:
+                    await self._pause_async(step)
+                else:
+                    yield step  # type: ignore[misc]
         finally:
             self.detach()
 

@@ -63,8 +63,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
 
 from snakepit_bridge.telemetry.protocol import (
     DEFAULT_MAX_BATCH_BYTES,
@@ -79,10 +79,28 @@ from snakepit_bridge.telemetry.protocol import (
 if TYPE_CHECKING:
     from snakepit_bridge.telemetry.stream import TelemetryStream
 
-__all__ = ["IDLE_RECHECK_SECONDS", "StreamConsumer"]
+__all__ = ["IDLE_RECHECK_SECONDS", "StreamConsumer", "Wait"]
 
 IDLE_RECHECK_SECONDS: Final = 1.0
 """Longest sleep of an idle consumer; only a safety net, wake-ups are explicit."""
+
+_Event = TypeVar("_Event")
+
+
+class Wait(NamedTuple):
+    """A pause a reader makes before it asks for its next step.
+
+    See :meth:`StreamConsumer.event_steps` and :meth:`StreamConsumer.batch_steps`.
+
+    The sync reader sleeps on a ``threading.Event``, the asyncio one awaits an
+    ``asyncio.Event``; both end the pause early when a producer wakes them.
+    """
+
+    linger: bool
+    """True: pace the next batch until ``deadline``, unless a full batch is buffered first.
+    False: sleep until an event arrives (or the next drop report is due at ``deadline``)."""
+    deadline: float
+    """``time.monotonic()`` value the pause is measured against."""
 
 
 class StreamConsumer:
@@ -142,53 +160,65 @@ class StreamConsumer:
         self._stream.release(self)
         self._wakeup.set()
 
+    def _should_sleep(self) -> bool:
+        """True when there is nothing to send and nothing that would end a sleep."""
+        stream = self._stream
+        return not stream.buffer and self.is_current and not stream.closed
+
+    def _should_linger(self) -> bool:
+        """True when pacing may go on: no full batch, flush, replacement or close."""
+        return (
+            not self._has_full_batch()
+            and not self.flush_requested
+            and self.is_current
+            and not self._stream.closed
+        )
+
+    def _sleep_timeout(self, next_report: float) -> float:
+        """How long a sleep may last: until the next drop report is due, if any."""
+        if self._stream.has_unreported_drops:
+            return min(IDLE_RECHECK_SECONDS, max(next_report - time.monotonic(), 0.0))
+        return IDLE_RECHECK_SECONDS
+
     def _sleep_until_event(self, next_report: float) -> None:
         """Sleep until an event arrives, the stream closes or the consumer is detached.
 
         Producers wake it (see the module doc); with drops not yet reported it wakes by
         ``next_report`` (monotonic) at the latest, else after ``IDLE_RECHECK_SECONDS``.
         """
-        stream = self._stream
         wakeup = self._wakeup
         wakeup.clear()
         self.waiting = True
-        if not stream.buffer and self.is_current and not stream.closed:
-            idle = IDLE_RECHECK_SECONDS
-            if stream.has_unreported_drops:
-                idle = min(idle, max(next_report - time.monotonic(), 0.0))
-            wakeup.wait(idle)
+        if self._should_sleep():
+            wakeup.wait(self._sleep_timeout(next_report))
         self.waiting = False
+
+    def _linger(self, until: float) -> None:
+        """Sleep until ``until`` (monotonic) unless a full batch, close or detach comes first."""
+        wakeup = self._wakeup
+        wakeup.clear()
+        self.lingering = True
+        if self._should_linger():
+            wakeup.wait(max(until - time.monotonic(), 0.0))
+        self.lingering = False
+
+    def _pause(self, wait: Wait) -> None:
+        if wait.linger:
+            self._linger(wait.deadline)
+        else:
+            self._sleep_until_event(wait.deadline)
 
     def events(self) -> Iterator[OutgoingMessage]:
         """Yield buffered messages until detached, replaced, or the stream is closed.
 
         After :meth:`TelemetryStream.close` the buffer is drained before the iterator ends.
         """
-        stream = self._stream
-        buffer = stream.buffer
-        pop = stream.pop
-        claim_drop_report = stream.claim_drop_report
-        monotonic = time.monotonic
-        next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
         try:
-            while self.is_current:
-                if stream.has_unreported_drops and monotonic() >= next_report:
-                    reports = claim_drop_report(self)
-                    if reports is None:
-                        return
-                    yield from reports
-                    next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
-                try:
-                    message = pop(self)
-                except IndexError:
-                    # Re-checked after `closed`: events appended between the failed pop and
-                    # close() (the thread can be preempted right there) are drained first.
-                    if stream.closed and not buffer:
-                        yield from claim_drop_report(self) or ()
-                        return
-                    self._sleep_until_event(next_report)
-                    continue
-                yield message
+            for step in self.event_steps(self._stream.pop):
+                if type(step) is Wait:
+                    self._pause(step)
+                else:
+                    yield step  # type: ignore[misc]
         finally:
             self.detach()
 
@@ -212,9 +242,18 @@ class StreamConsumer:
             ValueError: if a bound is not an integer >= 1, or ``min_interval`` is not a
                 finite number >= 0 (before anything is consumed).
         """
-        check_batch_bounds(max_events, max_bytes)
-        check_batch_interval(min_interval)
-        return self._batches(max_events, max_bytes, float(min_interval))
+        steps = self.batch_steps(max_events, max_bytes, min_interval)
+        return self._drive_batches(steps)
+
+    def _drive_batches(self, steps: Iterator[bytes | Wait]) -> Iterator[bytes]:
+        try:
+            for step in steps:
+                if type(step) is Wait:
+                    self._pause(step)
+                else:
+                    yield step  # type: ignore[misc]
+        finally:
+            self.detach()
 
     def _has_full_batch(self) -> bool:
         """True when what is buffered fills a batch, by count or by bytes."""
@@ -223,22 +262,63 @@ class StreamConsumer:
             len(stream.buffer) >= self.full_batch or stream.buffered_bytes >= self.full_batch_bytes
         )
 
-    def _linger(self, until: float) -> None:
-        """Sleep until ``until`` (monotonic) unless a full batch, close or detach comes first."""
-        stream = self._stream
-        wakeup = self._wakeup
-        wakeup.clear()
-        self.lingering = True
-        if (
-            not self._has_full_batch()
-            and not self.flush_requested
-            and self.is_current
-            and not stream.closed
-        ):
-            wakeup.wait(max(until - time.monotonic(), 0.0))
-        self.lingering = False
+    # -- what to send and when to wait, shared by the sync and the asyncio readers --------
 
-    def _batches(self, max_events: int, max_bytes: int, min_interval: float) -> Iterator[bytes]:
+    def event_steps(
+        self, pop: Callable[[StreamConsumer], _Event]
+    ) -> Iterator[_Event | bytes | Wait]:
+        """The one-event-per-message reader's steps: a message to send, or a :class:`Wait`.
+
+        ``pop`` takes the next event (:meth:`TelemetryStream.pop` for bytes,
+        :meth:`TelemetryStream.pop_event` for messages); drop reports come as bytes. The
+        driver sends each message and makes each wait before asking for the next step, and
+        detaches the consumer when it stops.
+        """
+        stream = self._stream
+        buffer = stream.buffer
+        claim_drop_report = stream.claim_drop_report
+        monotonic = time.monotonic
+        next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
+        while self.is_current:
+            if stream.has_unreported_drops and monotonic() >= next_report:
+                reports = claim_drop_report(self)
+                if reports is None:
+                    return
+                yield from reports
+                next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
+            try:
+                message = pop(self)
+            except IndexError:
+                # Re-checked after `closed`: events appended between the failed pop and
+                # close() (the thread can be preempted right there) are drained first.
+                if stream.closed and not buffer:
+                    yield from claim_drop_report(self) or ()
+                    return
+                yield Wait(linger=False, deadline=next_report)
+                continue
+            yield message
+
+    def batch_steps(
+        self,
+        max_events: int = DEFAULT_MAX_BATCH_EVENTS,
+        max_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        min_interval: float = DEFAULT_MIN_BATCH_INTERVAL,
+    ) -> Iterator[bytes | Wait]:
+        """The batch reader's steps: a serialized batch to send, or a :class:`Wait`.
+
+        See :meth:`batches`; the driver sends each batch and makes each wait before asking
+        for the next step.
+
+        Raises:
+            ValueError: as :meth:`batches` (at the call, before anything is consumed).
+        """
+        check_batch_bounds(max_events, max_bytes)
+        check_batch_interval(min_interval)
+        return self._batch_steps(max_events, max_bytes, float(min_interval))
+
+    def _batch_steps(
+        self, max_events: int, max_bytes: int, min_interval: float
+    ) -> Iterator[bytes | Wait]:
         stream = self._stream
         buffer = stream.buffer
         pop_batch = stream.pop_batch
@@ -251,37 +331,34 @@ class StreamConsumer:
         self.full_batch = min(max_events, max(1, stream.max_buffer // 2))
         self.full_batch_bytes = min(max_bytes, max(1, stream.max_buffer_bytes // 2))
         sent_at = -math.inf  # when the last batch went out
-        try:
-            while self.is_current:
-                if stream.has_unreported_drops and monotonic() >= next_report:
-                    reports.extend(stream.take_drop_report(self))
-                    next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
-                if (
-                    min_interval > 0.0
-                    and buffer
-                    and not reports
-                    and not stream.closed
-                    and monotonic() < sent_at + min_interval
-                    and not self._has_full_batch()
-                    and not self.flush_requested
-                ):
-                    self._linger(sent_at + min_interval)
-                    continue
-                self.flush_requested = False
-                batch, count = pop_batch(max_events, max_bytes, reports, self)
-                if count:
-                    sent_at = monotonic()
+        while self.is_current:
+            if stream.has_unreported_drops and monotonic() >= next_report:
+                reports.extend(stream.take_drop_report(self))
+                next_report = monotonic() + DROP_REPORT_INTERVAL_SECONDS
+            if (
+                min_interval > 0.0
+                and buffer
+                and not reports
+                and not stream.closed
+                and monotonic() < sent_at + min_interval
+                and not self._has_full_batch()
+                and not self.flush_requested
+            ):
+                yield Wait(linger=True, deadline=sent_at + min_interval)
+                continue
+            self.flush_requested = False
+            batch, count = pop_batch(max_events, max_bytes, reports, self)
+            if count:
+                sent_at = monotonic()
+                yield batch
+                continue
+            # As in event_steps(): re-checked, so nothing appended before close() is left.
+            if stream.closed and not buffer:
+                reports.extend(stream.take_drop_report(self))
+                while reports:
+                    batch, count = pop_batch(max_events, max_bytes, reports, self)
+                    if not count:  # replaced meanwhile
+                        return
                     yield batch
-                    continue
-                # As in events(): re-checked, so nothing appended before close() is left.
-                if stream.closed and not buffer:
-                    reports.extend(stream.take_drop_report(self))
-                    while reports:
-                        batch, count = pop_batch(max_events, max_bytes, reports, self)
-                        if not count:  # replaced meanwhile
-                            return
-                        yield batch
-                    return
-                self._sleep_until_event(next_report)
-        finally:
-            self.detach()
+                return
+            yield Wait(linger=False, deadline=next_report)
