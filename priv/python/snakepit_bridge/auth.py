@@ -14,10 +14,11 @@ from __future__ import annotations
 import enum
 import hmac
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, NoReturn
 
 import grpc
+import grpc.aio
 
 __all__ = [
     "AUTHORIZATION_HEADER",
@@ -111,8 +112,10 @@ def resolve_token(token: str | BearerToken | TokenSource | None) -> BearerToken 
     return BearerToken(token)
 
 
-def _abort_unauthenticated(_request: object, context: grpc.ServicerContext) -> NoReturn:
-    context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
+async def _abort_unauthenticated(
+    _request: object, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
 
 
 def _rejecting_handler(
@@ -130,19 +133,24 @@ def _rejecting_handler(
     return grpc.unary_unary_rpc_method_handler(_abort_unauthenticated)
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Aborts every call without the right bearer token with ``UNAUTHENTICATED``."""
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Aborts every call without the right bearer token with ``UNAUTHENTICATED``.
+
+    For a ``grpc.aio`` server (:class:`~snakepit_bridge.server.BridgeServer` is one).
+    """
 
     def __init__(self, token: BearerToken) -> None:
         self._token = token
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         """Route an authenticated call on; give any other one a rejecting handler."""
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if self._token.accepts(handler_call_details.invocation_metadata):
             return handler
         return _rejecting_handler(handler)

@@ -1,6 +1,11 @@
 """The worker's gRPC server: ``snakepit.bridge.BridgeService``.
 
-Serves ``StreamTelemetry``, ``StreamTelemetryBatched`` and ``ExecuteTool``.
+Serves ``StreamTelemetry``, ``StreamTelemetryBatched`` and ``ExecuteTool`` from a
+``grpc.aio`` server whose event loop runs on a thread of its own
+(:class:`~snakepit_bridge.event_loop_thread.EventLoopThread`), so the worker's own code
+stays synchronous. On the event loop a message costs the worker far fewer thread
+hand-offs, each a trip through the GIL, than on a thread-pool server; with a tool thread
+holding the GIL that is several times the events per second (``bench/RESULTS.md``).
 
 The Python worker is the server; the client (the NIF) opens one bidirectional telemetry
 call, sends ``TelemetryControl`` messages and receives events: one ``TelemetryEvent`` per
@@ -11,7 +16,7 @@ many events on ``StreamTelemetryBatched`` (this project's extension). Both handl
   ``x-snakepit-telemetry-capabilities: sampling-patterns,batched`` when they honour
   control messages (``sampling-patterns``: pattern-scoped sampling is applied;
   ``batched``: ``StreamTelemetryBatched`` is served);
-* read control messages on a separate thread and apply them to the
+* read control messages in a task of their own and apply them to the
   :class:`~snakepit_bridge.telemetry.stream.TelemetryStream` (one with an invalid rate or
   pattern is rejected whole and counted in the stream's ``controls_rejected``; nothing a
   client sends raises out of the handler);
@@ -28,8 +33,9 @@ The response serializer accepts a message or bytes that are already a serialized
 message, so tests can put arbitrary bytes on the wire.
 
 ``ExecuteTool`` runs a tool from a :class:`~snakepit_bridge.tools.registry.ToolRegistry`
-(:class:`ToolService`; the call's correlation id comes from the
-``x-snakepit-correlation-id`` header, else the request's ``metadata["correlation_id"]``).
+on a thread of :class:`ToolService`'s own pool, never on the event loop (the call's
+correlation id comes from the ``x-snakepit-correlation-id`` header, else the request's
+``metadata["correlation_id"]``).
 
 With a token (``SNAKEPIT_WORKER_TOKEN`` or ``token=``), every method is behind
 :class:`~snakepit_bridge.auth.BearerTokenInterceptor`.
@@ -37,15 +43,21 @@ With a token (``SNAKEPIT_WORKER_TOKEN`` or ``token=``), every method is behind
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Any, Final, TypeAlias, TypeVar
 
 import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
 
 from snakepit_bridge.auth import BearerToken, BearerTokenInterceptor, TokenSource, resolve_token
+from snakepit_bridge.event_loop_thread import EventLoopThread
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
+from snakepit_bridge.telemetry.aio import AsyncStreamConsumer
 from snakepit_bridge.telemetry.counters import Counter
 from snakepit_bridge.telemetry.stream import (
     CAPABILITIES_HEADER,
@@ -59,7 +71,6 @@ from snakepit_bridge.telemetry.stream import (
     SINGLE_RPC_CAPABILITIES,
     STREAM_ID_HEADER,
     OutgoingMessage,
-    StreamConsumer,
     TelemetryStream,
     check_batch_bounds,
     check_batch_interval,
@@ -74,6 +85,7 @@ __all__ = [
     "CAPABILITY_RESTATED_DROPS",
     "CAPABILITY_SAMPLING_PATTERNS",
     "DEFAULT_HOST",
+    "DEFAULT_MAX_TOOL_CALLS",
     "EXECUTE_TOOL_METHOD",
     "EXECUTE_TOOL_PATH",
     "KEEPALIVE_TIMEOUT_MS",
@@ -89,6 +101,7 @@ __all__ = [
     "TelemetryService",
     "ToolService",
     "client_max_message_bytes",
+    "parse_or_none",
     "serialize_outgoing",
 ]
 
@@ -120,16 +133,20 @@ trace); with 5 minutes none broke. A peer that dies closes the socket at once on
 host; a vanished remote peer is still detected, after 5 minutes."""
 
 DEFAULT_HOST: Final = "127.0.0.1"
-DEFAULT_MAX_WORKERS: Final = 8
-"""Server threads: one per live call (the current stream, replaced streams winding down,
-and each running tool call; calls beyond that wait for a free thread)."""
+DEFAULT_MAX_TOOL_CALLS: Final = 6
+"""``ExecuteTool`` calls run at a time, each on a thread of its own; a call beyond that is
+refused at once with ``RESOURCE_EXHAUSTED``. Telemetry calls run on the event loop and
+never wait for a tool thread."""
 
-TELEMETRY_THREADS: Final = 2
-"""Server threads tool calls never take: the telemetry stream and one that replaces it. A
-tool call beyond ``max_workers - TELEMETRY_THREADS`` running ones is refused at once with
-``RESOURCE_EXHAUSTED``, so tools that keep every thread busy cannot hold the stream off."""
+STOP_MARGIN_SECONDS: Final = 5.0
+"""How much longer than its grace :meth:`BridgeServer.stop` waits for the server to stop."""
 
 Metadata = tuple[tuple[str, str], ...]
+_Message = TypeVar("_Message")
+TelemetryContext: TypeAlias = "grpc.aio.ServicerContext[pb.TelemetryControl, bytes]"
+"""The servicer context of a telemetry call."""
+ToolContext: TypeAlias = "grpc.aio.ServicerContext[pb.ExecuteToolRequest, pb.ExecuteToolResponse]"
+"""The servicer context of an ``ExecuteTool`` call."""
 
 
 class ServerStartError(RuntimeError):
@@ -143,8 +160,24 @@ def serialize_outgoing(message: OutgoingMessage | pb.TelemetryEventBatch) -> byt
     return message.SerializeToString()  # type: ignore[union-attr]
 
 
+def parse_or_none(parse: Callable[[bytes], _Message]) -> Callable[[bytes], _Message | None]:
+    """Wrap a request deserializer so that bytes it cannot parse give None, not an exception.
+
+    The handler then answers with a status of its own (or counts a control message as
+    rejected) instead of the server logging the exception of every malformed request.
+    """
+
+    def parse_request(data: bytes) -> _Message | None:
+        try:
+            return parse(data)
+        except DecodeError:
+            return None
+
+    return parse_request
+
+
 def client_max_message_bytes(
-    invocation_metadata: Sequence[tuple[str, str | bytes]] | None, max_batch_bytes: int
+    invocation_metadata: Iterable[tuple[str, str | bytes]] | None, max_batch_bytes: int
 ) -> int:
     """Return the batch byte bound for a call.
 
@@ -258,56 +291,55 @@ class TelemetryService:
             return ((CAPABILITIES_HEADER, CAPABILITIES), *handover)
         return ((CAPABILITIES_HEADER, SINGLE_RPC_CAPABILITIES), *handover)
 
-    def stream_telemetry(
+    async def stream_telemetry(
         self,
-        controls: Iterator[pb.TelemetryControl],
-        context: grpc.ServicerContext,
-    ) -> Iterator[OutgoingMessage]:
+        controls: AsyncIterator[pb.TelemetryControl | None],
+        context: TelemetryContext,
+    ) -> AsyncIterator[bytes]:
         """Handle one ``StreamTelemetry`` call: headers, then one event per message."""
-        consumer = self._open(controls, context)
-        yield from consumer.events()
+        async with self._call(controls, context) as consumer:
+            async for message in consumer.messages():
+                yield message
 
-    def stream_telemetry_batched(
+    async def stream_telemetry_batched(
         self,
-        controls: Iterator[pb.TelemetryControl],
-        context: grpc.ServicerContext,
-    ) -> Iterator[bytes]:
+        controls: AsyncIterator[pb.TelemetryControl | None],
+        context: TelemetryContext,
+    ) -> AsyncIterator[bytes]:
         """Handle one ``StreamTelemetryBatched`` call: headers, then batches of events.
 
         A client that sends ``x-snakepit-max-message-bytes`` gets batches of at most that
         many bytes (when it is below ``max_batch_bytes``), so none is too long for it.
         """
-        consumer = self._open(controls, context)
         max_bytes = client_max_message_bytes(context.invocation_metadata(), self._max_batch_bytes)
-        yield from consumer.batches(self._max_batch_events, max_bytes, self._min_batch_interval)
+        async with self._call(controls, context) as consumer:
+            batches = consumer.batches(self._max_batch_events, max_bytes, self._min_batch_interval)
+            async for batch in batches:
+                yield batch
 
-    def _open(
-        self, controls: Iterator[pb.TelemetryControl], context: grpc.ServicerContext
-    ) -> StreamConsumer:
-        """Open a telemetry call: a new consumer, headers, the control reader thread."""
-        consumer = self._stream.attach()
+    @contextlib.asynccontextmanager
+    async def _call(
+        self, controls: AsyncIterator[pb.TelemetryControl | None], context: TelemetryContext
+    ) -> AsyncIterator[AsyncStreamConsumer]:
+        """One telemetry call: a new consumer, headers, the control reader task."""
+        consumer = AsyncStreamConsumer(self._stream, asyncio.get_running_loop())
+        self._stream.attach(consumer)
+        reader: asyncio.Task[None] | None = None
         try:
-            context.send_initial_metadata(self.initial_metadata())
-        except BaseException:
-            consumer.detach()  # the call is gone: leave no consumer attached to it
-            raise
-        if not context.add_callback(consumer.detach):
-            consumer.detach()  # the call already ended
-        reader = threading.Thread(
-            target=self._read_controls,
-            args=(controls, consumer),
-            name="snakepit-telemetry-control",
-            daemon=True,
-        )
-        reader.start()
-        return consumer
+            await context.send_initial_metadata(self.initial_metadata())
+            reader = asyncio.create_task(self._read_controls(controls, consumer))
+            yield consumer
+        finally:
+            if reader is not None:
+                reader.cancel()
+            consumer.detach()
 
-    def _read_controls(
-        self, controls: Iterator[pb.TelemetryControl], consumer: StreamConsumer
+    async def _read_controls(
+        self, controls: AsyncIterator[pb.TelemetryControl | None], consumer: AsyncStreamConsumer
     ) -> None:
         count_received = self._controls_received.increment
         try:
-            for control in controls:
+            async for control in controls:
                 if self._honour_control and self._stream.apply_control(control, consumer):
                     self._controls_applied.increment()
                 count_received()
@@ -315,95 +347,125 @@ class TelemetryService:
             # The call ended (cancelled or closed); nothing more to read.
             return
 
-    def method_handler(self) -> grpc.RpcMethodHandler[pb.TelemetryControl, OutgoingMessage]:
+    def method_handler(
+        self,
+    ) -> grpc.RpcMethodHandler[pb.TelemetryControl | None, OutgoingMessage]:
         """Return the ``StreamTelemetry`` method handler."""
         return grpc.stream_stream_rpc_method_handler(
             self.stream_telemetry,
-            request_deserializer=pb.TelemetryControl.FromString,
+            request_deserializer=parse_or_none(pb.TelemetryControl.FromString),
             response_serializer=serialize_outgoing,
         )
 
-    def batched_method_handler(self) -> grpc.RpcMethodHandler[pb.TelemetryControl, bytes]:
+    def batched_method_handler(self) -> grpc.RpcMethodHandler[pb.TelemetryControl | None, bytes]:
         """Return the ``StreamTelemetryBatched`` method handler."""
         return grpc.stream_stream_rpc_method_handler(
             self.stream_telemetry_batched,
-            request_deserializer=pb.TelemetryControl.FromString,
+            request_deserializer=parse_or_none(pb.TelemetryControl.FromString),
             response_serializer=serialize_outgoing,
         )
 
-    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[pb.TelemetryControl, Any]]:
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[pb.TelemetryControl | None, Any]]:
         """Return the telemetry method handlers served, by method name."""
-        handlers: dict[str, grpc.RpcMethodHandler[pb.TelemetryControl, Any]] = {
+        handlers: dict[str, grpc.RpcMethodHandler[pb.TelemetryControl | None, Any]] = {
             STREAM_TELEMETRY_METHOD: self.method_handler()
         }
         if self._serve_batched:
             handlers[STREAM_TELEMETRY_BATCHED_METHOD] = self.batched_method_handler()
         return handlers
 
-    def rpc_handler(self) -> grpc.GenericRpcHandler:
-        """Return the generic handler that routes both telemetry RPCs to this service."""
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, self.method_handlers())
-
 
 class ToolService:
     """The ``ExecuteTool`` handler over one :class:`ToolRegistry`.
 
-    It runs at most ``max_calls`` calls at a time; the rest are refused with
-    ``RESOURCE_EXHAUSTED``.
+    Tools run on a pool of ``max_tool_calls`` threads, never on the event loop, so the
+    telemetry calls go on while they run. At most ``max_tool_calls`` calls run at a time; the
+    rest are refused with ``RESOURCE_EXHAUSTED``. A call whose client goes away frees its
+    slot only when its tool returns.
     """
 
-    def __init__(self, registry: ToolRegistry, max_calls: int) -> None:
+    def __init__(self, registry: ToolRegistry, max_tool_calls: int) -> None:
         """Serve the tools of ``registry`` (looked up at each call).
 
         Raises:
-            ValueError: if ``max_calls`` is not an integer >= 1.
+            ValueError: if ``max_tool_calls`` is not an integer >= 1.
         """
+        max_calls = max_tool_calls
         if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
-            raise ValueError(f"max_calls must be an integer >= 1, got {max_calls!r}")
+            raise ValueError(f"max_tool_calls must be an integer >= 1, got {max_calls!r}")
         self._registry = registry
         self._max_calls = max_calls
         self._slots = threading.BoundedSemaphore(max_calls)
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_calls, thread_name_prefix="snakepit-tool"
+        )
 
     @property
     def registry(self) -> ToolRegistry:
         """The tools served."""
         return self._registry
 
-    def execute_tool(
-        self, request: pb.ExecuteToolRequest, context: grpc.ServicerContext
+    @property
+    def max_calls(self) -> int:
+        """Most tool calls run at a time."""
+        return self._max_calls
+
+    async def execute_tool(
+        self, request: pb.ExecuteToolRequest | None, context: ToolContext
     ) -> pb.ExecuteToolResponse:
         """Run one tool call; failures are responses with ``success: false``, never raised.
 
-        A call beyond the bound ends with ``RESOURCE_EXHAUSTED`` before it runs.
+        A call beyond the bound ends with ``RESOURCE_EXHAUSTED`` before it runs; a request
+        that is not an ``ExecuteToolRequest`` ends with ``INTERNAL``, as gRPC ends a call
+        whose request it cannot parse.
         """
+        if request is None:
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                "the request could not be parsed as snakepit.bridge.ExecuteToolRequest",
+            )
         if not self._slots.acquire(blocking=False):
-            context.abort(
+            await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the worker runs {self._max_calls} tool calls at a time; try again later",
             )
+        correlation_id = correlation_id_of(request, context.invocation_metadata())
         try:
-            correlation_id = correlation_id_of(request, context.invocation_metadata())
+            running = self._executor.submit(self._run, request, correlation_id)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._slots.release()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is stopping")
+        return await asyncio.wrap_future(running)
+
+    def _run(
+        self, request: pb.ExecuteToolRequest, correlation_id: str | None
+    ) -> pb.ExecuteToolResponse:
+        try:
             return run_tool_call(self._registry, request, correlation_id)
         finally:
             self._slots.release()
 
+    def shutdown(self) -> None:
+        """Refuse new calls; running tools finish on their threads."""
+        self._executor.shutdown(wait=False)
+
     def method_handler(
         self,
-    ) -> grpc.RpcMethodHandler[pb.ExecuteToolRequest, pb.ExecuteToolResponse]:
+    ) -> grpc.RpcMethodHandler[pb.ExecuteToolRequest | None, pb.ExecuteToolResponse]:
         """Return the ``ExecuteTool`` method handler."""
         return grpc.unary_unary_rpc_method_handler(
             self.execute_tool,
-            request_deserializer=pb.ExecuteToolRequest.FromString,
+            request_deserializer=parse_or_none(pb.ExecuteToolRequest.FromString),
             response_serializer=pb.ExecuteToolResponse.SerializeToString,
         )
 
 
 class BridgeServer:
-    """A sync gRPC server bound to one address, serving ``BridgeService``.
+    """A ``grpc.aio`` server bound to one address, serving ``BridgeService``.
 
     ``StreamTelemetry`` and ``StreamTelemetryBatched`` (:class:`TelemetryService`) and
     ``ExecuteTool`` (:class:`ToolService`), all behind the bearer-token check when there
-    is a token.
+    is a token. Its event loop runs on a thread of its own, started by :meth:`start`.
     """
 
     def __init__(
@@ -413,7 +475,7 @@ class BridgeServer:
         host: str = DEFAULT_HOST,
         port: int = 0,
         honour_control: bool = True,
-        max_workers: int = DEFAULT_MAX_WORKERS,
+        max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
         tools: ToolRegistry | None = None,
         token: str | BearerToken | TokenSource | None = TokenSource.FROM_ENV,
         max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
@@ -428,9 +490,8 @@ class BridgeServer:
             host: address to bind; loopback by default.
             port: port to bind; 0 picks a free one.
             honour_control: see :class:`TelemetryService`.
-            max_workers: server threads (see :data:`DEFAULT_MAX_WORKERS`); at least
-                ``TELEMETRY_THREADS + 1``, as tool calls get the threads beyond
-                :data:`TELEMETRY_THREADS`.
+            max_tool_calls: most ``ExecuteTool`` calls run at a time (the tool threads;
+                see :class:`ToolService`).
             tools: the tools ``ExecuteTool`` runs (default: the default registry).
             token: the bearer token every call must carry. By default it is read from
                 ``SNAKEPIT_WORKER_TOKEN`` (unset: no check); None turns the check off.
@@ -442,8 +503,7 @@ class BridgeServer:
         Raises:
             ValueError: if the token is empty or not visible ASCII (the message never
                 includes it), a batch bound is not an integer >= 1, the batch interval
-                is not a finite number >= 0, or ``max_workers`` is below
-                ``TELEMETRY_THREADS + 1``.
+                is not a finite number >= 0, or ``max_tool_calls`` is not an integer >= 1.
         """
         bearer = resolve_token(token)
         self._stream = stream
@@ -456,45 +516,14 @@ class BridgeServer:
             min_batch_interval=min_batch_interval,
             serve_batched=serve_batched,
         )
-        if (
-            isinstance(max_workers, bool)
-            or not isinstance(max_workers, int)
-            or max_workers <= TELEMETRY_THREADS
-        ):
-            raise ValueError(
-                f"max_workers must be an integer >= {TELEMETRY_THREADS + 1}, got {max_workers!r}"
-            )
         self._tool_service = ToolService(
-            DEFAULT_REGISTRY if tools is None else tools, max_workers - TELEMETRY_THREADS
+            DEFAULT_REGISTRY if tools is None else tools, max_tool_calls
         )
-        self._token_required = bearer is not None
-        self._executor = ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="snakepit-grpc"
-        )
-        interceptors: list[grpc.ServerInterceptor] = (
-            [] if bearer is None else [BearerTokenInterceptor(bearer)]
-        )
-        # SO_REUSEPORT off: two workers must never share a port by accident.
-        self._server = grpc.server(
-            self._executor,
-            options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-            ],
-            interceptors=interceptors,
-        )
-        self._server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    SERVICE_NAME,
-                    {
-                        **self._service.method_handlers(),
-                        EXECUTE_TOOL_METHOD: self._tool_service.method_handler(),
-                    },
-                ),
-            )
-        )
+        self._bearer = bearer
+        self._loop_thread = EventLoopThread("snakepit-grpc")
+        self._server: grpc.aio.Server | None = None
         self._port: int | None = None
+        self._stopped = threading.Event()
 
     @property
     def service(self) -> TelemetryService:
@@ -509,7 +538,7 @@ class BridgeServer:
     @property
     def token_required(self) -> bool:
         """True when every call must carry the bearer token."""
-        return self._token_required
+        return self._bearer is not None
 
     @property
     def port(self) -> int:
@@ -519,27 +548,71 @@ class BridgeServer:
         return self._port
 
     def start(self) -> int:
-        """Bind and start serving; return the bound port.
+        """Start the event loop's thread, bind and start serving; return the bound port.
 
         Raises:
             ServerStartError: if the address cannot be bound.
         """
+        self._loop_thread.start()
         try:
-            port = self._server.add_insecure_port(self._address)
+            port = self._loop_thread.run(self._start())
+        except BaseException:
+            self._loop_thread.stop()
+            raise
+        self._port = port
+        return port
+
+    async def _start(self) -> int:
+        interceptors = [] if self._bearer is None else [BearerTokenInterceptor(self._bearer)]
+        # SO_REUSEPORT off: two workers must never share a port by accident.
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ],
+            interceptors=interceptors,
+        )
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE_NAME,
+                    {
+                        **self._service.method_handlers(),
+                        EXECUTE_TOOL_METHOD: self._tool_service.method_handler(),
+                    },
+                ),
+            )
+        )
+        try:
+            port = server.add_insecure_port(self._address)
         except RuntimeError as exc:
             raise ServerStartError(f"cannot bind {self._address}: {exc}") from exc
         if port == 0:
             raise ServerStartError(f"cannot bind {self._address}")
-        self._server.start()
-        self._port = port
+        await server.start()
+        self._server = server
         return port
 
     def stop(self, grace: float | None = 1.0) -> None:
-        """Close the stream (the call drains and ends), then stop within ``grace`` seconds."""
+        """Close the stream (the call drains and ends), then stop within ``grace`` seconds.
+
+        Idempotent; also ends a server never started.
+        """
         self._stream.close()
-        self._server.stop(grace).wait()
-        self._executor.shutdown(wait=False)
+        server = self._server
+        self._server = None
+        if server is not None:
+            with contextlib.suppress(RuntimeError, TimeoutError):
+                self._loop_thread.run(server.stop(grace), _stop_timeout(grace))
+        self._loop_thread.stop()
+        self._tool_service.shutdown()
+        self._stopped.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until the server stops or ``timeout`` passes; True if it stopped."""
-        return self._server.wait_for_termination(timeout)
+        return self._stopped.wait(timeout)
+
+
+def _stop_timeout(grace: float | None) -> float | None:
+    """How long :meth:`BridgeServer.stop` waits for the server: its grace and a margin."""
+    return None if grace is None else grace + STOP_MARGIN_SECONDS

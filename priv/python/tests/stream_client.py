@@ -16,6 +16,10 @@ from snakepit_bridge.telemetry.stream import BufferEntry, serialize_entry
 WAIT_SECONDS = 5.0
 
 
+def _serialize_control(control: pb.TelemetryControl | bytes) -> bytes:
+    return control if isinstance(control, bytes) else control.SerializeToString()
+
+
 def _keep_bytes(raw: bytes) -> bytes:
     return raw
 
@@ -40,14 +44,14 @@ class StreamClient:
     ) -> None:
         self.batched = batched
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        method: grpc.StreamStreamMultiCallable[pb.TelemetryControl, bytes] = (
+        method: grpc.StreamStreamMultiCallable[pb.TelemetryControl | bytes, bytes] = (
             self.channel.stream_stream(
                 STREAM_TELEMETRY_BATCHED_PATH if batched else STREAM_TELEMETRY_PATH,
-                request_serializer=pb.TelemetryControl.SerializeToString,
+                request_serializer=_serialize_control,
                 response_deserializer=_keep_bytes,  # tests decode (or not) themselves
             )
         )
-        self._controls: queue.Queue[pb.TelemetryControl | None] = queue.Queue()
+        self._controls: queue.Queue[pb.TelemetryControl | bytes | None] = queue.Queue()
         self.messages: queue.Queue[bytes | StreamEnded] = queue.Queue()
         self.headers: tuple[tuple[str, str], ...] | None = None
         self.headers_received = threading.Event()
@@ -57,7 +61,7 @@ class StreamClient:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
-    def _requests(self) -> Iterator[pb.TelemetryControl]:
+    def _requests(self) -> Iterator[pb.TelemetryControl | bytes]:
         while True:
             control = self._controls.get()
             if control is None:
@@ -83,6 +87,10 @@ class StreamClient:
     def send(self, control: pb.TelemetryControl) -> None:
         """Send one control message."""
         self._controls.put(control)
+
+    def send_raw(self, message: bytes) -> None:
+        """Send ``message`` as one request message, whatever its bytes."""
+        self._controls.put(message)
 
     def wait_headers(self, timeout: float = WAIT_SECONDS) -> tuple[tuple[str, str], ...]:
         """Return the response headers, failing if they do not arrive in time."""

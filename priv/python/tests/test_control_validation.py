@@ -151,3 +151,20 @@ def test_invalid_control_over_grpc_is_rejected_and_the_call_goes_on(
     wait_until(lambda: service.controls_received == 5)
     assert service.controls_applied == 2
     assert not stream.is_enabled()
+
+
+def test_undecodable_control_bytes_are_rejected_and_the_call_goes_on(
+    serve: Serve, connect: Connect
+) -> None:
+    served = serve()
+    stream = served.stream
+    client = connect(served.port)
+    client.wait_headers()
+    client.send_raw(b"\xff\xff\xff")  # not a TelemetryControl: a truncated varint tag
+    client.send(toggle(False))
+    service = served.server.service
+    wait_until(lambda: service.controls_received == 2)
+    assert service.controls_applied == 1
+    assert stream.stats().controls_rejected == 1
+    assert not stream.is_enabled()
+    assert client.error is None

@@ -7,12 +7,14 @@ replaced call took, and a replaced call must take nothing afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from conftest import ServedStream
 from stream_client import StreamClient, wait_until
 
+from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.server import TelemetryService
 from snakepit_bridge.telemetry.stream import SENT_HEADER, STREAM_ID_HEADER, TelemetryStream
 
@@ -82,13 +84,26 @@ def test_every_call_says_what_earlier_calls_were_handed(
 class _GoneContext:
     """A call that ended before its headers could be sent."""
 
-    def send_initial_metadata(self, metadata: object) -> None:
+    async def send_initial_metadata(self, metadata: object) -> None:
         raise RuntimeError("the call is gone")
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
+async def _no_controls() -> AsyncIterator[pb.TelemetryControl]:
+    return
+    yield
 
 
 def test_a_call_that_fails_to_send_its_headers_leaves_no_consumer_attached() -> None:
     stream = TelemetryStream()
     service = TelemetryService(stream)
+
+    async def first_message() -> None:
+        calls = service.stream_telemetry(_no_controls(), _GoneContext())  # type: ignore[arg-type]
+        await calls.__anext__()
+
     with pytest.raises(RuntimeError, match="gone"):
-        service.stream_telemetry(iter(()), _GoneContext()).__next__()  # type: ignore[arg-type]
+        asyncio.run(first_message())
     assert stream.current_consumer is None

@@ -16,7 +16,7 @@ from tool_client import ToolClient, build_request, error_of, raw_any, result_of
 
 from snakepit_bridge import telemetry
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
-from snakepit_bridge.server import DEFAULT_MAX_WORKERS, TELEMETRY_THREADS, BridgeServer
+from snakepit_bridge.server import DEFAULT_MAX_TOOL_CALLS, BridgeServer
 from snakepit_bridge.telemetry import TelemetryStream
 from snakepit_bridge.tools import ToolRegistry, telemetry_demo
 
@@ -370,11 +370,10 @@ def test_undecodable_request_bytes_are_a_status_not_a_crash(
     assert result_of(client.call("echo")) == {"params": {}}
 
 
-def test_tools_that_take_every_thread_they_may_leave_the_telemetry_stream_served(
-    serve: Serve,
-) -> None:
-    # Before the bound, DEFAULT_MAX_WORKERS blocked tool calls held every server thread, and
-    # a telemetry stream opened then got no event for as long as they ran.
+def test_tools_on_every_tool_thread_leave_the_telemetry_stream_served(serve: Serve) -> None:
+    # Tools run on threads of their own, at most DEFAULT_MAX_TOOL_CALLS at a time; the
+    # telemetry calls run on the server's event loop, so a stream opened while every tool
+    # thread is blocked still gets its events, and a call beyond the bound is refused.
     release = threading.Event()
     started: list[int] = []
     registry = ToolRegistry()
@@ -391,7 +390,7 @@ def test_tools_that_take_every_thread_they_may_leave_the_telemetry_stream_served
 
     served = serve(tools=registry)
     tools = ToolClient(served.port)
-    slots = DEFAULT_MAX_WORKERS - TELEMETRY_THREADS
+    slots = DEFAULT_MAX_TOOL_CALLS
     results: list[pb.ExecuteToolResponse] = []
     running = [
         threading.Thread(target=lambda: results.append(tools.call("wait"))) for _ in range(slots)
@@ -422,9 +421,9 @@ def test_tools_that_take_every_thread_they_may_leave_the_telemetry_stream_served
     tools.close()
 
 
-def test_max_workers_must_leave_tool_calls_a_thread() -> None:
+def test_max_tool_calls_must_be_a_positive_integer() -> None:
     stream = TelemetryStream()
-    for bad in (0, TELEMETRY_THREADS, True, 2.5):
-        with pytest.raises(ValueError, match="max_workers"):
-            BridgeServer(stream, max_workers=bad, token=None)  # type: ignore[arg-type]
-    BridgeServer(stream, max_workers=TELEMETRY_THREADS + 1, token=None).stop(grace=0)
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="max_tool_calls"):
+            BridgeServer(stream, max_tool_calls=bad, token=None)  # type: ignore[arg-type]
+    BridgeServer(stream, max_tool_calls=1, token=None).stop(grace=0)

@@ -679,9 +679,11 @@ class TelemetryStream:
     # -- control ------------------------------------------------------------------------
 
     def apply_control(
-        self, control: pb.TelemetryControl, consumer: StreamConsumer | None = None
+        self, control: pb.TelemetryControl | None, consumer: StreamConsumer | None = None
     ) -> bool:
         """Apply a control message from the client. Never raises.
+
+        None stands for a message that could not be parsed: it is rejected as below.
 
         When ``consumer`` is given, the message is ignored unless that consumer is still the
         current one (a replaced call must not change the new call's settings). A message
@@ -695,6 +697,8 @@ class TelemetryStream:
             if consumer is not None and self._consumer is not consumer:
                 return False
             try:
+                if control is None:
+                    raise ValueError("not a TelemetryControl message")
                 self._set_policy(self._policy.apply(control))
             except Exception:
                 self._controls_rejected.increment()

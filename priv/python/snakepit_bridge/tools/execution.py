@@ -19,7 +19,7 @@ import asyncio
 import contextvars
 import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from google.protobuf import any_pb2
@@ -52,7 +52,7 @@ _NS_PER_MS: Final = 1_000_000
 
 def correlation_id_of(
     request: pb.ExecuteToolRequest,
-    invocation_metadata: Sequence[tuple[str, str | bytes]] | None,
+    invocation_metadata: Iterable[tuple[str, str | bytes]] | None,
 ) -> str | None:
     """Return the call's correlation id: the header, else ``metadata["correlation_id"]``.
 
