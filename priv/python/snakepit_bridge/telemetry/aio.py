@@ -1,4 +1,10 @@
-"""A telemetry stream served from a ``grpc.aio`` servicer.
+"""A telemetry stream read on an asyncio event loop, and served from a ``grpc.aio`` servicer.
+
+:class:`AsyncStreamConsumer` is the reader of one call on an event loop: one event per
+message (:meth:`~AsyncStreamConsumer.messages`, :meth:`~AsyncStreamConsumer.events`) or
+batches (:meth:`~AsyncStreamConsumer.batches`), with the same steps as the threaded reader
+(:mod:`snakepit_bridge.telemetry.consumer`). This package's own server
+(:class:`~snakepit_bridge.server.BridgeServer`) uses it, and so does :func:`serve_telemetry`.
 
 This is how Snakepit's ``grpc_server.py`` serves a
 :class:`~snakepit_bridge.telemetry.stream.TelemetryStream`::
@@ -32,7 +38,7 @@ calls :func:`serve_telemetry`. One call of it:
   the call's event loop (an invalid one is rejected whole and counted in
   ``controls_rejected``; nothing the client sends raises out of the call);
 * yields one ``TelemetryEvent`` per buffered event, built on the event loop's thread, and
-  a ``telemetry.dropped`` event per drop reason as the synchronous server does (see
+  a ``telemetry.dropped`` event per drop reason as this package's own server does (see
   :mod:`snakepit_bridge.telemetry.stream`);
 * ends when the stream is closed (after draining it), when a newer call replaces it, or
   when the client goes away.

@@ -101,11 +101,12 @@ DEFAULT_MIN_BATCH_INTERVAL: Final = 0.2
 (or half the stream's bound) is buffered (see :mod:`snakepit_bridge.telemetry.consumer`); 0
 sends whenever anything is buffered.
 
-Each message costs the sync gRPC server about 1-1.7 ms of the worker's CPU on this project's
-2-core machine whatever it carries (thread wake-ups, gRPC's Python layer). 100 workers at
-500 events/s each (``bench/scale.exs``, 20 s, same session): with 50 ms the workers spent
-31 µs of CPU per event above idle and sent 29 events per message; with 200 ms 17.5 µs and 99
-events per message, and the NIF and the schedulers less per event too. The cost is
+Each message costs the worker's gRPC server hundreds of µs to a few ms of its CPU on this
+project's 2-core machine whatever it carries (wake-ups, gRPC's Python layer). 100 workers at
+500 events/s each (``bench/scale.exs``, 20 s, same session, on the thread-pool server this
+package had before its ``grpc.aio`` one): with 50 ms the workers spent 31 µs of CPU per event
+above idle and sent 29 events per message; with 200 ms 17.5 µs and 99 events per message,
+and the NIF and the schedulers less per event too (16.6 µs on the ``grpc.aio`` server, 60 s). The cost is
 latency: under steady load an event waits up to this long; the first event after a quiet
 spell still leaves at once, and controls are not delayed (the NIF applies them itself)."""
 
