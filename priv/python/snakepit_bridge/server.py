@@ -395,7 +395,8 @@ class ToolService:
             raise ValueError(f"max_tool_calls must be an integer >= 1, got {max_calls!r}")
         self._registry = registry
         self._max_calls = max_calls
-        self._slots = threading.BoundedSemaphore(max_calls)
+        self._running = 0
+        self._running_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(
             max_workers=max_calls, thread_name_prefix="snakepit-tool"
         )
@@ -409,6 +410,22 @@ class ToolService:
     def max_calls(self) -> int:
         """Most tool calls run at a time."""
         return self._max_calls
+
+    @property
+    def running_calls(self) -> int:
+        """Tool calls whose tool has not returned yet (their clients may be gone)."""
+        return self._running
+
+    def _take_slot(self) -> bool:
+        with self._running_lock:
+            if self._running >= self._max_calls:
+                return False
+            self._running += 1
+            return True
+
+    def _free_slot(self) -> None:
+        with self._running_lock:
+            self._running -= 1
 
     async def execute_tool(
         self, request: pb.ExecuteToolRequest | None, context: ToolContext
@@ -424,7 +441,7 @@ class ToolService:
                 grpc.StatusCode.INTERNAL,
                 "the request could not be parsed as snakepit.bridge.ExecuteToolRequest",
             )
-        if not self._slots.acquire(blocking=False):
+        if not self._take_slot():
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the worker runs {self._max_calls} tool calls at a time; try again later",
@@ -433,7 +450,7 @@ class ToolService:
         try:
             running = self._executor.submit(self._run, request, correlation_id)
         except RuntimeError:  # the pool is shut down: the server is stopping
-            self._slots.release()
+            self._free_slot()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is stopping")
         return await asyncio.wrap_future(running)
 
@@ -443,7 +460,7 @@ class ToolService:
         try:
             return run_tool_call(self._registry, request, correlation_id)
         finally:
-            self._slots.release()
+            self._free_slot()
 
     def shutdown(self) -> None:
         """Refuse new calls; running tools finish on their threads."""

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import json
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
@@ -427,3 +428,43 @@ def test_max_tool_calls_must_be_a_positive_integer() -> None:
         with pytest.raises(ValueError, match="max_tool_calls"):
             BridgeServer(stream, max_tool_calls=bad, token=None)  # type: ignore[arg-type]
     BridgeServer(stream, max_tool_calls=1, token=None).stop(grace=0)
+
+
+def test_stop_does_not_wait_for_a_tool_that_runs_on(serve: Serve) -> None:
+    # The server stops within its grace (and a margin) while a tool is still blocked; the
+    # tool's call ends with a status, and the tool finishes on its thread afterwards.
+    release = threading.Event()
+    finished = threading.Event()
+    registry = ToolRegistry()
+
+    @registry.tool
+    def blocked() -> str:
+        release.wait(30)
+        finished.set()
+        return "late"
+
+    served = serve(tools=registry)
+    tools = ToolClient(served.port)
+    errors: list[grpc.StatusCode] = []
+
+    def call() -> None:
+        try:
+            tools.call("blocked")
+        except grpc.RpcError as error:
+            errors.append(error.code())
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until(lambda: served.server.tool_service.running_calls == 1)
+    started = time.monotonic()
+    served.server.stop(grace=0.2)
+    assert time.monotonic() - started < 3.0
+    assert served.server.wait_for_termination(0)
+    caller.join(10)
+    assert len(errors) == 1
+    assert errors[0] in {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
+    assert not finished.is_set()
+    release.set()
+    assert finished.wait(10)
+    wait_until(lambda: served.server.tool_service.running_calls == 0)
+    tools.close()

@@ -106,9 +106,10 @@ project's 2-core machine whatever it carries (wake-ups, gRPC's Python layer). 10
 500 events/s each (``bench/scale.exs``, 20 s, same session, on the thread-pool server this
 package had before its ``grpc.aio`` one): with 50 ms the workers spent 31 µs of CPU per event
 above idle and sent 29 events per message; with 200 ms 17.5 µs and 99 events per message,
-and the NIF and the schedulers less per event too (16.6 µs on the ``grpc.aio`` server, 60 s). The cost is
-latency: under steady load an event waits up to this long; the first event after a quiet
-spell still leaves at once, and controls are not delayed (the NIF applies them itself)."""
+and the NIF and the schedulers less per event too (16.6 µs on the ``grpc.aio`` server, 60
+s). The cost is latency: under steady load an event waits up to this long; the first event
+after a quiet spell still leaves at once, and controls are not delayed (the NIF applies
+them itself)."""
 
 
 def check_batch_bounds(max_events: int, max_bytes: int) -> None:
