@@ -52,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import TypeAlias
 
 import grpc
@@ -154,14 +154,8 @@ class AsyncStreamConsumer(StreamConsumer):
         As :meth:`StreamConsumer.events`, on the event loop: for a servicer whose response
         serializer passes bytes through.
         """
-        try:
-            for step in self.event_steps(self._stream.pop):
-                if type(step) is Wait:
-                    await self._pause_async(step)
-                else:
-                    yield step  # type: ignore[misc]
-        finally:
-            self.detach()
+        async for message in self._drive_async(self.event_steps(self._stream.pop)):
+            yield message
 
     async def events(self) -> AsyncIterator[pb.TelemetryEvent]:  # type: ignore[override]
         """Yield buffered events as messages until detached, replaced or closed.
@@ -194,6 +188,11 @@ class AsyncStreamConsumer(StreamConsumer):
             ValueError: as :meth:`StreamConsumer.batches`, when the first batch is asked for.
         """
         steps = self.batch_steps(max_events, max_bytes, min_interval)
+        async for batch in self._drive_async(steps):
+            yield batch
+
+    async def _drive_async(self, steps: Iterator[bytes | Wait]) -> AsyncIterator[bytes]:
+        """Yield the messages of ``steps``, making its waits; detach when stopped."""
         try:
             for step in steps:
                 if type(step) is Wait:

@@ -85,6 +85,7 @@ IDLE_RECHECK_SECONDS: Final = 1.0
 """Longest sleep of an idle consumer; only a safety net, wake-ups are explicit."""
 
 _Event = TypeVar("_Event")
+_Sent = TypeVar("_Sent")
 
 
 class Wait(NamedTuple):
@@ -213,14 +214,7 @@ class StreamConsumer:
 
         After :meth:`TelemetryStream.close` the buffer is drained before the iterator ends.
         """
-        try:
-            for step in self.event_steps(self._stream.pop):
-                if type(step) is Wait:
-                    self._pause(step)
-                else:
-                    yield step  # type: ignore[misc]
-        finally:
-            self.detach()
+        return self._drive(self.event_steps(self._stream.pop))
 
     def batches(
         self,
@@ -242,10 +236,10 @@ class StreamConsumer:
             ValueError: if a bound is not an integer >= 1, or ``min_interval`` is not a
                 finite number >= 0 (before anything is consumed).
         """
-        steps = self.batch_steps(max_events, max_bytes, min_interval)
-        return self._drive_batches(steps)
+        return self._drive(self.batch_steps(max_events, max_bytes, min_interval))
 
-    def _drive_batches(self, steps: Iterator[bytes | Wait]) -> Iterator[bytes]:
+    def _drive(self, steps: Iterator[_Sent | Wait]) -> Iterator[_Sent]:
+        """Yield the messages of ``steps``, making its waits; detach when stopped."""
         try:
             for step in steps:
                 if type(step) is Wait:
