@@ -10,6 +10,11 @@ line on stdout once serving, and runs until SIGTERM or SIGINT (or stdin closes, 
   ``PYTHONPATH`` or the current directory) before serving, so its ``@tool`` functions
   are served by ``ExecuteTool``; a module that cannot be imported is an error on stderr
   and exit code 1, before any ``GRPC_READY`` line. Tool modules must not write to stdout.
+* ``multiprocessing``: unless a tools module has chosen a start method when it is imported,
+  the worker makes ``forkserver`` the default (:func:`default_to_forkserver`), so that a
+  tool's ``multiprocessing.Pool()`` or ``ProcessPoolExecutor()`` does not fork the process
+  that runs the gRPC server (with ``fork``, the server stopped accepting connections after a
+  call or two). A tool that asks for ``get_context("fork")`` still forks it.
 * ``SNAKEPIT_WORKER_TOKEN``: when set, every call must carry ``authorization: Bearer
   <token>`` (else ``UNAUTHENTICATED``). The worker removes it from its own environment
   once read, so processes its tools start do not inherit it; an empty or invalid value
@@ -39,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -325,6 +331,30 @@ def _watch_stdin_eof(shutdown: ShutdownRequest) -> None:
     shutdown.request()
 
 
+SAFE_START_METHOD: Final = "forkserver"
+"""The ``multiprocessing`` start method the worker makes the default (Python 3.14's default
+on Linux too)."""
+
+
+def default_to_forkserver() -> str | None:
+    """Make ``forkserver`` the ``multiprocessing`` start method unless one is chosen already.
+
+    Forking a process that runs a gRPC server is not supported by gRPC: measured with
+    grpcio 1.85 and this worker, a tool that ran a ``fork`` pool left the server refusing
+    every new connection after one to three calls (with ``GRPC_ENABLE_FORK_SUPPORT`` 0 or 1),
+    so its telemetry stream could not come back. ``forkserver`` starts a clean process once
+    (fork and exec) and forks pool processes from it. Returns the start method in force,
+    or None where ``forkserver`` does not exist (and nothing was chosen).
+    """
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    if chosen is not None:
+        return chosen
+    if SAFE_START_METHOD not in multiprocessing.get_all_start_methods():
+        return None
+    multiprocessing.set_start_method(SAFE_START_METHOD)
+    return SAFE_START_METHOD
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker until it is told to stop; return the exit code."""
     parser = build_arg_parser(prog="python -m snakepit_bridge.worker")
@@ -346,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             import_tool_modules(args.tools)
+            default_to_forkserver()  # after the tools: a module's own choice stays
             worker = start_worker(
                 host=args.host, port=args.port, token=token, **stream_bounds(args)
             )

@@ -16,6 +16,7 @@ from tool_client import ToolClient, build_request, error_of, result_of
 from worker_process import WorkerProcess
 
 from snakepit_bridge.auth import TOKEN_ENV
+from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge.worker import build_arg_parser
 
 StartWorker = Callable[..., WorkerProcess]
@@ -49,6 +50,38 @@ def fail() -> None:
 register_tool("fail", fail)
 """
 
+POOL_MODULE = """
+import multiprocessing
+
+from snakepit_bridge import telemetry
+from snakepit_bridge.tools import tool
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+@tool
+def pool_squares(n: int) -> dict[str, object]:
+    with multiprocessing.Pool(2) as pool:
+        total = sum(pool.map(_square, range(n)))
+    telemetry.emit("tool.result_size", {"bytes": total}, {"tool": "pool_squares"})
+    return {"total": total, "start_method": multiprocessing.get_start_method()}
+"""
+
+SPAWN_MODULE = """
+import multiprocessing
+
+from snakepit_bridge.tools import tool
+
+multiprocessing.set_start_method("spawn")
+
+
+@tool
+def start_method() -> str:
+    return multiprocessing.get_start_method()
+"""
+
 SECOND_MODULE = """
 from snakepit_bridge.tools import tool
 
@@ -70,6 +103,8 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def tools_dir(tmp_path: Path) -> Path:
     (tmp_path / "wt_user_tools.py").write_text(TOOLS_MODULE)
     (tmp_path / "wt_second.py").write_text(SECOND_MODULE)
+    (tmp_path / "wt_pool.py").write_text(POOL_MODULE)
+    (tmp_path / "wt_spawn.py").write_text(SPAWN_MODULE)
     (tmp_path / "wt_broken.py").write_text("import json\nraise RuntimeError('broken tools')\n")
     return tmp_path
 
@@ -116,6 +151,39 @@ def test_tools_modules_are_served(
     assert "user tool failed" in str(error["traceback"])
     assert result_of(client.call("shout", {"text": "still up"})) == "STILL UP"
     assert worker.process.poll() is None
+
+
+def test_tools_with_a_process_pool_leave_the_server_serving(
+    start_worker: StartWorker, tools_dir: Path, clients: list[ToolClient]
+) -> None:
+    # With fork as the start method, a call or two of this tool left the worker refusing
+    # every new connection (its stream could not come back); the worker defaults to
+    # forkserver, so a pool never forks the process that runs the gRPC server.
+    worker = start_worker("--tools", "wt_pool", env=_env(tools_dir))
+    stream = StreamClient(worker.port, batched=True)
+    try:
+        stream.wait_headers()
+        for _ in range(5):
+            client = ToolClient(worker.port)  # a new connection each time
+            clients.append(client)
+            result = result_of(client.call("pool_squares", {"n": 10}))
+            assert result == {"total": 285, "start_method": "forkserver"}
+        events: list[pb.TelemetryEvent] = []
+        while len(events) < 5:
+            events.extend(stream.next_batch().events)
+        assert [dict(event.metadata)["tool"] for event in events] == ["pool_squares"] * 5
+    finally:
+        stream.close()
+    assert worker.process.poll() is None
+
+
+def test_a_start_method_a_tools_module_chose_stays(
+    start_worker: StartWorker, tools_dir: Path, clients: list[ToolClient]
+) -> None:
+    worker = start_worker("--tools", "wt_spawn", env=_env(tools_dir))
+    client = ToolClient(worker.port)
+    clients.append(client)
+    assert result_of(client.call("start_method")) == "spawn"
 
 
 def test_a_tools_module_that_fails_to_import_stops_startup(tools_dir: Path) -> None:
