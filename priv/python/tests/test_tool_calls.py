@@ -17,7 +17,7 @@ from tool_client import ToolClient, build_request, error_of, raw_any, result_of
 
 from snakepit_bridge import telemetry
 from snakepit_bridge.proto import snakepit_bridge_pb2 as pb
-from snakepit_bridge.server import DEFAULT_MAX_TOOL_CALLS, BridgeServer
+from snakepit_bridge.server import DEFAULT_MAX_TOOL_CALLS, BridgeServer, ToolService
 from snakepit_bridge.telemetry import TelemetryStream
 from snakepit_bridge.tools import ToolRegistry, telemetry_demo
 
@@ -468,3 +468,48 @@ def test_stop_does_not_wait_for_a_tool_that_runs_on(serve: Serve) -> None:
     assert finished.wait(10)
     wait_until(lambda: served.server.tool_service.running_calls == 0)
     tools.close()
+
+
+class _Context:
+    """The parts of a ``grpc.aio`` servicer context ``execute_tool`` uses."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise AssertionError(f"aborted: {code} {details}")
+
+
+def test_a_call_cancelled_before_its_tool_starts_frees_its_slot() -> None:
+    # The tool thread is busy (here with something else), so the call waits in the pool's
+    # queue; its client goes away then. The tool must not run, and the slot must come back.
+    ran = threading.Event()
+    registry = ToolRegistry()
+
+    @registry.tool
+    def mark() -> str:
+        ran.set()
+        return "ran"
+
+    service = ToolService(registry, max_tool_calls=1)
+    busy = threading.Event()
+    service._executor.submit(busy.wait, 10)  # occupy the only thread
+
+    async def cancelled_call() -> None:
+        call = asyncio.create_task(
+            service.execute_tool(build_request("mark"), _Context())  # type: ignore[arg-type]
+        )
+        await asyncio.sleep(0.05)
+        assert service.running_calls == 1
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    try:
+        asyncio.run(cancelled_call())
+        wait_until(lambda: service.running_calls == 0)
+    finally:
+        busy.set()
+        service.shutdown()
+    time.sleep(0.1)
+    assert not ran.is_set()

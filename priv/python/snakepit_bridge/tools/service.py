@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final, TypeAlias
 
 import grpc
@@ -103,19 +103,17 @@ class ToolService:
             )
         correlation_id = correlation_id_of(request, context.invocation_metadata())
         try:
-            running = self._executor.submit(self._run, request, correlation_id)
+            running = self._executor.submit(run_tool_call, self._registry, request, correlation_id)
         except RuntimeError:  # the pool is shut down: the server is stopping
             self._free_slot()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is stopping")
+        # Freed when the tool returns, or when the call is cancelled before a thread took it
+        # (then the tool never runs).
+        running.add_done_callback(self._free_slot_when_done)
         return await asyncio.wrap_future(running)
 
-    def _run(
-        self, request: pb.ExecuteToolRequest, correlation_id: str | None
-    ) -> pb.ExecuteToolResponse:
-        try:
-            return run_tool_call(self._registry, request, correlation_id)
-        finally:
-            self._free_slot()
+    def _free_slot_when_done(self, _running: Future[pb.ExecuteToolResponse]) -> None:
+        self._free_slot()
 
     def shutdown(self) -> None:
         """Refuse new calls; running tools finish on their threads."""
