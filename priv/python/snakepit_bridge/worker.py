@@ -13,8 +13,8 @@ line on stdout once serving, and runs until SIGTERM or SIGINT (or stdin closes, 
 * ``multiprocessing``: unless a tools module has chosen a start method when it is imported,
   the worker makes ``forkserver`` the default (:func:`default_to_forkserver`), so that a
   tool's ``multiprocessing.Pool()`` or ``ProcessPoolExecutor()`` does not fork the process
-  that runs the gRPC server (with ``fork``, the server stopped accepting connections after a
-  call or two). A tool that asks for ``get_context("fork")`` still forks it.
+  that runs the gRPC server (with ``fork``, the worker died or stopped serving after a call
+  or two). A tool that asks for ``get_context("fork")`` still forks it.
 * ``SNAKEPIT_WORKER_TOKEN``: when set, every call must carry ``authorization: Bearer
   <token>`` (else ``UNAUTHENTICATED``). The worker removes it from its own environment
   once read, so processes its tools start do not inherit it; an empty or invalid value
@@ -340,9 +340,10 @@ def default_to_forkserver() -> str | None:
     """Make ``forkserver`` the ``multiprocessing`` start method unless one is chosen already.
 
     Forking a process that runs a gRPC server is not supported by gRPC: measured with
-    grpcio 1.85 and this worker, a tool that ran a ``fork`` pool left the server refusing
-    every new connection after one to three calls (with ``GRPC_ENABLE_FORK_SUPPORT`` 0 or 1),
-    so its telemetry stream could not come back. ``forkserver`` starts a clean process once
+    grpcio 1.85 and this worker, after one to three calls of a tool that ran a ``fork`` pool
+    the worker had died (a segfault in gRPC's ``event_engine`` thread among them) or lived on
+    refusing every new connection, with ``GRPC_ENABLE_FORK_SUPPORT`` 0 or 1, so that its
+    telemetry stream could not come back. ``forkserver`` starts a clean process once
     (fork and exec) and forks pool processes from it. Returns the start method in force,
     or None where ``forkserver`` does not exist (and nothing was chosen).
     """

@@ -156,9 +156,9 @@ def test_tools_modules_are_served(
 def test_tools_with_a_process_pool_leave_the_server_serving(
     start_worker: StartWorker, tools_dir: Path, clients: list[ToolClient]
 ) -> None:
-    # With fork as the start method, a call or two of this tool left the worker refusing
-    # every new connection (its stream could not come back); the worker defaults to
-    # forkserver, so a pool never forks the process that runs the gRPC server.
+    # With fork as the start method, after a call or two of this tool the worker had died
+    # or refused every new connection (its stream could not come back); the worker defaults
+    # to forkserver, so a pool never forks the process that runs the gRPC server.
     worker = start_worker("--tools", "wt_pool", env=_env(tools_dir))
     stream = StreamClient(worker.port, batched=True)
     try:
