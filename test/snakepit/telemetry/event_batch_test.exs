@@ -97,11 +97,9 @@ defmodule Snakepit.Telemetry.EventBatchTest do
       "count" => 3
     })
 
-    assert_receive {:snakepit_telemetry_batch, batch, ^id, _generation, node}, @timeout
-    assert node == node()
-    assert {:done, [_, _, _]} = Native.take_events(batch)
-    assert {:done, []} = Native.take_events(batch)
-    assert :ok = Native.ack(batch)
+    # The worker's first event after a quiet spell leaves at once, so the three may come in
+    # one batch or in more: each batch is checked.
+    take_whole_batches(id, 3)
     wait_until(fn -> stream(id).emitted == 3 end)
   end
 
@@ -206,6 +204,17 @@ defmodule Snakepit.Telemetry.EventBatchTest do
     after
       @timeout -> send(test, {:gave_up, acked})
     end
+  end
+
+  defp take_whole_batches(_id, left) when left <= 0, do: :ok
+
+  defp take_whole_batches(id, left) do
+    assert_receive {:snakepit_telemetry_batch, batch, ^id, _generation, node}, @timeout
+    assert node == node()
+    assert {:done, [_ | _] = events} = Native.take_events(batch)
+    assert {:done, []} = Native.take_events(batch)
+    assert :ok = Native.ack(batch)
+    take_whole_batches(id, left - length(events))
   end
 
   defp take_all(batch, calls) do

@@ -148,14 +148,13 @@ class AsyncStreamConsumer(StreamConsumer):
             finally:
                 self.waiting = False
 
-    async def messages(self) -> AsyncIterator[bytes]:
+    def messages(self) -> AsyncIterator[bytes]:
         """Yield buffered events as serialized messages until detached, replaced or closed.
 
         As :meth:`StreamConsumer.events`, on the event loop: for a servicer whose response
         serializer passes bytes through.
         """
-        async for message in self._drive_async(self.event_steps(self._stream.pop)):
-            yield message
+        return self._drive_async(self.event_steps(self._stream.pop))
 
     async def events(self) -> AsyncIterator[pb.TelemetryEvent]:  # type: ignore[override]
         """Yield buffered events as messages until detached, replaced or closed.
@@ -176,7 +175,7 @@ class AsyncStreamConsumer(StreamConsumer):
         finally:
             self.detach()
 
-    async def batches(  # type: ignore[override]
+    def batches(  # type: ignore[override]
         self,
         max_events: int = DEFAULT_MAX_BATCH_EVENTS,
         max_bytes: int = DEFAULT_MAX_BATCH_BYTES,
@@ -185,11 +184,9 @@ class AsyncStreamConsumer(StreamConsumer):
         """Yield serialized ``TelemetryEventBatch`` messages, as :meth:`StreamConsumer.batches`.
 
         Raises:
-            ValueError: as :meth:`StreamConsumer.batches`, when the first batch is asked for.
+            ValueError: as :meth:`StreamConsumer.batches` (at the call).
         """
-        steps = self.batch_steps(max_events, max_bytes, min_interval)
-        async for batch in self._drive_async(steps):
-            yield batch
+        return self._drive_async(self.batch_steps(max_events, max_bytes, min_interval))
 
     async def _drive_async(self, steps: Iterator[bytes | Wait]) -> AsyncIterator[bytes]:
         """Yield the messages of ``steps``, making its waits; detach when stopped."""
