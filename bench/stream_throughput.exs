@@ -3,6 +3,7 @@
 #
 #     bench/run_stream_throughput.sh [--events 100000] [--runs 5] [--workers 4]
 #                                    [--nif-buffer N] [--timeout-s 120]
+#                                    [--spin READER_NS,SINK_NS]
 #
 # which builds `count_stream` and then runs, from the repository root,
 #
@@ -27,6 +28,11 @@
 #   * full: `GrpcStream.register_worker/3` for every worker; timed from just before the
 #     first registration until a `:telemetry` handler (a `:counters` increment) has seen
 #     every event, or, if the NIF dropped some, until seen + dropped reaches the total.
+#   * bare client spinning (only with `--spin R,S`, after each full case): `count_stream`
+#     made to cost more per event, its reading thread spinning R ns of CPU per event and a
+#     sink thread it wakes once per message S ns (`count_stream --spin-reader-ns R
+#     --spin-sink-ns S`). With R and S set to the full path's CPU per event above the bare
+#     client's, it shows what any consumer of that cost gets from the same workers.
 #
 # Cases run interleaved (bare 1, full 1, bare W, full W, and again) after one small warm-up
 # round; the table shows medians over `--runs`. CPU figures are divided by the run's events:
@@ -75,7 +81,8 @@ defmodule Bench.StreamThroughput do
     timeout_s: :integer,
     warmup_events: :integer,
     nif_buffer: :integer,
-    count_stream: :string
+    count_stream: :string,
+    spin: :string
   ]
 
   def main(argv) do
@@ -88,7 +95,13 @@ defmodule Bench.StreamThroughput do
 
     :erlang.system_flag(:scheduler_wall_time, true)
     clk_tck = OsStats.clock_ticks_per_second()
-    cases = [{:bare, 1}, {:full, 1}, {:bare, opts[:workers]}, {:full, opts[:workers]}]
+    opts = Keyword.put(opts, :spin, BenchStats.parse_spin(opts[:spin]))
+
+    cases =
+      for w <- [1, opts[:workers]],
+          kind <- [:bare, :full, :bare_spin],
+          kind != :bare_spin or opts[:spin] != nil,
+          do: {kind, w}
 
     IO.puts(
       "#{System.schedulers_online()} schedulers, #{:erlang.system_info(:logical_processors)} " <>
@@ -152,12 +165,22 @@ defmodule Bench.StreamThroughput do
     }
   end
 
-  defp measure(:bare, pool, events, opts) do
+  defp measure(:bare_spin, pool, events, opts),
+    do: measure_bare(BenchStats.spin_args(opts[:spin]), pool, events, opts)
+
+  defp measure(:bare, pool, events, opts), do: measure_bare([], pool, events, opts)
+
+  defp measure(:full, pool, events, opts) do
+    measure_full(pool, events, opts)
+  end
+
+  defp measure_bare(extra_args, pool, events, opts) do
     # The same RPC the NIF opens with these workers (StreamTelemetryBatched).
     args =
       ["--count", Integer.to_string(div(events, length(pool)))] ++
         ["--timeout-ms", Integer.to_string(opts[:timeout_s] * 1000)] ++
         ["--batched"] ++
+        extra_args ++
         Enum.map(pool, & &1.worker.endpoint)
 
     python_before = python_ticks(pool)
@@ -182,7 +205,7 @@ defmodule Bench.StreamThroughput do
     end
   end
 
-  defp measure(:full, pool, events, opts) do
+  defp measure_full(pool, events, opts) do
     counter = :counters.new(1, [])
     handler_id = {__MODULE__, make_ref()}
     config = {counter, events, self()}
@@ -317,6 +340,8 @@ defmodule Bench.StreamThroughput do
   defp label({:bare, 1}), do: "bare client, 1 worker"
   defp label({:full, 1}), do: "full path, 1 worker"
   defp label({:bare, w}), do: "bare client, #{w} workers"
+  defp label({:bare_spin, 1}), do: "bare client spinning, 1 worker"
+  defp label({:bare_spin, w}), do: "bare client spinning, #{w} workers"
   defp label({:full, w}), do: "full path, #{w} workers"
 
   defp format_result({:failed, reason}), do: "FAILED: #{reason}"
@@ -374,7 +399,7 @@ defmodule Bench.StreamThroughput do
     ]
 
     case kind do
-      :bare ->
+      bare when bare in [:bare, :bare_spin] ->
         common ++ ["–", "–", "–"] ++ machine
 
       :full ->

@@ -7,6 +7,7 @@
 #       mix run bench/tool_throughput.exs [--seconds 5] [--runs 3] [--block-bytes 16384]
 #         [--kinds busy,native] [--protocols batched,single] [--timeout-s 60]
 #         [--min-batch-interval-us N] [--worker snakepit_style] [--aa]
+#         [--spin READER_NS,SINK_NS]
 #
 # from the repository root (`bench/run_all` does both). MIX_ENV=test: the worker driver
 # `Snakepit.Telemetry.Test.PythonWorker` (test/support) is compiled only there, and
@@ -69,7 +70,13 @@
 # (default: the config's). `--aa` runs the bare client once more in every run, after the full
 # path, and gives its ratio to the first bare client in the same column: an A/A test, the
 # spread that the host's noise alone gives a ratio. Cases run interleaved (every case once
-# per run). A run whose consumer fails is printed as FAILED and left out of the medians.
+# per run). `--spin R,S` runs a third client in every run, after the full path: the bare client
+# made to cost more per event (`count_stream --spin-reader-ns R --spin-sink-ns S`: its reading
+# thread spins R ns of CPU per event, and a sink thread it wakes once per message spins S ns
+# per event, as the NIF's thread and a Dispatcher's scheduler work). With R and S set to the
+# full path's measured CPU per event above the bare client's, it tells whether the full
+# path's ratio is what any consumer of that cost gets on these cores, or something else of
+# the NIF's. A run whose consumer fails is printed as FAILED and left out of the medians.
 
 defmodule Bench.ToolThroughput do
   @moduledoc false
@@ -104,13 +111,15 @@ defmodule Bench.ToolThroughput do
     min_batch_interval_us: :integer,
     worker: :string,
     count_stream: :string,
-    aa: :boolean
+    aa: :boolean,
+    spin: :string
   ]
 
   def main(argv) do
     {opts, []} = OptionParser.parse!(argv, strict: @switches)
     opts = Keyword.merge(@defaults, opts)
     opts = Keyword.put(opts, :count_stream, BenchStats.count_stream!(opts[:count_stream]))
+    opts = Keyword.put(opts, :spin, BenchStats.parse_spin(opts[:spin]))
 
     if interval = opts[:min_batch_interval_us],
       do: Snakepit.Telemetry.Test.Streams.restart_app(min_batch_interval_us: interval)
@@ -153,7 +162,10 @@ defmodule Bench.ToolThroughput do
 
   # `--aa` runs the bare client a second time in each run, after the full path: the ratio of
   # the two bare cases is what the host's noise alone does to a ratio (an A/A test).
-  defp consumers(opts), do: if(opts[:aa], do: [:bare, :full, :bare_again], else: [:bare, :full])
+  defp consumers(opts) do
+    [:bare, :full] ++
+      if(opts[:spin], do: [:bare_spin], else: []) ++ if(opts[:aa], do: [:bare_again], else: [])
+  end
 
   defp parse_list(string, allowed) do
     names = string |> String.split(",", trim: true) |> Enum.map(&String.trim/1)
@@ -200,41 +212,21 @@ defmodule Bench.ToolThroughput do
   defp measure(:bare_again, protocol, worker, tool, opts),
     do: measure(:bare, protocol, worker, tool, opts)
 
-  defp measure(:bare, protocol, worker, tool, opts) do
-    args = ["--until-end", "--timeout-ms", Integer.to_string(opts[:timeout_s] * 1000)]
-    args = args ++ if(protocol == :batched, do: ["--batched"], else: [])
+  defp measure(:bare_spin, protocol, worker, tool, opts) do
+    {reader, sink} = opts[:spin]
 
-    port =
-      Port.open({:spawn_executable, opts[:count_stream]}, [
-        :binary,
-        :exit_status,
-        {:line, 4096},
-        args: args ++ [worker.endpoint]
-      ])
+    spin = [
+      "--spin-reader-ns",
+      Integer.to_string(reader),
+      "--spin-sink-ns",
+      Integer.to_string(sink)
+    ]
 
-    with :ok <- await_count_stream(port, "count_stream open", opts) do
-      before = snapshot(worker)
-      during = run_tool(worker, tool)
-      PythonWorker.run(worker, %{"op" => "close"})
-
-      with {:ok, line} <- await_count_stream(port, "count_stream streams=", opts) do
-        finished = snapshot(worker)
-        fields = BenchStats.count_stream_fields(line)
-
-        {:ok,
-         %{
-           consumer: :bare,
-           sent_during_tool: during,
-           events: fields["events"],
-           nif_dropped: 0,
-           wall_ns: finished.t - before.t,
-           consumer_cpu_ns: fields["cpu_ns"],
-           worker_ticks: finished.worker_ticks - before.worker_ticks,
-           machine: OsStats.machine_diff(before.machine, finished.machine)
-         }}
-      end
-    end
+    measure_bare(spin, protocol, worker, tool, opts)
   end
+
+  defp measure(:bare, protocol, worker, tool, opts),
+    do: measure_bare([], protocol, worker, tool, opts)
 
   defp measure(:full, _protocol, worker, tool, opts) do
     counter = :counters.new(1, [])
@@ -279,6 +271,42 @@ defmodule Bench.ToolThroughput do
       GrpcStream.unregister_worker(id)
       Process.unlink(poller.pid)
       Process.exit(poller.pid, :kill)
+    end
+  end
+
+  defp measure_bare(extra_args, protocol, worker, tool, opts) do
+    args = ["--until-end", "--timeout-ms", Integer.to_string(opts[:timeout_s] * 1000)]
+    args = args ++ if(protocol == :batched, do: ["--batched"], else: []) ++ extra_args
+
+    port =
+      Port.open({:spawn_executable, opts[:count_stream]}, [
+        :binary,
+        :exit_status,
+        {:line, 4096},
+        args: args ++ [worker.endpoint]
+      ])
+
+    with :ok <- await_count_stream(port, "count_stream open", opts) do
+      before = snapshot(worker)
+      during = run_tool(worker, tool)
+      PythonWorker.run(worker, %{"op" => "close"})
+
+      with {:ok, line} <- await_count_stream(port, "count_stream streams=", opts) do
+        finished = snapshot(worker)
+        fields = BenchStats.count_stream_fields(line)
+
+        {:ok,
+         %{
+           consumer: :bare,
+           sent_during_tool: during,
+           events: fields["events"],
+           nif_dropped: 0,
+           wall_ns: finished.t - before.t,
+           consumer_cpu_ns: fields["cpu_ns"],
+           worker_ticks: finished.worker_ticks - before.worker_ticks,
+           machine: OsStats.machine_diff(before.machine, finished.machine)
+         }}
+      end
     end
   end
 
@@ -451,6 +479,7 @@ defmodule Bench.ToolThroughput do
   defp consumer_label(:bare), do: "bare client"
   defp consumer_label(:full), do: "full path"
   defp consumer_label(:bare_again), do: "bare client again (A/A)"
+  defp consumer_label(:bare_spin), do: "bare client spinning (--spin)"
 
   defp format_result({:failed, reason}), do: "FAILED: #{reason}"
 

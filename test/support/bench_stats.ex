@@ -68,6 +68,28 @@ defmodule Snakepit.Telemetry.Test.BenchStats do
     end
   end
 
+  @doc """
+  The value of a bench's `--spin READER_NS,SINK_NS` option as `{reader_ns, sink_ns}` (`nil`
+  when not given); raises `ArgumentError` on anything else.
+  """
+  def parse_spin(nil), do: nil
+
+  def parse_spin(string) do
+    with [reader, sink] <- String.split(string, ","),
+         {reader, ""} when reader >= 0 <- Integer.parse(String.trim(reader)),
+         {sink, ""} when sink >= 0 <- Integer.parse(String.trim(sink)) do
+      {reader, sink}
+    else
+      _ ->
+        raise ArgumentError,
+              "--spin takes READER_NS,SINK_NS (two integers >= 0), got #{inspect(string)}"
+    end
+  end
+
+  @doc "The `count_stream` arguments for a `parse_spin/1` result."
+  def spin_args({reader, sink}),
+    do: ["--spin-reader-ns", Integer.to_string(reader), "--spin-sink-ns", Integer.to_string(sink)]
+
   @doc "Prints a Markdown table."
   def print_table(header, rows) do
     IO.puts("\n| " <> Enum.join(header, " | ") <> " |")

@@ -5,6 +5,7 @@
 //! cargo build --release --example count_stream -p snakepit_telemetry_core
 //! target/release/examples/count_stream --count 100000 [--timeout-ms 120000] [--batched] 127.0.0.1:PORT [...]
 //! target/release/examples/count_stream --until-end [--batched] 127.0.0.1:PORT [...]
+//!     [--spin-reader-ns N] [--spin-sink-ns M]
 //! ```
 //!
 //! With `--batched` it opens StreamTelemetryBatched and counts the events in each message
@@ -17,6 +18,13 @@
 //! with status OK (`bench/tool_throughput.exs` closes the worker's stream when its tool is
 //! done), and the line `count_stream open` is printed (and flushed) once every stream is
 //! open, so that a caller can start the worker's tool only then.
+//!
+//! `--spin-reader-ns` / `--spin-sink-ns` make it a stand-in for a consumer that costs more per
+//! event, with nothing else different (`bench/tool_throughput.exs --spin`): for each message
+//! of k events, the reading task spins k × N ns of its thread's CPU before it reads on (as the
+//! NIF's thread checks and copies events), and a sink thread of its own, woken once per
+//! message through a channel, spins k × M ns of its CPU (as a Dispatcher makes terms and runs
+//! handlers on a scheduler). Spun CPU counts in `cpu_ns`.
 //!
 //! On success it prints one line and exits 0:
 //!
@@ -43,6 +51,8 @@ struct Args {
     timeout: Duration,
     protocol: Protocol,
     endpoints: Vec<WorkerAddress>,
+    spin_reader_ns: u64,
+    spin_sink_ns: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -51,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
     let mut endpoints = Vec::new();
     let mut protocol = Protocol::Single;
     let mut until_end = false;
+    let (mut spin_reader_ns, mut spin_sink_ns) = (0, 0);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -62,6 +73,12 @@ fn parse_args() -> Result<Args, String> {
             }
             "--batched" => protocol = Protocol::Batched,
             "--until-end" => until_end = true,
+            "--spin-reader-ns" => {
+                spin_reader_ns = value("--spin-reader-ns")?.parse().map_err(|e| format!("--spin-reader-ns: {e}"))?
+            }
+            "--spin-sink-ns" => {
+                spin_sink_ns = value("--spin-sink-ns")?.parse().map_err(|e| format!("--spin-sink-ns: {e}"))?
+            }
             endpoint => {
                 endpoints.push(WorkerAddress::parse(endpoint).map_err(|e| format!("{endpoint}: {e}"))?)
             }
@@ -75,7 +92,7 @@ fn parse_args() -> Result<Args, String> {
     if endpoints.is_empty() {
         return Err("give at least one endpoint (host:port)".into());
     }
-    Ok(Args { count, timeout, protocol, endpoints })
+    Ok(Args { count, timeout, protocol, endpoints, spin_reader_ns, spin_sink_ns })
 }
 
 /// Connects, opens the stream and counts events until `count` (or, with `None`, until the
@@ -86,6 +103,7 @@ async fn drain(
     protocol: Protocol,
     count: Option<u64>,
     opened: std::sync::Arc<OpenStreams>,
+    spin: Spin,
 ) -> Result<u64, String> {
     let channel = address.connect(std::time::Duration::from_secs(5)).await?;
     // Kept open and empty: the request stream stays up and carries nothing.
@@ -99,9 +117,14 @@ async fn drain(
     while count.is_none_or(|count| received < count) {
         match events.next().await {
             Ok(Incoming::Message(bytes)) if protocol == Protocol::Batched => {
-                received += batch::events(&bytes).map_err(|_| "a malformed batch")?.len() as u64
+                let n = batch::events(&bytes).map_err(|_| "a malformed batch")?.len() as u64;
+                spin.spend(n);
+                received += n
             }
-            Ok(_message) => received += 1,
+            Ok(_message) => {
+                spin.spend(1);
+                received += 1
+            }
             Err(StreamEnd::Closed) => match count {
                 None => return Ok(received),
                 Some(count) => return Err(format!("stream ended after {received} of {count} messages")),
@@ -110,6 +133,58 @@ async fn drain(
         }
     }
     Ok(received)
+}
+
+/// The extra CPU per event of `--spin-reader-ns` / `--spin-sink-ns`.
+#[derive(Clone)]
+struct Spin {
+    reader_ns: u64,
+    /// To the sink thread: the events of one message (`None` without `--spin-sink-ns`).
+    sink: Option<std::sync::mpsc::Sender<u64>>,
+}
+
+impl Spin {
+    fn spend(&self, events: u64) {
+        spin_thread_cpu(events * self.reader_ns);
+        if let Some(sink) = &self.sink {
+            // The sink thread lives as long as the process.
+            let _ = sink.send(events);
+        }
+    }
+}
+
+/// Starts the sink thread of `--spin-sink-ns`; it ends once every sender is gone and it has
+/// spun for every event sent, and returns the CPU time it took (an ended thread is no longer
+/// in `/proc/self/task`).
+fn start_sink(sink_ns: u64) -> (std::sync::mpsc::Sender<u64>, std::thread::JoinHandle<u64>) {
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let sink = std::thread::spawn(move || {
+        while let Ok(events) = rx.recv() {
+            spin_thread_cpu(events * sink_ns);
+        }
+        thread_cpu_ns()
+    });
+    (tx, sink)
+}
+
+/// This thread's CPU time, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec for the call to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Keeps this thread busy until it has used `ns` more of CPU time (wall time it spends
+/// preempted does not count).
+fn spin_thread_cpu(ns: u64) {
+    if ns == 0 {
+        return;
+    }
+    let until = thread_cpu_ns() + ns;
+    while thread_cpu_ns() < until {
+        std::hint::spin_loop();
+    }
 }
 
 /// Counts open streams and prints `count_stream open` when the last one opens.
@@ -152,11 +227,19 @@ fn main() -> ExitCode {
     let cpu_before = process_cpu_ns();
     let started = Instant::now();
     let opened = std::sync::Arc::new(OpenStreams { open: 0.into(), total: streams });
+    let (sink, sink_thread) = match args.spin_sink_ns {
+        0 => (None, None),
+        ns => {
+            let (sink, thread) = start_sink(ns);
+            (Some(sink), Some(thread))
+        }
+    };
+    let spin = Spin { reader_ns: args.spin_reader_ns, sink };
     let outcome = runtime.block_on(async {
         let tasks: Vec<_> = args
             .endpoints
             .into_iter()
-            .map(|a| tokio::spawn(drain(a, args.protocol, args.count, opened.clone())))
+            .map(|a| tokio::spawn(drain(a, args.protocol, args.count, opened.clone(), spin.clone())))
             .collect();
         tokio::time::timeout(args.timeout, async {
             let mut total = 0;
@@ -168,8 +251,15 @@ fn main() -> ExitCode {
         .await
         .map_err(|_| format!("timed out after {:?}", args.timeout))?
     });
+    // A consumer is done when its sink has caught up too (as the full path is when its
+    // handler has seen every event): the readers' senders are gone with their tasks.
+    drop(spin);
+    let sink_cpu_ns = match (&outcome, sink_thread) {
+        (Ok(_), Some(thread)) => thread.join().unwrap_or(0),
+        _ => 0,
+    };
     let elapsed = started.elapsed();
-    let cpu_ns = process_cpu_ns().saturating_sub(cpu_before);
+    let cpu_ns = process_cpu_ns().saturating_sub(cpu_before) + sink_cpu_ns;
     runtime.shutdown_background();
     match outcome {
         Ok(events) => {
