@@ -74,7 +74,8 @@ fn parse_args() -> Result<Args, String> {
             "--batched" => protocol = Protocol::Batched,
             "--until-end" => until_end = true,
             "--spin-reader-ns" => {
-                spin_reader_ns = value("--spin-reader-ns")?.parse().map_err(|e| format!("--spin-reader-ns: {e}"))?
+                spin_reader_ns =
+                    value("--spin-reader-ns")?.parse().map_err(|e| format!("--spin-reader-ns: {e}"))?
             }
             "--spin-sink-ns" => {
                 spin_sink_ns = value("--spin-sink-ns")?.parse().map_err(|e| format!("--spin-sink-ns: {e}"))?
