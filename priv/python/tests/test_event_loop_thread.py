@@ -55,6 +55,36 @@ def test_stop_cancels_what_still_runs_and_later_runs_are_refused() -> None:
         loop_thread.run(coroutine)
 
 
+def test_stop_lets_a_task_that_is_ending_end_before_it_cancels() -> None:
+    # As grpc.aio's per-call task awaits the call's handler: cancelled while the handler
+    # is still finishing, it would take the CancelledError for the handler's failure.
+    loop_thread = EventLoopThread("test-loop")
+    loop_thread.start()
+    outcome: list[str] = []
+    waiting = threading.Event()
+
+    async def finishing() -> None:
+        await asyncio.sleep(0.05)
+
+    async def awaiting_it() -> None:
+        try:
+            await asyncio.create_task(finishing())
+            outcome.append("ended")
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    async def start_it() -> None:
+        asyncio.get_running_loop().create_task(awaiting_it())
+        await asyncio.sleep(0)
+        waiting.set()
+
+    asyncio.run_coroutine_threadsafe(start_it(), loop_thread.loop)
+    assert waiting.wait(5)
+    loop_thread.stop()
+    assert outcome == ["ended"]
+
+
 def test_a_loop_never_started_is_just_closed() -> None:
     loop_thread = EventLoopThread("test-loop")
     loop_thread.stop()
