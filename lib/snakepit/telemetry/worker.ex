@@ -40,6 +40,9 @@ defmodule Snakepit.Telemetry.Worker do
       lines (its stream is registered with endpoint `:none`).
     * `:max_line_bytes` (default `65_536`) - the longest output line: a longer
       `TELEMETRY:` line is dropped and counted as `:oversize`, another is cut in the log.
+    * `:unreachable_timeout` (ms, default `10_000`, or `:infinity`) - how long a `:grpc`
+      worker's process may live on while its port refuses connections before it is
+      restarted (see below).
 
   ## What it does
 
@@ -56,6 +59,16 @@ defmodule Snakepit.Telemetry.Worker do
   exits by itself, the Worker stops too, and its supervisor starts it again; the stream's
   registration (settings, counters) stays meanwhile, and the new Worker's stream is
   reported as reconnected. A planned stop unregisters the stream.
+
+  A process can also live on without serving: its gRPC server died but the process did not
+  (a tool that forked the process with `multiprocessing`'s `fork` context can do that), and
+  its stream would stay `:reconnecting` for good. So a `:grpc` Worker checks its worker's
+  port a few times per `:unreachable_timeout` (a TCP connect from the BEAM to loopback,
+  closed at once; at most every 5 s): once every check for that long was refused, it logs a
+  warning, stops the process as above and stops with `{:shutdown, {:worker_unreachable,
+  ms}}`, keeping the registration, and its supervisor starts it again as after an exit. Only
+  a refused connection counts; a slow or busy worker, whose connect waits or succeeds, is
+  left alone.
 
   Its stdout and stderr (merged) go to `Logger` (`:info`) with `worker_id` and `pool_name`
   in the metadata; a line longer than `:max_line_bytes` is cut there. Lines in Snakepit's
@@ -87,7 +100,9 @@ defmodule Snakepit.Telemetry.Worker do
         lines, as one string).
     * `[:snakepit, :pool, :worker, :terminated]` when a spawned worker ends.
       * Measurements: `:lifetime` (`:native` units).
-      * Metadata: `:node`, `:pool_name`, `:worker_id`, `:reason`, `:planned` (`true` when
+      * Metadata: `:node`, `:pool_name`, `:worker_id`, `:reason` (`{:exited, code}` when
+        the process exited by itself, `{:unreachable, ms}` when it was stopped for refusing
+        connections that long, else the Worker's exit reason), `:planned` (`true` when
         stopped by its supervisor or `stop/1`), `:exit_code` (or `nil`).
     * `[:snakepit, :pool, :worker, :restarted]` when a worker id starts again after its
       previous Worker ended abnormally.
@@ -115,7 +130,8 @@ defmodule Snakepit.Telemetry.Worker do
     tools: [],
     metadata: [],
     mode: :grpc,
-    max_line_bytes: 65_536
+    max_line_bytes: 65_536,
+    unreachable_timeout: 10_000
   ]
   @keys [:id, :command, :python | Keyword.keys(@defaults)]
 
@@ -132,6 +148,7 @@ defmodule Snakepit.Telemetry.Worker do
           | {:metadata, keyword()}
           | {:mode, :grpc | :stderr}
           | {:max_line_bytes, pos_integer()}
+          | {:unreachable_timeout, pos_integer() | :infinity}
 
   @doc """
   The child spec: id `{Snakepit.Telemetry.Worker, worker_id}`, restart `:permanent`, and
@@ -226,6 +243,11 @@ defmodule Snakepit.Telemetry.Worker do
         do: invalid!(key, opts[key], "a positive integer")
     end
 
+    unreachable = opts[:unreachable_timeout]
+
+    unless unreachable == :infinity or (is_integer(unreachable) and unreachable > 0),
+      do: invalid!(:unreachable_timeout, unreachable, "a positive integer (ms) or :infinity")
+
     unless is_list(opts[:env]) and Enum.all?(opts[:env], &string_pair?/1),
       do: invalid!(:env, opts[:env], "a list of {name, value} strings")
 
@@ -251,7 +273,8 @@ defmodule Snakepit.Telemetry.Worker do
       shutdown_grace: opts[:shutdown_grace],
       metadata: opts[:metadata],
       mode: opts[:mode],
-      max_line_bytes: opts[:max_line_bytes]
+      max_line_bytes: opts[:max_line_bytes],
+      unreachable_timeout: unreachable
     }
   end
 
@@ -326,7 +349,9 @@ defmodule Snakepit.Telemetry.Worker do
       token: token,
       tail: [],
       partial: nil,
-      early: []
+      early: [],
+      # Since when every check of the worker's port was refused (monotonic ms), or nil.
+      refused_since: nil
     }
 
     deadline = started + System.convert_time_unit(config.ready_timeout, :millisecond, :native)
@@ -396,6 +421,7 @@ defmodule Snakepit.Telemetry.Worker do
         end
 
         state = %{state | spawned: now}
+        schedule_port_check(state)
         early = Enum.reverse(state.early)
 
         {:ok,
@@ -471,12 +497,71 @@ defmodule Snakepit.Telemetry.Worker do
     {:stop, {:shutdown, {:worker_exited, status}}, %{state | port: nil}}
   end
 
+  def handle_info(:check_port, %{port: port} = state) when port != nil do
+    now = System.monotonic_time(:millisecond)
+
+    state =
+      case check_port(state.python_port) do
+        :refused -> %{state | refused_since: state.refused_since || now}
+        :accepted -> %{state | refused_since: nil}
+        :unknown -> state
+      end
+
+    refused_ms = if state.refused_since, do: now - state.refused_since, else: 0
+
+    if refused_ms >= state.config.unreachable_timeout do
+      unreachable(state, refused_ms)
+    else
+      schedule_port_check(state)
+      {:noreply, state}
+    end
+  end
+
   def handle_info({:EXIT, port, _reason}, %{port: port} = state), do: {:noreply, state}
 
   # The parent (a supervisor) is stopping us: terminate/2 cleans up.
   def handle_info({:EXIT, _pid, reason}, state), do: {:stop, reason, state}
 
   def handle_info(_other, state), do: {:noreply, state}
+
+  # The process lives on, but nothing listens on its port any more: stop it, keep the
+  # registration (as when it exits by itself) and let the supervisor start it again.
+  defp unreachable(state, refused_ms) do
+    Logger.warning(
+      "worker #{state.config.id} (OS pid #{state.python_pid}) has refused connections on " <>
+        "port #{state.python_port} for #{refused_ms} ms while its process runs: restarting it",
+      worker_id: state.config.id,
+      pool_name: state.config.pool_name
+    )
+
+    exit_code = close_port(state)
+    terminated(state, {:unreachable, refused_ms}, false, exit_code)
+    {:stop, {:shutdown, {:worker_unreachable, refused_ms}}, %{state | port: nil}}
+  end
+
+  # A few checks per :unreachable_timeout, at least every 5 s and at most every 50 ms.
+  defp schedule_port_check(%{config: %{mode: :grpc, unreachable_timeout: timeout}})
+       when is_integer(timeout) do
+    Process.send_after(self(), :check_port, timeout |> div(4) |> max(50) |> min(5_000))
+  end
+
+  defp schedule_port_check(_state), do: :ok
+
+  # Only a refusal says that nothing listens: a connect that waits (a full accept queue) or
+  # fails otherwise says nothing either way.
+  defp check_port(port) do
+    case :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false], 1_000) do
+      {:ok, socket} ->
+        :gen_tcp.close(socket)
+        :accepted
+
+      {:error, :econnrefused} ->
+        :refused
+
+      {:error, _other} ->
+        :unknown
+    end
+  end
 
   @impl GenServer
   def terminate(_reason, %{port: nil}), do: :ok

@@ -412,6 +412,89 @@ defmodule Snakepit.Telemetry.WorkerTest do
     assert log =~ "worker_id=#{id}"
   end
 
+  describe "a worker whose process lives on without serving" do
+    test "is restarted after :unreachable_timeout of refused connections, keeping its registration; its stream comes back",
+         %{id: id} do
+      events([:spawned, :terminated, :restarted])
+      Forwarder.attach([@connection ++ [:reconnected]])
+      # Every start of this worker stops serving after 1.5 s and lives on.
+      opts = worker_opts(id, unreachable_timeout: 400)
+      opts = Keyword.update!(opts, :command, &(&1 ++ ["--stop-serving-after-ms", "1500"]))
+      pid = start_supervised!({Worker, opts})
+      %{python_pid: first} = Worker.info(pid)
+      assert_receive {:telemetry, [:snakepit, :pool, :worker, :spawned], _, %{python_pid: ^first}}
+      assert_receive {:telemetry, @stop, _, %{worker_id: ^id, python_pid: ^first}}, @timeout
+
+      assert_receive {:telemetry, [:snakepit, :pool, :worker, :terminated], %{lifetime: lifetime},
+                      %{worker_id: ^id, planned: false, reason: {:unreachable, refused_ms}}},
+                     @timeout
+
+      assert refused_ms >= 400
+      # Stopped for it, after it had served: not at once, not never.
+      assert System.convert_time_unit(lifetime, :native, :millisecond) >= 1_500 + 400
+      refute alive?(first)
+
+      assert_receive {:telemetry, [:snakepit, :pool, :worker, :spawned], _,
+                      %{worker_id: ^id, python_pid: second}},
+                     @timeout
+
+      assert second != first
+
+      assert_receive {:telemetry, [:snakepit, :pool, :worker, :restarted], %{restart_count: 1},
+                      %{worker_id: ^id}},
+                     @timeout
+
+      assert_receive {:telemetry, [:snakepit, :grpc, :connection, :reconnected], _,
+                      %{worker_id: ^id}},
+                     @timeout
+
+      assert_receive {:telemetry, @stop, _, %{worker_id: ^id, python_pid: ^second}}, @timeout
+    end
+
+    test "with unreachable_timeout: :infinity it is left alone", %{id: id} do
+      events([:terminated])
+      opts = worker_opts(id, unreachable_timeout: :infinity)
+      opts = Keyword.update!(opts, :command, &(&1 ++ ["--stop-serving-after-ms", "300"]))
+      pid = start_supervised!({Worker, opts})
+      %{python_pid: python_pid, python_port: port} = Worker.info(pid)
+      assert_receive {:telemetry, @stop, _, %{worker_id: ^id}}, @timeout
+      await(fn -> refused?(port) end)
+      Process.sleep(1_500)
+      refute_received {:telemetry, [:snakepit, :pool, :worker, :terminated], _, _}
+      assert alive?(python_pid)
+      assert %{python_pid: ^python_pid} = Worker.info(pid)
+    end
+
+    test "a worker that serves is never restarted by the check, however often it runs",
+         %{id: id} do
+      events([:terminated])
+      pid = start_supervised!({Worker, worker_opts(id, unreachable_timeout: 100)})
+      %{python_pid: python_pid} = Worker.info(pid)
+      # 50 ms between checks: about 30 of them (each a connection the worker accepts).
+      Process.sleep(1_500)
+      refute_received {:telemetry, [:snakepit, :pool, :worker, :terminated], _, _}
+      assert %{python_pid: ^python_pid} = Worker.info(pid)
+      assert_receive {:telemetry, @stop, _, %{worker_id: ^id, python_pid: ^python_pid}}, @timeout
+      assert %{status: :connected} = stream(id)
+    end
+  end
+
+  defp refused?(port) do
+    case :gen_tcp.connect({127, 0, 0, 1}, port, [active: false], 1_000) do
+      {:ok, socket} -> :gen_tcp.close(socket) && false
+      {:error, :econnrefused} -> true
+      {:error, _} -> false
+    end
+  end
+
+  defp await(check, deadline \\ System.monotonic_time(:millisecond) + @timeout) do
+    cond do
+      check.() -> :ok
+      System.monotonic_time(:millisecond) > deadline -> flunk("condition not met in time")
+      true -> Process.sleep(20) && await(check, deadline)
+    end
+  end
+
   test "invalid options raise ArgumentError naming the option" do
     assert_raise ArgumentError, ~r/invalid :command .* on PATH/, fn ->
       Worker.start_link(id: "x", command: ["no-such-executable-anywhere"])
@@ -427,6 +510,10 @@ defmodule Snakepit.Telemetry.WorkerTest do
 
     assert_raise ArgumentError, ~r/invalid :ready_timeout/, fn ->
       Worker.start_link(id: "x", ready_timeout: 0)
+    end
+
+    assert_raise ArgumentError, ~r/invalid :unreachable_timeout .* or :infinity/, fn ->
+      Worker.start_link(id: "x", unreachable_timeout: 0)
     end
   end
 
