@@ -91,7 +91,8 @@ defmodule Snakepit.Telemetry.Config do
       `{:error, {:too_many_patterns, limit}}` and changes nothing.
     * `:dispatchers` (integer from 1 to 1024, default `System.schedulers_online()`) - how
       many `Snakepit.Telemetry.Dispatcher` processes run handlers; each worker's events go
-      to one of them (by its id), so handlers of different workers run in parallel.
+      to one of them (by its id), so handlers of different workers run in parallel. Each
+      keeps a heap of at least about 1 MiB (see `Snakepit.Telemetry.Dispatcher`).
     * `:connect_timeout` (positive integer, milliseconds, default `5_000`) - the
       most one attempt to open a worker's stream may take, from connecting to
       the worker's response headers; a worker that accepts and never answers

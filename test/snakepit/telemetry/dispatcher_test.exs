@@ -41,6 +41,28 @@ defmodule Snakepit.Telemetry.DispatcherTest do
     assert length(Enum.uniq(pids)) == 4
   end
 
+  test "each Dispatcher keeps a heap of at least about 1 MiB, also when it comes back after a kill" do
+    for pid <- Dispatcher.pids(), do: assert(heap_floor(pid) == 121_536)
+    [first | _] = Dispatcher.pids()
+    Process.exit(first, :kill)
+
+    successor =
+      Enum.find_value(1..500, fn _ ->
+        case Dispatcher.pids() do
+          [pid | _] when is_pid(pid) and pid != first -> pid
+          _ -> Process.sleep(10) && nil
+        end
+      end)
+
+    assert is_pid(successor)
+    assert heap_floor(successor) == 121_536
+  end
+
+  defp heap_floor(pid) do
+    {:garbage_collection, gc} = Process.info(pid, :garbage_collection)
+    Keyword.fetch!(gc, :min_heap_size)
+  end
+
   test "a handler stuck on one worker's events stalls only that worker's partition" do
     {slow_id, fast_id} = ids_in_two_partitions()
     {slow, _} = start_worker()
