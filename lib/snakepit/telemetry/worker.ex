@@ -63,12 +63,12 @@ defmodule Snakepit.Telemetry.Worker do
   A process can also live on without serving: its gRPC server died but the process did not
   (a tool that forked the process with `multiprocessing`'s `fork` context can do that), and
   its stream would stay `:reconnecting` for good. So a `:grpc` Worker checks its worker's
-  port a few times per `:unreachable_timeout` (a TCP connect from the BEAM to loopback,
-  closed at once; at most every 5 s): once every check for that long was refused, it logs a
-  warning, stops the process as above and stops with `{:shutdown, {:worker_unreachable,
-  ms}}`, keeping the registration, and its supervisor starts it again as after an exit. Only
-  a refused connection counts; a slow or busy worker, whose connect waits or succeeds, is
-  left alone.
+  port every quarter of `:unreachable_timeout` (but no more often than every 50 ms and at
+  least every 5 s), by a TCP connect from the BEAM to loopback, closed at once. Once every
+  check for `:unreachable_timeout` was refused, it logs a warning, stops the process as
+  above and stops with `{:shutdown, {:worker_unreachable, ms}}`, keeping the registration,
+  and its supervisor starts it again as after an exit. Only a refused connection counts: a
+  slow or busy worker, whose connect waits or succeeds, is left alone.
 
   Its stdout and stderr (merged) go to `Logger` (`:info`) with `worker_id` and `pool_name`
   in the metadata; a line longer than `:max_line_bytes` is cut there. Lines in Snakepit's
