@@ -24,7 +24,8 @@
 //! of k events, the reading task spins k × N ns of its thread's CPU before it reads on (as the
 //! NIF's thread checks and copies events), and a sink thread of its own, woken once per
 //! message through a channel, spins k × M ns of its CPU (as a Dispatcher makes terms and runs
-//! handlers on a scheduler). Spun CPU counts in `cpu_ns`.
+//! handlers on a scheduler). The run ends once the sink has caught up too, and the spun CPU
+//! counts in `cpu_ns`.
 //!
 //! On success it prints one line and exits 0:
 //!
@@ -148,7 +149,7 @@ impl Spin {
     fn spend(&self, events: u64) {
         spin_thread_cpu(events * self.reader_ns);
         if let Some(sink) = &self.sink {
-            // The sink thread lives as long as the process.
+            // Cannot fail: the sink thread runs until the last sender is gone.
             let _ = sink.send(events);
         }
     }
