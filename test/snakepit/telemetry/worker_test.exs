@@ -458,7 +458,7 @@ defmodule Snakepit.Telemetry.WorkerTest do
       pid = start_supervised!({Worker, opts})
       %{python_pid: python_pid, python_port: port} = Worker.info(pid)
       assert_receive {:telemetry, @stop, _, %{worker_id: ^id}}, @timeout
-      await(fn -> refused?(port) end)
+      wait_until(fn -> refused?(port) end, @timeout)
       Process.sleep(1_500)
       refute_received {:telemetry, [:snakepit, :pool, :worker, :terminated], _, _}
       assert alive?(python_pid)
@@ -484,14 +484,6 @@ defmodule Snakepit.Telemetry.WorkerTest do
       {:ok, socket} -> :gen_tcp.close(socket) && false
       {:error, :econnrefused} -> true
       {:error, _} -> false
-    end
-  end
-
-  defp await(check, deadline \\ System.monotonic_time(:millisecond) + @timeout) do
-    cond do
-      check.() -> :ok
-      System.monotonic_time(:millisecond) > deadline -> flunk("condition not met in time")
-      true -> Process.sleep(20) && await(check, deadline)
     end
   end
 
